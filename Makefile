@@ -1,0 +1,41 @@
+# algd-runtime: install, test, benchmark.
+# `make install` is idempotent: it re-runs only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# DDS discovery never leaves this machine in tests, demos and benchmarks.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export ROS_DOMAIN_ID ?= 42
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "need Python 3.11, got " + sys.version' \
+		|| { echo "error: training needs Python 3.11 (set PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	# torch first and pinned, so nothing later can pull a CUDA build.
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,ros,dev]"
+	# safety-gymnasium pins pygame 2.1.0 (no Python 3.11 wheel): install it without its deps.
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps safety-gymnasium==1.0.0
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/algd-bench train
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,189 @@
+"""ALGD: the augmented-Lagrangian energy, the Monte-Carlo score target, and one gradient step
+of critics, actor and dual variable (ALGD.md, "Training, per gradient step")."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from algd_runtime.config import AlgoConfig
+from algd_runtime.diffusion import DiffusionPolicy, make_policy
+from algd_runtime.networks import CostEnsemble, TwinQ
+from algd_runtime.sim.spec import TaskSpec
+
+
+def augmented_lagrangian(q_min: torch.Tensor, qc_risk: torch.Tensor, lam: torch.Tensor | float,
+                         h: float, rho: float) -> torch.Tensor:
+    """L_A = -Q_min + (1/(2 rho)) (max(0, lam + rho (Qc_risk - h))^2 - lam^2)."""
+    penalty = (torch.clamp(lam + rho * (qc_risk - h), min=0.0) ** 2 - lam**2) / (2.0 * rho)
+    return -q_min + penalty
+
+
+def risk_adjusted(qcs: torch.Tensor, k: float) -> torch.Tensor:
+    """Qc_risk = mean_j Qc_j + k std_j Qc_j over the ensemble axis 0 (std 0 for one member)."""
+    if qcs.shape[0] == 1:
+        return qcs[0]
+    std, mean = torch.std_mean(qcs, dim=0)
+    return mean + k * std
+
+
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)
+
+
+class ALGDAgent:
+    """Networks, optimisers and the multiplier of one ALGD learner."""
+
+    def __init__(self, spec: TaskSpec, algo: AlgoConfig, device: str | torch.device = "cpu"):
+        self.spec, self.cfg, self.device = spec, algo, torch.device(device)
+        # The budget h follows the cost discount the critics are trained with.
+        self.h = dataclasses.replace(spec, cost_gamma=algo.cost_gamma).target_cost
+        o, a = spec.obs_dim, spec.act_dim
+        self.policy: DiffusionPolicy = make_policy(
+            algo.variant, o, a, spec.act_low, spec.act_high, algo.score_hidden,
+            algo.diffusion_steps, algo.time_embed_dim, algo.ddpm_guidance_scale).to(self.device)
+        self.critic = TwinQ(o, a, algo.critic_hidden).to(self.device)
+        self.cost_critics = CostEnsemble(o, a, algo.qc_ensemble, algo.critic_hidden).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.cost_critics_target = copy.deepcopy(self.cost_critics).requires_grad_(False)
+        self.log_lambda = torch.tensor(math.log(algo.init_lambda), device=self.device, requires_grad=True)
+        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=algo.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=algo.lr)
+        self.cost_opt = torch.optim.Adam(self.cost_critics.parameters(), lr=algo.qc_lr)
+        self.lambda_opt = torch.optim.Adam([self.log_lambda], lr=algo.lambda_lr)
+        self.grad_steps = 0
+
+    @property
+    def lam(self) -> float:
+        return float(self.log_lambda.detach().exp())
+
+    # -- the energy and its score target ------------------------------------------------
+    def qc_risk(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return risk_adjusted(self.cost_critics(obs, action), self.cfg.qc_risk_k)
+
+    def energy(self, obs: torch.Tensor, action: torch.Tensor, lam: torch.Tensor | float | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L_A, Q_min, Qc_risk), each [B, 1]; lam defaults to the current multiplier (detached)."""
+        if lam is None:
+            lam = self.log_lambda.detach().exp()
+        q1, q2 = self.critic(obs, action)
+        q_min = torch.min(q1, q2)
+        qc = self.qc_risk(obs, action)
+        return augmented_lagrangian(q_min, qc, lam, self.h, self.cfg.rho), q_min, qc
+
+    def score_target(self, obs: torch.Tensor, a_tau: torch.Tensor, tau: torch.Tensor,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        """phi* = -(1/beta) sum_i w_i grad_a L_A(s, a^(i)), a^(i) = a_tau + sigma_tau eps_i,
+        w = softmax_i(-L_A(s, a^(i)) / beta); detached. noise: eps, [B, N, act] (drawn if None)."""
+        b, act_dim = a_tau.shape
+        n, beta = self.cfg.score_mc_samples, self.cfg.beta
+        if noise is None:
+            noise = torch.randn(b, n, act_dim, device=a_tau.device)
+        n = noise.shape[1]
+        sigma = self.policy.score_target_sigma(tau).view(b, 1, 1)
+        samples = a_tau.detach()[:, None, :] + sigma * noise
+        samples = samples.reshape(b * n, act_dim).requires_grad_(True)
+        obs_rep = obs[:, None, :].expand(b, n, obs.shape[-1]).reshape(b * n, -1)
+        la, _, _ = self.energy(obs_rep, samples)
+        (grad,) = torch.autograd.grad(la.sum(), samples)
+        weights = torch.softmax(-la.detach().view(b, n) / beta, dim=1)
+        return (-(weights[:, :, None] * grad.view(b, n, act_dim)).sum(dim=1) / beta).detach()
+
+    # -- one gradient step ----------------------------------------------------------------
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        t = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
+        obs, action, next_obs = t["obs"], t["action"], t["next_obs"]
+        reward, cost = t["reward"][:, None], t["cost"][:, None]
+        mask = 1.0 - t["done"][:, None]
+        stats = self.update_critics(obs, action, reward, cost, next_obs, mask)
+        stats.update(self.update_actor(obs))
+        stats.update(self.update_dual(obs, action))
+        if self.grad_steps % self.cfg.target_update_every == 0:
+            soft_update(self.critic_target, self.critic, self.cfg.tau)
+            soft_update(self.cost_critics_target, self.cost_critics, self.cfg.tau)
+        self.grad_steps += 1
+        return stats
+
+    def update_critics(self, obs, action, reward, cost, next_obs, mask) -> dict[str, float]:
+        with torch.no_grad():
+            next_action = self.policy.sample(next_obs)
+            q1_t, q2_t = self.critic_target(next_obs, next_action)
+            q_target = reward + self.cfg.gamma * mask * torch.min(q1_t, q2_t)
+            cost_mask = torch.ones_like(mask) if self.spec.cost_mask_always_one else mask
+            qc_target = cost + self.cfg.cost_gamma * cost_mask * self.cost_critics_target(next_obs, next_action)
+        q1, q2 = self.critic(obs, action)
+        critic_loss = F.mse_loss(q1, q_target) + F.mse_loss(q2, q_target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        cost_loss = F.mse_loss(self.cost_critics(obs, action), qc_target)
+        self.cost_opt.zero_grad(set_to_none=True)
+        cost_loss.backward()
+        self.cost_opt.step()
+        return {"critic_loss": critic_loss.item(), "cost_critic_loss": cost_loss.item()}
+
+    def update_actor(self, obs) -> dict[str, float]:
+        a0, a_tau, tau = self.policy.sample_with_tau(obs)
+        la, q_min, qc = self.energy(obs, a0)
+        actor_loss = la.mean()
+        phi_star = self.score_target(obs, a_tau, tau)
+        score_loss = F.mse_loss(self.policy.score(obs, a_tau, tau), phi_star)
+        total = actor_loss + self.cfg.score_loss_weight * score_loss
+        # Gradients for the actor only: the critics are fixed in this step.
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.actor_opt.step()
+        return {"actor_loss": actor_loss.item(), "score_loss": score_loss.item(),
+                "q_policy": q_min.mean().item(), "qc_policy": qc.mean().item()}
+
+    def update_dual(self, obs, action) -> dict[str, float]:
+        with torch.no_grad():
+            qc = self.qc_risk(obs, action)
+        lam_loss = (self.log_lambda.exp() * (self.h - qc)).mean()
+        self.lambda_opt.zero_grad(set_to_none=True)
+        lam_loss.backward()
+        self.lambda_opt.step()
+        return {"lambda": self.lam, "lambda_loss": lam_loss.item(), "qc_replay": qc.mean().item()}
+
+    # -- acting -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)[None]
+        a = self.policy.act_deterministic(o) if deterministic else self.policy.sample(o)
+        return a[0].cpu().numpy()
+
+    # -- state ----------------------------------------------------------------------------------
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy, "critic": self.critic, "critic_target": self.critic_target,
+                "cost_critics": self.cost_critics, "cost_critics_target": self.cost_critics_target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_opt, "critic": self.critic_opt, "cost": self.cost_opt,
+                "lambda": self.lambda_opt}
+
+    def state_dict(self) -> dict:
+        return {
+            "networks": {k: m.state_dict() for k, m in self.networks().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "log_lambda": float(self.log_lambda.detach()),
+            "grad_steps": self.grad_steps,
+        }
+
+    def load_state_dict(self, state: dict, with_optimizers: bool = True) -> None:
+        for k, m in self.networks().items():
+            m.load_state_dict(state["networks"][k])
+        if with_optimizers and state.get("optimizers"):
+            for k, o in self.optimizers().items():
+                o.load_state_dict(state["optimizers"][k])
+        with torch.no_grad():
+            self.log_lambda.fill_(state["log_lambda"])
+        self.grad_steps = int(state.get("grad_steps", 0))

@@ -1,0 +1,183 @@
+"""Command-line entry points: algd-train, algd-eval, algd-bench, algd-import-reference."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def _parse_shift(items: Sequence[str]) -> dict[str, float]:
+    """--shift mass=1.5 --shift action_delay=2 -> {"mass": 1.5, "action_delay": 2}."""
+    shift = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--shift: expected NAME=VALUE, got {item!r}")
+        try:
+            shift[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise ValueError(f"--shift {key}: expected a number, got {value!r}") from None
+    return shift
+
+
+def task_config_path(task: str) -> Path | None:
+    """configs/<task>.yaml shipped with the repository, if there is one."""
+    path = CONFIG_DIR / f"{task}.yaml"
+    return path if path.is_file() else None
+
+
+# -- algd-train ---------------------------------------------------------------------------
+def train_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-train", description="Train an ALGD policy online.")
+    p.add_argument("--task", help="task name (default: the config's, else PointHazard-v0)")
+    p.add_argument("--config", type=Path, help="YAML config (default: configs/<task>.yaml if present)")
+    p.add_argument("--steps", type=int, help="total environment steps (overrides the config)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default: runs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/<task>-seed<S>/policy.pt")
+    p.add_argument("--shift", action="append", metavar="NAME=VALUE", help="domain-shift parameter")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from algd_runtime.checkpoint import CheckpointError
+    from algd_runtime.config import ConfigError, config_from_dict, load_config
+
+    overrides: dict = {}
+    if args.task:
+        overrides["task"] = args.task
+    if args.steps is not None:
+        overrides["total_steps"] = args.steps
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device:
+        overrides["device"] = args.device
+    try:
+        if args.shift:
+            overrides["shift"] = _parse_shift(args.shift)
+        config_path = args.config or (task_config_path(args.task) if args.task else None)
+        cfg = load_config(config_path, overrides) if config_path else config_from_dict(overrides)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+
+    from algd_runtime.trainer import Trainer
+
+    run_dir = args.out / f"{cfg.task}-seed{cfg.seed}"
+    try:
+        trainer = Trainer(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+        print(f"training {cfg.task} ({cfg.algo.variant}, seed {cfg.seed}, {cfg.total_steps} steps, "
+              f"cost limit {trainer.spec.cost_limit:g} per {trainer.spec.cost_semantics}) -> {run_dir}",
+              flush=True)
+        summary = trainer.run()
+    except (CheckpointError, ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    ev = summary["eval"]
+    if ev is not None:
+        print(f"final eval: return {ev.return_mean:.2f} ± {ev.return_std:.2f}, cost {ev.cost_mean:.2f} ± "
+              f"{ev.cost_std:.2f} (limit {ev.cost_limit:g}, {'within' if ev.within_limit else 'OVER'})")
+    print(f"saved {summary['policy']} after {summary['env_steps']} steps in {summary['elapsed_s']:.0f} s")
+    return 130 if summary["interrupted"] else 0
+
+
+# -- algd-eval ----------------------------------------------------------------------------
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-eval", description="Evaluate a policy.pt on its task.")
+    p.add_argument("policy", type=Path)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--task", help="evaluate on another task with the same sizes")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--shift", action="append", metavar="NAME=VALUE", help="domain-shift parameter")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of x_K = 0")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = p.parse_args(argv)
+    if args.episodes < 1:
+        return _fail(f"--episodes: expected a value >= 1, got {args.episodes}")
+
+    from algd_runtime.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
+    from algd_runtime.sim import make_task
+    from algd_runtime.trainer import evaluate
+
+    try:
+        ckpt = load_checkpoint(args.policy)
+        agent = agent_from_checkpoint(ckpt, args.device, with_optimizers=False)
+        spec = agent.spec
+        shift = dict(spec.shift)
+        shift.update(_parse_shift(args.shift))
+        env = make_task(args.task or spec.name, seed=args.seed, **shift)
+    except (CheckpointError, ValueError) as exc:
+        return _fail(str(exc))
+    es = env.task_spec
+    if (es.obs_dim, es.act_dim) != (spec.obs_dim, spec.act_dim):
+        return _fail(f"--task {es.name}: obs/act sizes {es.obs_dim}/{es.act_dim} do not match the "
+                     f"policy's {spec.obs_dim}/{spec.act_dim}")
+    res = evaluate(lambda o: agent.act(o, deterministic=not args.stochastic), env, args.episodes, args.seed)
+    print(f"policy:  {args.policy} ({ckpt.get('origin', '?')}, lambda {agent.lam:.3f})")
+    print(f"task:    {es.name}" + (f" shift {shift}" if shift else ""))
+    print(f"return:  {res.return_mean:.2f} ± {res.return_std:.2f} over {args.episodes} episodes")
+    print(f"cost:    {res.cost_mean:.2f} ± {res.cost_std:.2f} (limit {res.cost_limit:g} per "
+          f"{es.cost_semantics}; {'within' if res.within_limit else 'OVER'} the limit, "
+          f"{res.violations}/{args.episodes} episodes over)")
+    return 0
+
+
+# -- algd-bench ---------------------------------------------------------------------------
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-bench", description="Benchmarks that print numbers.")
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("train", help="env steps/s and gradient updates/s")
+    t.add_argument("--task", action="append", help="task(s) (default: PointHazard-v0, SafetyPointGoal1-v0)")
+    t.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
+    t.add_argument("--batch", type=int, default=256)
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = p.parse_args(argv)
+
+    from algd_runtime.bench import bench_train
+
+    tasks = args.task or ["PointHazard-v0", "SafetyPointGoal1-v0"]
+    try:
+        bench_train(tasks, seconds=args.seconds, batch=args.batch, device=args.device)
+    except ValueError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+# -- algd-import-reference -------------------------------------------------------------------
+def import_reference_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-import-reference",
+                                description="Build a policy.pt from the reference code's three .pth files.")
+    p.add_argument("--actor", required=True, type=Path, help="actor_*.pth")
+    p.add_argument("--critics", required=True, type=Path, help="critics_*.pth")
+    p.add_argument("--safety-critics", required=True, type=Path, help="safetycritics_*.pth")
+    p.add_argument("--task", required=True, help="the task the model was trained on")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.6931,
+                   help="Lagrange multiplier to store (the reference does not save it)")
+    p.add_argument("-o", "--out", type=Path, default=Path("policy.pt"))
+    args = p.parse_args(argv)
+
+    from algd_runtime.checkpoint import CheckpointError
+    from algd_runtime.reference import import_reference
+
+    try:
+        out = import_reference(args.actor, args.critics, args.safety_critics, args.task, args.out, args.lam)
+    except (CheckpointError, ValueError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {out}")
+    return 0
+
+
+_COMMANDS = {"train": train_main, "eval": eval_main, "bench": bench_main,
+             "import-reference": import_reference_main}
+
+if __name__ == "__main__":  # python -m algd_runtime.cli train|eval|bench|import-reference ...
+    if len(sys.argv) < 2 or sys.argv[1] not in _COMMANDS:
+        sys.exit(_fail(f"usage: python -m algd_runtime.cli {{{','.join(_COMMANDS)}}} ..."))
+    sys.exit(_COMMANDS[sys.argv[1]](sys.argv[2:]))

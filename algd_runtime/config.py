@@ -1,0 +1,184 @@
+"""Typed training configuration loaded from YAML.
+
+Every bad key or value is a ConfigError that names the field (dotted path) and says what
+was expected, so a typo in a YAML file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the field."""
+
+
+@dataclass
+class AlgoConfig:
+    """ALGD hyper-parameters; defaults are the reference code's (ALGD.md)."""
+
+    variant: str = "vesde"  # "vesde" | "ddpm"
+    diffusion_steps: int = 5  # K
+    score_hidden: int = 128  # denoiser trunk width (3 layers)
+    time_embed_dim: int = 16
+    critic_hidden: int = 256
+    qc_ensemble: int = 4  # M cost critics
+    qc_risk_k: float = 1.0  # Qc_risk = mean + k * std
+    rho: float = 1.0
+    beta: float = 1.0
+    score_mc_samples: int = 4  # N
+    score_loss_weight: float = 0.1
+    ddpm_guidance_scale: float = 0.05
+    gamma: float = 0.99
+    cost_gamma: float = 0.99
+    tau: float = 0.005
+    target_update_every: int = 2
+    lr: float = 3e-4
+    qc_lr: float = 3e-4
+    lambda_lr: float = 3e-4
+    init_lambda: float = 0.6931
+    batch_size: int = 256
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    task: str = "PointHazard-v0"
+    shift: dict = field(default_factory=dict)  # domain-shift parameters for make_task
+    seed: int = 0
+    device: str = "cpu"  # "cpu" | "cuda"
+    total_steps: int = 100_000  # environment steps, warm-up included
+    warmup_steps: int = 5000  # steps with the untrained policy before any update
+    min_replay: int = 1000  # no update until the replay holds more than this
+    updates_per_step: int = 10
+    first_epoch_update_cap: int = 5  # at most this many updates per env step in the first epoch
+    epoch_length: int = 0  # 0: the task's episode length
+    replay_size: int = 1_000_000
+    eval_every: int = 5000  # env steps between evaluations (0: only at the end)
+    eval_episodes: int = 5
+    checkpoint_every: int = 10_000  # env steps; the save happens at the next episode end
+    save_replay: bool = True
+    log_every: int = 1000  # env steps between training-loss log rows
+    num_threads: int = 0  # torch intra-op threads; 0: leave torch's default
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "algo.variant": ("vesde", "ddpm"),
+    "device": ("cpu", "cuda"),
+}
+_POSITIVE = {
+    "algo.diffusion_steps", "algo.score_hidden", "algo.time_embed_dim", "algo.critic_hidden",
+    "algo.qc_ensemble", "algo.rho", "algo.beta", "algo.score_mc_samples", "algo.lr",
+    "algo.qc_lr", "algo.lambda_lr", "algo.init_lambda", "algo.batch_size",
+    "algo.target_update_every", "total_steps", "updates_per_step", "replay_size",
+    "eval_episodes", "first_epoch_update_cap",
+}
+_NON_NEGATIVE = {
+    "algo.qc_risk_k", "algo.score_loss_weight", "algo.ddpm_guidance_scale", "warmup_steps",
+    "min_replay", "epoch_length", "eval_every", "checkpoint_every", "log_every", "num_threads",
+    "seed",
+}
+_UNIT_INTERVAL = {"algo.gamma", "algo.cost_gamma", "algo.tau"}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check value against the field's type; ints are accepted where floats are expected."""
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")
+
+
+def _check_range(path: str, value: Any) -> None:
+    if path in _CHOICES and value not in _CHOICES[path]:
+        raise ConfigError(f"{path}: expected one of {list(_CHOICES[path])}, got {value!r}")
+    if path in _POSITIVE and not value > 0:
+        raise ConfigError(f"{path}: expected a value > 0, got {value!r}")
+    if path in _NON_NEGATIVE and not value >= 0:
+        raise ConfigError(f"{path}: expected a value >= 0, got {value!r}")
+    if path in _UNIT_INTERVAL and not 0.0 < value <= 1.0:
+        raise ConfigError(f"{path}: expected a value in (0, 1], got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key (known keys: {', '.join(names)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{path}.")
+        else:
+            kwargs[key] = _coerce(path, value, tp)
+            _check_range(path, kwargs[key])
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None, check_task: bool = True) -> TrainConfig:
+    """Build a validated TrainConfig; raises ConfigError naming the bad field."""
+    cfg = _build(TrainConfig, data or {}, "")
+    if check_task:
+        from algd_runtime.sim import TASK_NAMES
+
+        if cfg.task not in TASK_NAMES:
+            raise ConfigError(f"task: unknown task {cfg.task!r} (known: {', '.join(TASK_NAMES)})")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a YAML file, apply top-level overrides (from the command line), validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    data.update(overrides or {})
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,382 @@
+"""The online off-policy loop: warm-up, updates, evaluation, logging, checkpoints, resume.
+
+Exact resume: a checkpoint holds the networks, optimisers, multiplier, counters, the torch
+and numpy RNG states, the replay (own file) and the episode in progress as (reset seed,
+actions so far). Resuming resets the environment with that seed and replays the actions,
+which rebuilds the simulator state exactly, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from algd_runtime.algd import ALGDAgent
+from algd_runtime.checkpoint import (CheckpointError, agent_from_checkpoint, load_checkpoint,
+                                     save_checkpoint)
+from algd_runtime.config import TrainConfig, config_from_dict
+from algd_runtime.replay import ReplayBuffer
+from algd_runtime.sim import make_task
+from algd_runtime.sim.spec import TaskSpec
+
+POLICY_FILE = "policy.pt"
+
+
+def episode_seed(run_seed: int, episode: int) -> int:
+    """Reset seed of training episode `episode`: independent streams per run seed."""
+    return int(np.random.SeedSequence([run_seed, episode]).generate_state(1)[0])
+
+
+@dataclass
+class EvalResult:
+    returns: list[float]
+    costs: list[float]
+    cost_limit: float
+
+    @property
+    def return_mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def return_std(self) -> float:
+        return float(np.std(self.returns))
+
+    @property
+    def cost_mean(self) -> float:
+        return float(np.mean(self.costs))
+
+    @property
+    def cost_std(self) -> float:
+        return float(np.std(self.costs))
+
+    @property
+    def violations(self) -> int:
+        return int(sum(c > self.cost_limit for c in self.costs))
+
+    @property
+    def within_limit(self) -> bool:
+        return self.cost_mean <= self.cost_limit
+
+
+def evaluate(act: Callable[[np.ndarray], np.ndarray], env, episodes: int, seed: int) -> EvalResult:
+    """Run `episodes` full episodes with `act`; episode i resets with seed + i, so repeated
+    evaluations see the same start states."""
+    spec: TaskSpec = env.task_spec
+    returns, costs = [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        ret, ep_costs = 0.0, []
+        while True:
+            obs, r, c, term, trunc, _ = env.step(act(obs))
+            ret += r
+            ep_costs.append(c)
+            if term or trunc:
+                break
+        returns.append(ret)
+        costs.append(spec.episode_cost(ep_costs))
+    return EvalResult(returns, costs, spec.cost_limit)
+
+
+@dataclass
+class _Episode:
+    seed: int
+    obs: np.ndarray
+    actions: list = field(default_factory=list)
+    ret: float = 0.0
+    costs: list = field(default_factory=list)
+
+
+class _CsvLog:
+    """Appends rows; on resume drops rows written after the checkpoint's step."""
+
+    def __init__(self, path: Path, fields: list[str], resume_step: int | None):
+        self.path, self.fields = path, fields
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
+            self._rewrite(rows)
+        elif not path.exists() or resume_step is None:
+            self._rewrite([])
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+_EVAL_FIELDS = ["step", "time_s", "return_mean", "return_std", "cost_mean", "cost_std", "cost_limit",
+                "violations", "episodes", "lambda", "grad_steps"]
+_TRAIN_FIELDS = ["step", "time_s", "episodes", "train_return", "train_cost", "lambda", "critic_loss",
+                 "cost_critic_loss", "actor_loss", "score_loss", "lambda_loss", "q_policy",
+                 "qc_policy", "qc_replay", "grad_steps", "steps_per_s"]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
+                 progress: bool = True, echo: Callable[[str], None] = print):
+        self.cfg, self.run_dir, self.echo, self.progress = cfg, Path(run_dir), echo, progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.policy_path = self.run_dir / POLICY_FILE
+        device = cfg.device
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device; use --device cpu")
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        # Denormal floats in the small-gradient tail make CPU matmuls many times slower.
+        torch.set_flush_denormal(True)
+
+        ckpt = self._read_resume_checkpoint() if resume else None
+        if ckpt is not None:
+            # The stored config wins, except for the length of the run.
+            stored = config_from_dict(ckpt["config"], check_task=False)
+            stored.total_steps = cfg.total_steps
+            self.cfg = cfg = stored
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.env = make_task(cfg.task, seed=cfg.seed, **cfg.shift)
+        self.eval_env = make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift)
+        self.spec: TaskSpec = self.env.task_spec
+        self.eval_seed = 1_000_000 + cfg.seed * 1000
+        self.epoch_length = cfg.epoch_length or self.spec.episode_length
+        self.replay = ReplayBuffer(cfg.replay_size, self.spec.obs_dim, self.spec.act_dim)
+        self.env_steps = self.episodes = self.updates_this_epoch = 0
+        self.elapsed = 0.0
+        self.recent: list[tuple[float, float]] = []  # (return, cost) of recent training episodes
+        self._stop_requested = False
+
+        if ckpt is None:
+            self.agent = ALGDAgent(self.spec, cfg.algo, device)
+            self.episode = self._new_episode()
+        else:
+            self.agent = agent_from_checkpoint(ckpt, device)
+            self._restore(ckpt)
+        resume_step = self.env_steps if ckpt is not None else None
+        self.eval_log = _CsvLog(self.run_dir / "progress.csv", _EVAL_FIELDS, resume_step)
+        self.train_log = _CsvLog(self.run_dir / "train.csv", _TRAIN_FIELDS, resume_step)
+        self.tb = self._tensorboard()
+
+    # -- resume ---------------------------------------------------------------------------
+    def _read_resume_checkpoint(self) -> dict | None:
+        if not self.policy_path.exists():
+            self.echo(f"--resume: no {self.policy_path} yet; starting a new run")
+            return None
+        ckpt = load_checkpoint(self.policy_path)
+        if ckpt.get("origin") != "trained" or not ckpt.get("train_state"):
+            raise CheckpointError(f"{self.policy_path}: holds no training state to resume from")
+        return ckpt
+
+    def _restore(self, ckpt: dict) -> None:
+        ts = ckpt["train_state"]
+        self.env_steps, self.episodes = ts["env_steps"], ts["episodes"]
+        self.updates_this_epoch, self.elapsed = ts["updates_this_epoch"], ts["elapsed"]
+        self.recent = [tuple(x) for x in ts["recent"]]
+        if ckpt.get("replay_file"):
+            replay_path = self.run_dir / ckpt["replay_file"]
+            if not replay_path.exists():
+                raise CheckpointError(f"{replay_path}: replay file named by {self.policy_path} is missing")
+            self.replay = ReplayBuffer.load(replay_path)
+            if self.replay.size != min(ts["replay_size"], self.replay.capacity):
+                raise CheckpointError(f"{replay_path}: holds {self.replay.size} transitions, "
+                                      f"{self.policy_path} expects {ts['replay_size']}")
+        elif self.env_steps > 0:
+            self.echo("resume: the checkpoint has no replay file; continuing with an empty replay")
+        torch.set_rng_state(ts["torch_rng"])
+        if torch.cuda.is_available() and ts.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
+        self.rng.bit_generator.state = ts["numpy_rng"]
+        # Rebuild the episode in progress by replaying its actions from its reset seed.
+        ep = ts["episode"]
+        self.episode = self._new_episode(seed=ep["seed"])
+        actions = list(ep["actions"].numpy())
+        for a in actions:
+            self.episode.obs = self.env.step(a)[0]
+        self.episode.actions = actions
+        self.episode.ret, self.episode.costs = ep["ret"], list(ep["costs"])
+        if not np.array_equal(self.episode.obs, ep["obs"].numpy()):
+            self.echo("resume: the environment did not replay deterministically; starting a fresh episode")
+            self.episode = self._new_episode()
+        self.echo(f"resumed from {self.policy_path} at step {self.env_steps}")
+
+    def _train_state(self) -> dict[str, Any]:
+        ep = self.episode
+        return {
+            "env_steps": self.env_steps, "episodes": self.episodes,
+            "updates_this_epoch": self.updates_this_epoch, "elapsed": self.elapsed,
+            "recent": [list(x) for x in self.recent], "replay_size": self.replay.size,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_rng": self.rng.bit_generator.state,
+            # Tensors, not numpy arrays: policy.pt is read with weights_only=True.
+            "episode": {"seed": ep.seed, "obs": torch.from_numpy(ep.obs.copy()),
+                        "actions": torch.from_numpy(np.array(ep.actions, np.float32).reshape(-1, self.spec.act_dim)),
+                        "ret": ep.ret, "costs": list(ep.costs)},
+        }
+
+    def save(self) -> Path:
+        """Replay first, under a name that carries the step, then policy.pt (which names it):
+        a crash in between leaves the previous pair intact."""
+        replay_name = None
+        if self.cfg.save_replay:
+            replay_name = f"replay-{self.env_steps:010d}.npz"
+            self.replay.save(self.run_dir / replay_name)
+        save_checkpoint(self.policy_path, self.agent, self.cfg.to_dict(), self._train_state(), replay_name)
+        for old in self.run_dir.glob("replay-*.npz"):
+            if old.name != replay_name:
+                old.unlink()
+        return self.policy_path
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _new_episode(self, seed: int | None = None) -> _Episode:
+        seed = episode_seed(self.cfg.seed, self.episodes) if seed is None else seed
+        obs, _ = self.env.reset(seed=seed)
+        return _Episode(seed=seed, obs=obs)
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.echo("tensorboard not installed: CSV logs only")
+            return None
+        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.env_steps or None)
+
+    def _maybe_update(self, acc: dict[str, list[float]]) -> None:
+        cfg = self.cfg
+        since = self.env_steps - cfg.warmup_steps - 1  # 0 at the first post-warm-up step
+        if since < 0:
+            return
+        if since % self.epoch_length == 0:
+            self.updates_this_epoch = 0
+        if len(self.replay) <= cfg.min_replay:
+            return
+        # The reference schedule: in the first epoch at most `cap` updates per env step.
+        if self.updates_this_epoch > cfg.first_epoch_update_cap * since:
+            return
+        for _ in range(cfg.updates_per_step):
+            stats = self.agent.update(self.replay.sample(cfg.algo.batch_size, self.rng))
+            for k, v in stats.items():
+                acc.setdefault(k, []).append(v)
+        self.updates_this_epoch += cfg.updates_per_step
+
+    def _install_stop_handlers(self) -> dict:
+        """Ctrl-C / SIGTERM finish the current step, save and return (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.total_steps, initial=self.env_steps, unit="step", dynamic_ncols=True,
+                       desc=f"{cfg.task} seed {cfg.seed}")
+        handlers = self._install_stop_handlers()
+        acc: dict[str, list[float]] = {}
+        last_eval: EvalResult | None = None
+        t0, steps0, elapsed0 = time.perf_counter(), self.env_steps, self.elapsed
+        next_ckpt = self._next_multiple(cfg.checkpoint_every)
+        next_eval = self._next_multiple(cfg.eval_every)
+        next_log = self._next_multiple(cfg.log_every)
+        try:
+            while self.env_steps < cfg.total_steps and not self._stop_requested:
+                ep = self.episode
+                action = self.agent.act(ep.obs)
+                next_obs, r, c, term, trunc, _ = self.env.step(action)
+                self.replay.add(ep.obs, action, r, c, next_obs, term)
+                ep.actions.append(action)
+                ep.obs, ep.ret = next_obs, ep.ret + r
+                ep.costs.append(c)
+                self.env_steps += 1
+                self._maybe_update(acc)
+                if term or trunc:
+                    self.recent = (self.recent + [(ep.ret, self.spec.episode_cost(ep.costs))])[-20:]
+                    self.episodes += 1
+                    self.episode = self._new_episode()
+                if bar is not None:
+                    bar.update(1)
+                self.elapsed = now = elapsed0 + time.perf_counter() - t0
+                if self.env_steps >= next_log:
+                    next_log += cfg.log_every
+                    rate = (self.env_steps - steps0) / max(time.perf_counter() - t0, 1e-9)
+                    self._log_train(acc, now, rate)
+                    acc = {}
+                if self.env_steps >= next_eval and self.env_steps < cfg.total_steps:
+                    next_eval += cfg.eval_every
+                    last_eval = self._evaluate(now, bar)
+                if self.env_steps >= next_ckpt and self.env_steps < cfg.total_steps:
+                    next_ckpt += cfg.checkpoint_every
+                    self.save()
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+            if bar is not None:
+                bar.close()
+        self.elapsed = elapsed0 + time.perf_counter() - t0
+        interrupted = self._stop_requested
+        if not interrupted:
+            last_eval = self._evaluate(self.elapsed, None)
+        self.save()
+        if self.tb is not None:
+            self.tb.close()
+        if interrupted:
+            self.echo(f"interrupted at step {self.env_steps}: saved {self.policy_path}; "
+                      f"continue with --resume")
+        return {"policy": str(self.policy_path), "env_steps": self.env_steps, "interrupted": interrupted,
+                "elapsed_s": self.elapsed, "lambda": self.agent.lam, "eval": last_eval}
+
+    def _next_multiple(self, every: int) -> int:
+        if every <= 0:
+            return math.inf
+        return (self.env_steps // every + 1) * every
+
+    def _log_train(self, acc: dict[str, list[float]], now: float, rate: float) -> None:
+        row = {k: float(np.mean(v)) for k, v in acc.items()}
+        row.update(step=self.env_steps, time_s=round(now, 2), episodes=self.episodes,
+                   grad_steps=self.agent.grad_steps, steps_per_s=round(rate, 1))
+        row["lambda"] = self.agent.lam
+        if self.recent:
+            row["train_return"] = float(np.mean([x[0] for x in self.recent]))
+            row["train_cost"] = float(np.mean([x[1] for x in self.recent]))
+        self.train_log.write(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, self.env_steps)
+
+    def _evaluate(self, now: float, bar) -> EvalResult:
+        agent = self.agent
+        res = evaluate(lambda o: agent.act(o, deterministic=True), self.eval_env,
+                       self.cfg.eval_episodes, self.eval_seed)
+        row = {"step": self.env_steps, "time_s": round(now, 2), "return_mean": res.return_mean,
+               "return_std": res.return_std, "cost_mean": res.cost_mean, "cost_std": res.cost_std,
+               "cost_limit": res.cost_limit, "violations": res.violations, "episodes": self.episodes,
+               "lambda": agent.lam, "grad_steps": agent.grad_steps}
+        self.eval_log.write(row)
+        if self.tb is not None:
+            for k in ("return_mean", "cost_mean", "lambda", "violations"):
+                self.tb.add_scalar(f"eval/{k}", row[k], self.env_steps)
+        msg = (f"step {self.env_steps}: eval return {res.return_mean:.2f} ± {res.return_std:.2f}, "
+               f"cost {res.cost_mean:.2f} ± {res.cost_std:.2f} (limit {res.cost_limit:g}), "
+               f"lambda {agent.lam:.3f}")
+        (bar.write if bar is not None else self.echo)(msg)
+        return res

@@ -1,0 +1,89 @@
+"""The training loop: exact resume, logs, Ctrl-C."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from algd_runtime.checkpoint import load_checkpoint
+from algd_runtime.config import config_from_dict
+from algd_runtime.replay import ReplayBuffer
+from algd_runtime.trainer import Trainer
+
+TINY = {
+    "task": "PointHazard-v0", "seed": 3, "warmup_steps": 100, "min_replay": 64, "updates_per_step": 1,
+    "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 0, "log_every": 100, "num_threads": 1,
+    "algo": {"score_hidden": 16, "critic_hidden": 16, "batch_size": 32},
+}
+
+
+def run(run_dir, steps, resume=False):
+    cfg = config_from_dict({**TINY, "total_steps": steps})
+    trainer = Trainer(cfg, run_dir, resume=resume, progress=False, echo=lambda m: None)
+    summary = trainer.run()
+    return trainer, summary
+
+
+def test_resume_mid_episode_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    # 330 is mid-episode (episodes last up to 200 steps): the resume must rebuild it.
+    straight, _ = run(tmp_path / "straight", 600)
+    first, _ = run(tmp_path / "split", 330)
+    assert first.episode.actions, "the checkpoint should fall inside an episode"
+    resumed, summary = run(tmp_path / "split", 600, resume=True)
+    assert summary["env_steps"] == 600 and resumed.agent.grad_steps == straight.agent.grad_steps
+    for name, module in straight.agent.networks().items():
+        for (k, a), b in zip(module.state_dict().items(), resumed.agent.networks()[name].state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{k} differs after resume"
+    assert straight.agent.lam == resumed.agent.lam
+    np.testing.assert_array_equal(straight.replay.obs[:600], resumed.replay.obs[:600])
+    # And the files say the same: policy.pt names a replay file with all 600 transitions.
+    ckpt = load_checkpoint(tmp_path / "split" / "policy.pt")
+    assert ckpt["train_state"]["env_steps"] == 600
+    assert ReplayBuffer.load(tmp_path / "split" / ckpt["replay_file"]).size == 600
+    assert len(list((tmp_path / "split").glob("replay-*.npz"))) == 1
+
+
+def test_logs_are_written_and_trimmed_on_resume(tmp_path):
+    run(tmp_path, 300)
+    rows = list(csv.DictReader(open(tmp_path / "train.csv")))
+    assert [int(r["step"]) for r in rows] == [100, 200, 300]
+    assert all(float(r["critic_loss"]) >= 0 for r in rows[1:])
+    evals = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert [int(e["step"]) for e in evals] == [300] and float(evals[0]["cost_limit"]) == 5.0
+    assert (tmp_path / "tb").is_dir()
+    # Rows from after the checkpoint (a run that died before saving) are dropped on resume.
+    with open(tmp_path / "train.csv", "a") as f:
+        f.write("900,1.0\n")
+    run(tmp_path, 400, resume=True)
+    rows = list(csv.DictReader(open(tmp_path / "train.csv")))
+    assert [int(r["step"]) for r in rows] == [100, 200, 300, 400]
+
+
+def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "algd_runtime.cli", "train", "--config", "configs/smoke.yaml",
+           "--steps", "100000", "--out", str(tmp_path), "--no-progress"]
+    root = Path(__file__).parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    train_csv = tmp_path / "PointHazard-v0-seed0" / "train.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not train_csv.exists() or len(train_csv.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "interrupted at step" in out
+    ckpt = load_checkpoint(tmp_path / "PointHazard-v0-seed0" / "policy.pt")
+    steps = ckpt["train_state"]["env_steps"]
+    assert 500 < steps < 100000  # past the warm-up, far from the end
+    out = subprocess.run(cmd[:-3] + ["--steps", str(steps + 50), "--out", str(tmp_path), "--no-progress", "--resume"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"resumed from" in out.stdout and load_checkpoint(tmp_path / "PointHazard-v0-seed0" / "policy.pt")["train_state"]["env_steps"] == steps + 50
