@@ -36,15 +36,18 @@ def machine_line(device: str) -> str:
             f"({torch.get_num_threads()} threads), device {device}")
 
 
-def bench_train(tasks: list[str], seconds: float = 5.0, batch: int = 256, device: str = "cpu") -> list[dict]:
+def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu") -> list[dict]:
+    """algo: an AlgoConfig (network sizes, batch size) to time the gradient updates with."""
     from algd_runtime.algd import ALGDAgent
-    from algd_runtime.config import AlgoConfig
     from algd_runtime.replay import ReplayBuffer
     from algd_runtime.sim import make_task
 
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device")
+    batch = algo.batch_size
     print(machine_line(device))
+    print(f"networks: {algo.variant}, K={algo.diffusion_steps}, denoiser width {algo.score_hidden}, "
+          f"critic width {algo.critic_hidden}, {algo.qc_ensemble} cost critics, N={algo.score_mc_samples}")
     header = (f"{'task':<28} {'obs':>4} {'act':>4} {'env steps/s':>12} {'act+step/s':>11} "
               f"{'updates/s':>10} {'batch':>6}")
     print(header)
@@ -65,7 +68,7 @@ def bench_train(tasks: list[str], seconds: float = 5.0, batch: int = 256, device
                     env.reset()
             return n
 
-        agent = ALGDAgent(spec, AlgoConfig(batch_size=batch), device)
+        agent = ALGDAgent(spec, algo, device)
         obs = np.zeros(spec.obs_dim, np.float32)
         raw = _rate(env_steps, seconds)
         acting = _rate(lambda: env_steps(50, lambda: agent.act(obs)), seconds)

@@ -136,16 +136,26 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     t = sub.add_parser("train", help="env steps/s and gradient updates/s")
     t.add_argument("--task", action="append", help="task(s) (default: PointHazard-v0, SafetyPointGoal1-v0)")
     t.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
-    t.add_argument("--batch", type=int, default=256)
+    t.add_argument("--batch", type=int, help="batch size (default: the config's, else 256)")
+    t.add_argument("--config", type=Path, help="take network sizes from this config (default: the paper's)")
+    t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = p.parse_args(argv)
 
+    import torch
+
     from algd_runtime.bench import bench_train
+    from algd_runtime.config import AlgoConfig, ConfigError, load_config
 
     tasks = args.task or ["PointHazard-v0", "SafetyPointGoal1-v0"]
     try:
-        bench_train(tasks, seconds=args.seconds, batch=args.batch, device=args.device)
-    except ValueError as exc:
+        algo = load_config(args.config).algo if args.config else AlgoConfig()
+        if args.batch is not None:
+            algo.batch_size = args.batch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        bench_train(tasks, algo, seconds=args.seconds, device=args.device)
+    except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     return 0
 

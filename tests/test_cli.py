@@ -54,4 +54,4 @@ def test_bench_train_prints_a_table_with_rates():
     row = next(line for line in out.stdout.splitlines() if line.startswith("PointHazard-v0"))
     env_rate, act_rate, updates = (float(x) for x in row.split()[3:6])
     assert env_rate > 100 and act_rate > 10 and updates > 1
-    assert out.stdout.startswith("machine:")
+    assert out.stdout.startswith("machine:") and "critic width 256" in out.stdout
