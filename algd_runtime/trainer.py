@@ -104,7 +104,7 @@ class _CsvLog:
             with path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
             self._rewrite(rows)
-        elif not path.exists() or resume_step is None:
+        else:
             self._rewrite([])
 
     def _rewrite(self, rows: list[dict]) -> None:
@@ -136,8 +136,6 @@ class Trainer:
             raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device; use --device cpu")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        # Denormal floats in the small-gradient tail make CPU matmuls many times slower.
-        torch.set_flush_denormal(True)
 
         ckpt = self._read_resume_checkpoint() if resume else None
         if ckpt is not None:
@@ -320,6 +318,9 @@ class Trainer:
                     rate = (self.env_steps - steps0) / max(time.perf_counter() - t0, 1e-9)
                     self._log_train(acc, now, rate)
                     acc = {}
+                    if bar is not None and self.recent:
+                        bar.set_postfix(lam=f"{self.agent.lam:.3f}", ret=f"{self.recent[-1][0]:.1f}",
+                                        cost=f"{self.recent[-1][1]:.1f}", refresh=False)
                 if self.env_steps >= next_eval and self.env_steps < cfg.total_steps:
                     next_eval += cfg.eval_every
                     last_eval = self._evaluate(now, bar)

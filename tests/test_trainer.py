@@ -87,3 +87,23 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"resumed from" in out.stdout and load_checkpoint(tmp_path / "PointHazard-v0-seed0" / "policy.pt")["train_state"]["env_steps"] == steps + 50
+
+
+@pytest.mark.parametrize("task", ["SafetyPointGoal1-v0", "SafetyHopperVelocity-v1"])
+def test_safety_gymnasium_tasks_train_and_resume_exactly(tmp_path, task):
+    """Real Safety-Gymnasium through the trainer: a navigation task (cost mask forced to 1,
+    per-episode budget) and a velocity task (discounted budget, terminations)."""
+    cfg = {**TINY, "task": task, "warmup_steps": 60, "min_replay": 32, "log_every": 50}
+
+    def go(run_dir, steps, resume=False):
+        t = Trainer(config_from_dict({**cfg, "total_steps": steps}), run_dir, resume=resume, progress=False,
+                    echo=lambda m: None)
+        return t, t.run()
+
+    straight, summary = go(tmp_path / "a", 140)
+    assert summary["eval"] is not None and np.isfinite(summary["eval"].return_mean)
+    assert straight.agent.spec.cost_mask_always_one == (task == "SafetyPointGoal1-v0")
+    go(tmp_path / "b", 90)
+    resumed, _ = go(tmp_path / "b", 140, resume=True)
+    for (k, a), b in zip(straight.agent.policy.state_dict().items(), resumed.agent.policy.state_dict().values()):
+        assert torch.equal(a, b), k
