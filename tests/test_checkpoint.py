@@ -1,6 +1,5 @@
 """policy.pt: round trip, clear errors, and atomic writes that a crash cannot tear."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -86,7 +86,7 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
     out = subprocess.run(cmd[:-3] + ["--steps", str(steps + 50), "--out", str(tmp_path), "--no-progress", "--resume"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"resumed from" in out.stdout and load_checkpoint(tmp_path / "PointHazard-v0-seed0" / "policy.pt")["train_state"]["env_steps"] == steps + 50
+    assert "resumed from" in out.stdout and load_checkpoint(tmp_path / "PointHazard-v0-seed0" / "policy.pt")["train_state"]["env_steps"] == steps + 50
 
 
 @pytest.mark.parametrize("task", ["SafetyPointGoal1-v0", "SafetyHopperVelocity-v1"])
