@@ -78,6 +78,13 @@ class ALGDAgent:
         qc = self.qc_risk(obs, action)
         return augmented_lagrangian(q_min, qc, lam, self.h, self.cfg.rho), q_min, qc
 
+    def energy_grad(self, obs: torch.Tensor, action: torch.Tensor, lam: float | None = None) -> torch.Tensor:
+        """grad_a L_A(s, a, lam) by autograd (the reference for the exported analytic gradient)."""
+        with torch.enable_grad():
+            a = action.detach().requires_grad_(True)
+            la, _, _ = self.energy(obs.detach(), a, lam)
+            return torch.autograd.grad(la.sum(), a)[0]
+
     def score_target(self, obs: torch.Tensor, a_tau: torch.Tensor, tau: torch.Tensor,
                      noise: torch.Tensor | None = None) -> torch.Tensor:
         """phi* = -(1/beta) sum_i w_i grad_a L_A(s, a^(i)), a^(i) = a_tau + sigma_tau eps_i,

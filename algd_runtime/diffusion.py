@@ -11,13 +11,15 @@ Schedule buffer names match the reference code so its state dicts load unchanged
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence, Tuple
 
 import torch
 
 from algd_runtime.networks import Denoiser
 
 VARIANTS = ("vesde", "ddpm")
+# (grad_fn(obs, a) -> grad_a L_A, guidance weight w)
+Guide = Tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], float]
 
 
 class DiffusionPolicy(Denoiser):
@@ -45,8 +47,10 @@ class DiffusionPolicy(Denoiser):
     def initial_std(self) -> float:
         raise NotImplementedError
 
-    def reverse_step(self, obs: torch.Tensor, x: torch.Tensor, k: int,
-                     noise: torch.Tensor | None) -> torch.Tensor:
+    def reverse_step(self, obs: torch.Tensor, x: torch.Tensor, k: int, noise: torch.Tensor | None,
+                     guide: Guide | None = None) -> torch.Tensor:
+        """One reverse step. guide = (grad_fn, w): grad_fn(obs, a) is grad_a L_A, and each
+        step also follows -w * grad_a L_A (the deployment-time guidance; w = 0 is a no-op)."""
         raise NotImplementedError
 
     def score_target_sigma(self, tau: torch.Tensor) -> torch.Tensor:
@@ -55,7 +59,8 @@ class DiffusionPolicy(Denoiser):
 
     # -- the chain -----------------------------------------------------------------------
     def chain(self, obs: torch.Tensor, x_init: torch.Tensor, noises: torch.Tensor | None,
-              tau: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              tau: torch.Tensor | None = None, guide: Guide | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run steps K-1 .. 0 from x_init; noises[k] ([B, act]) is added after step k > 0.
 
         noises=None runs the deterministic chain. If tau ([B] step indices) is given, also
@@ -65,7 +70,7 @@ class DiffusionPolicy(Denoiser):
         if tau is not None:
             a_tau = torch.zeros_like(x_init)
         for k in reversed(range(self.steps)):
-            x = self.reverse_step(obs, x, k, None if noises is None or k == 0 else noises[k])
+            x = self.reverse_step(obs, x, k, None if noises is None or k == 0 else noises[k], guide)
             if tau is not None:
                 a_tau = torch.where((tau == k)[:, None], self.latent_to_action(x), a_tau)
         return self.latent_to_action(x), a_tau
@@ -113,9 +118,13 @@ class VESDEPolicy(DiffusionPolicy):
     def initial_std(self) -> float:
         return float(self.ve_sigmas[-1])
 
-    def reverse_step(self, obs, x, k, noise):
+    def reverse_step(self, obs, x, k, noise, guide=None):
         d2 = self.ve_delta_sigma2[k].clamp(min=1e-8)
-        phi = self.score(obs, self.latent_to_action(x), self.step_index(k, x.shape[0]))
+        a = self.latent_to_action(x)
+        phi = self.score(obs, a, self.step_index(k, x.shape[0]))
+        if guide is not None:
+            grad_fn, w = guide
+            phi = phi - w * grad_fn(obs, a)
         x = x + d2 * phi
         return x if noise is None else x + d2.sqrt() * noise
 
@@ -145,7 +154,7 @@ class DDPMPolicy(DiffusionPolicy):
     def initial_std(self) -> float:
         return 1.0
 
-    def reverse_step(self, obs, x, k, noise):
+    def reverse_step(self, obs, x, k, noise, guide=None):
         kk = self.step_index(k, x.shape[0])
         beta, alpha = self.betas[k], self.alphas[k]
         abar, abar_prev = self.alphas_cumprod[k], self.alphas_cumprod_prev[k]
@@ -154,9 +163,14 @@ class DDPMPolicy(DiffusionPolicy):
         coef_x0 = abar_prev.sqrt() * beta / (1.0 - abar + 1e-8)
         coef_x = alpha.sqrt() * (1.0 - abar_prev) / (1.0 - abar + 1e-8)
         mean = coef_x0 * x0_pred + coef_x * x
+        a = self.latent_to_action(x)
         if self.guidance_scale != 0.0:
-            phi = self.score(obs, self.latent_to_action(x), kk)
+            phi = self.score(obs, a, kk)
             mean = mean + self.guidance_scale * phi / (phi.norm(dim=-1, keepdim=True) + 1e-8)
+        if guide is not None:  # the same normalised step, along -grad_a L_A
+            grad_fn, w = guide
+            grad = grad_fn(obs, a)
+            mean = mean - w * self.guidance_scale * grad / (grad.norm(dim=-1, keepdim=True) + 1e-8)
         if noise is None:
             return mean
         var = beta * (1.0 - abar_prev) / (1.0 - abar + 1e-8)

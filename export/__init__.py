@@ -1,0 +1,1 @@
+"""algd-export: policy.pt -> bundle (denoiser.onnx, critics.onnx, manifest.yaml)."""

@@ -1,0 +1,39 @@
+"""algd-export policy.pt [-o DIR] [--batch N] [--opset N]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-export", description="Freeze a policy.pt into an ONNX bundle.")
+    p.add_argument("policy", type=Path)
+    p.add_argument("-o", "--out", type=Path, help="bundle folder (default: bundle/ beside the policy)")
+    p.add_argument("--batch", type=int, help="fix the batch size (default: dynamic batch)")
+    p.add_argument("--opset", type=int, default=17)
+    args = p.parse_args(argv)
+
+    from algd_runtime.checkpoint import CheckpointError
+    from algd_runtime.export.exporter import ExportError, export_bundle
+
+    out = args.out or args.policy.parent / "bundle"
+    print(f"exporting {args.policy} -> {out} (opset {args.opset}, batch {args.batch or 'dynamic'}); "
+          f"measuring parity on 1000 observations ...", flush=True)
+    try:
+        manifest = export_bundle(args.policy, out, batch=args.batch, opset=args.opset)
+    except (CheckpointError, ExportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    par = manifest["parity"]["max_abs_error"]
+    print("parity (max abs error vs torch): " + ", ".join(f"{k} {v:.2e}" for k, v in par.items()))
+    for key, f in manifest["files"].items():
+        print(f"  {f['path']:<24} {f['bytes'] / 1024:8.1f} KiB  sha256 {f['sha256'][:16]}...")
+    print(f"wrote {out}/manifest.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""policy.pt -> bundle: denoiser.onnx (guided), denoiser_unguided.onnx (w = 0 fast path),
+critics.onnx and manifest.yaml, with the torch-vs-ONNX parity measured at export."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import yaml
+
+from algd_runtime.algd import ALGDAgent
+from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
+from algd_runtime.export.graph import DenoiserEmitter, EnergyEmitter, GraphBuilder
+
+BUNDLE_SCHEMA = "algd-runtime/bundle"
+BUNDLE_SCHEMA_VERSION = 1
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+FILES = {"denoiser": "denoiser.onnx", "denoiser_unguided": "denoiser_unguided.onnx", "critics": "critics.onnx"}
+
+
+class ExportError(RuntimeError):
+    """The bundle could not be made (for instance parity above tolerance)."""
+
+
+def _energy(g: GraphBuilder, agent: ALGDAgent) -> EnergyEmitter:
+    return EnergyEmitter(g, agent.critic.state_dict(), agent.cost_critics.state_dict(), agent.spec.obs_dim,
+                         agent.h, agent.cfg.rho, agent.cfg.qc_risk_k)
+
+
+def build_denoiser(agent: ALGDAgent, guided: bool, batch: int | str = "batch", opset: int = DEFAULT_OPSET
+                   ) -> onnx.ModelProto:
+    """The K-step reverse chain, unrolled. Inputs: observation [B, obs], initial_latent
+    [B, act], step_noise [K, B, act] (step_noise[k] is added after step k > 0; zeros and a
+    zero latent give the deterministic chain), and if guided lagrange_multiplier [1] and
+    guidance_scale [1]. Output: action [B, act]."""
+    pol, spec = agent.policy, agent.spec
+    o, a, K = spec.obs_dim, spec.act_dim, pol.steps
+    g = GraphBuilder("algd_denoiser_guided" if guided else "algd_denoiser")
+    obs = g.input("observation", [batch, o])
+    x = g.input("initial_latent", [batch, a])
+    noise = g.input("step_noise", [K, batch, a])
+    if guided:
+        lam, w = g.input("lagrange_multiplier", [1]), g.input("guidance_scale", [1])
+        energy = _energy(g, agent)
+    den = DenoiserEmitter(g, pol.state_dict(), o, a)
+    obs_part = den.obs_part(obs)
+    scale, bias = g.const(pol.action_scale.numpy()), g.const(pol.action_bias.numpy())
+
+    def squash(latent: str) -> str:
+        return g.op("Add", g.op("Mul", g.op("Tanh", latent), scale), bias)
+
+    def noise_at(k: int) -> str:
+        return g.op("Gather", noise, g.const(np.array(k, np.int64)), axis=0)
+
+    def unit(v: str) -> str:
+        norm = g.op("Sqrt", g.sum_axis(g.op("Mul", v, v), 1))
+        return g.op("Div", v, g.op("Add", norm, g.const(np.float32(1e-8))))
+
+    for k in reversed(range(K)):
+        act = squash(x)
+        if pol.variant == "vesde":
+            d2 = float(pol.ve_delta_sigma2[k].clamp(min=1e-8))
+            phi = den(obs_part, act, k, "score")
+            if guided:
+                phi = g.op("Sub", phi, g.op("Mul", w, energy(obs, act, lam)["grad"]))
+            x = g.op("Add", x, g.op("Mul", g.const(np.float32(d2)), phi))
+            step_std = np.sqrt(d2)
+        else:
+            beta, alpha = float(pol.betas[k]), float(pol.alphas[k])
+            abar, abar_prev = float(pol.alphas_cumprod[k]), float(pol.alphas_cumprod_prev[k])
+            eps = den(obs_part, x, k, "eps")
+            x0 = g.op("Div", g.op("Sub", x, g.op("Mul", g.const(np.float32(np.sqrt(1 - abar))), eps)),
+                      g.const(np.float32(np.sqrt(abar + 1e-8))))
+            c_x0 = np.sqrt(abar_prev) * beta / (1 - abar + 1e-8)
+            c_x = np.sqrt(alpha) * (1 - abar_prev) / (1 - abar + 1e-8)
+            x = g.op("Add", g.op("Mul", g.const(np.float32(c_x0)), x0), g.op("Mul", g.const(np.float32(c_x)), x))
+            gs = pol.guidance_scale
+            if gs != 0.0:
+                x = g.op("Add", x, g.op("Mul", g.const(np.float32(gs)), unit(den(obs_part, act, k, "score"))))
+            if guided:
+                step = g.op("Mul", g.op("Mul", w, g.const(np.float32(gs))), unit(energy(obs, act, lam)["grad"]))
+                x = g.op("Sub", x, step)
+            step_std = np.sqrt(beta * (1 - abar_prev) / (1 - abar + 1e-8) + 1e-8)
+        if k > 0:
+            x = g.op("Add", x, g.op("Mul", g.const(np.float32(step_std)), noise_at(k)))
+    g.output(squash(x), "action", [batch, a])
+    return g.model(opset, doc=f"ALGD {pol.variant} reverse chain, K={K}, {'guided' if guided else 'unguided'}")
+
+
+def build_critics(agent: ALGDAgent, batch: int | str = "batch", opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """(observation, action, lagrange_multiplier) -> q_min, qc_mean, qc_risk, energy [B, 1], grad [B, act]."""
+    spec = agent.spec
+    g = GraphBuilder("algd_critics")
+    obs = g.input("observation", [batch, spec.obs_dim])
+    act = g.input("action", [batch, spec.act_dim])
+    lam = g.input("lagrange_multiplier", [1])
+    out = _energy(g, agent)(obs, act, lam)
+    for name in ("q_min", "qc_mean", "qc_risk", "energy"):
+        g.output(out[name], name, [batch, 1])
+    g.output(out["grad"], "grad", [batch, spec.act_dim])
+    return g.model(opset, doc="ALGD critics: Q_min, Qc mean / risk, augmented Lagrangian and its action gradient")
+
+
+# -- parity ------------------------------------------------------------------------------
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def random_observations(spec, n: int, seed: int = 0, steps: int = 2000) -> tuple[np.ndarray, str]:
+    """n random observations at the scale of the task's own: Gaussian with the per-dimension
+    mean and std of a random-action rollout in the task (standard normal if the task cannot be
+    made here). Physically inconsistent inputs far outside that range give critic gradients in
+    the hundreds, where float32 rounding alone exceeds any useful tolerance."""
+    rng = np.random.default_rng(seed)
+    try:
+        from algd_runtime.sim import make_task
+
+        env = make_task(spec.name, seed=seed, **spec.shift)
+    except Exception:  # a task not available on this machine
+        return rng.standard_normal((n, spec.obs_dim)).astype(np.float32), "standard normal"
+    seen, (obs, _) = [], env.reset(seed=seed)
+    low, high = np.asarray(spec.act_low), np.asarray(spec.act_high)
+    for _ in range(steps):
+        seen.append(obs)
+        obs, _, _, term, trunc, _ = env.step(rng.uniform(low, high))
+        if term or trunc:
+            obs, _ = env.reset()
+    env.close()
+    seen = np.asarray(seen, np.float64)
+    mean, std = seen.mean(0), seen.std(0) + 1e-3
+    return (mean + std * rng.standard_normal((n, spec.obs_dim))).astype(np.float32), \
+        f"Gaussian fitted to {steps} steps of {spec.name} under random actions"
+
+
+def measure_parity(agent: ALGDAgent, models: dict[str, onnx.ModelProto], n: int = 1000, seed: int = 0,
+                   guidance: float = 0.5) -> tuple[dict[str, float], str]:
+    """Max abs error, ONNX Runtime vs torch, over n random observations with fixed noise:
+    on actions (deterministic / stochastic, unguided / w = 0 / guided) and on the critics
+    (relative to max(1, |value|): Q and its gradient scale with the task's returns)."""
+    spec, pol = agent.spec, agent.policy
+    gen = torch.Generator().manual_seed(seed)
+    obs_np, source = random_observations(spec, n, seed)
+    obs = torch.from_numpy(obs_np)
+    x_init, noises = pol.draw_noise(n, gen)
+    zeros_x, zeros_n = torch.zeros_like(x_init), torch.zeros_like(noises)
+    lam = agent.lam
+    grad_fn = lambda s, a: agent.energy_grad(s, a, lam)  # noqa: E731
+    sess = {k: _session(m) for k, m in models.items()}
+    feeds = lambda x, nz: {"observation": obs.numpy(), "initial_latent": x.numpy(), "step_noise": nz.numpy()}  # noqa: E731
+    lam_w = {"lagrange_multiplier": np.array([lam], np.float32), "guidance_scale": np.array([guidance], np.float32)}
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for mode, (x, nz) in {"deterministic": (zeros_x, zeros_n), "stochastic": (x_init, noises)}.items():
+            ref = pol.chain(obs, x, None if mode == "deterministic" else nz)[0].numpy()
+            got = sess["denoiser_unguided"].run(None, feeds(x, nz))[0]
+            out[f"{mode}_unguided"] = float(np.abs(got - ref).max())
+            got = sess["denoiser"].run(None, {**feeds(x, nz), **lam_w, "guidance_scale": np.zeros(1, np.float32)})[0]
+            out[f"{mode}_w0"] = float(np.abs(got - ref).max())
+            ref_g = pol.chain(obs, x, None if mode == "deterministic" else nz, guide=(grad_fn, guidance))[0].numpy()
+            got = sess["denoiser"].run(None, {**feeds(x, nz), **lam_w})[0]
+            out[f"{mode}_guided"] = float(np.abs(got - ref_g).max())
+        act = torch.rand(n, spec.act_dim, generator=gen) * 2 - 1
+        act = act * pol.action_scale + pol.action_bias
+        la, q, qc = agent.energy(obs, act, lam)
+        got = dict(zip(["q_min", "qc_mean", "qc_risk", "energy", "grad"],
+                       sess["critics"].run(None, {"observation": obs.numpy(), "action": act.numpy(),
+                                                  "lagrange_multiplier": lam_w["lagrange_multiplier"]})))
+    grad = agent.energy_grad(obs, act, lam).numpy()
+    # Relative for the critic values: Q can be in the hundreds on long-horizon tasks.
+    for name, ref in (("q_min", q), ("qc_risk", qc), ("energy", la)):
+        r = ref.numpy()
+        out[f"critics_{name}"] = float((np.abs(got[name] - r) / np.maximum(1.0, np.abs(r))).max())
+    out["critics_grad"] = float((np.abs(got["grad"] - grad) / np.maximum(1.0, np.abs(grad))).max())
+    return out, source
+
+
+# -- the bundle -------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def manifest_for(agent: ALGDAgent, ckpt: dict, opset: int, batch, parity: dict, parity_source: str,
+                 files: dict) -> dict[str, Any]:
+    spec, pol, cfg = agent.spec, agent.policy, agent.cfg
+    schedule: dict[str, Any] = {"variant": pol.variant, "steps": pol.steps, "initial_std": pol.initial_std}
+    if pol.variant == "vesde":
+        schedule["sigmas"] = [float(v) for v in pol.ve_sigmas]
+    else:
+        schedule["betas"] = [float(v) for v in pol.betas]
+        schedule["guidance_scale"] = float(pol.guidance_scale)
+    return {
+        "schema": BUNDLE_SCHEMA,
+        "schema_version": BUNDLE_SCHEMA_VERSION,
+        "task": spec.name,
+        "shift": dict(spec.shift),
+        "obs_dim": spec.obs_dim,
+        "act_dim": spec.act_dim,
+        "act_low": list(spec.act_low),
+        "act_high": list(spec.act_high),
+        "batch": batch if isinstance(batch, int) else "dynamic",
+        "schedule": schedule,
+        "budget": {"cost_limit": spec.cost_limit, "semantics": spec.cost_semantics, "cost_gamma": cfg.cost_gamma,
+                   "target_h": agent.h, "episode_length": spec.episode_length},
+        "energy": {"rho": cfg.rho, "qc_risk_k": cfg.qc_risk_k, "qc_ensemble": cfg.qc_ensemble},
+        "lagrange_multiplier": agent.lam,
+        "source": {"origin": ckpt.get("origin"), "created": ckpt.get("created"),
+                   "env_steps": (ckpt.get("train_state") or {}).get("env_steps")},
+        "opset": opset,
+        "versions": _versions(),
+        "parity": {"tolerance": PARITY_TOLERANCE, "observations": parity.pop("observations"),
+                   "observations_from": parity_source, "guidance_scale": 0.5,
+                   "max_abs_error": parity},
+        "files": files,
+    }
+
+
+def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = None, opset: int = DEFAULT_OPSET,
+                  parity_n: int = 1000, tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
+    """Write the bundle atomically (a temp folder renamed into place); refuse above tolerance."""
+    if not 13 <= opset <= 21:
+        raise ExportError(f"--opset: expected 13..21, got {opset}")
+    if batch is not None and batch < 1:
+        raise ExportError(f"--batch: expected a value >= 1, got {batch}")
+    if parity_n < 1000:
+        raise ExportError(f"parity: expected >= 1000 observations, got {parity_n}")
+    ckpt = load_checkpoint(policy)
+    agent = agent_from_checkpoint(ckpt, "cpu", with_optimizers=False)
+    dim = batch if batch is not None else "batch"
+    models = {"denoiser": build_denoiser(agent, True, dim, opset),
+              "denoiser_unguided": build_denoiser(agent, False, dim, opset),
+              "critics": build_critics(agent, dim, opset)}
+    for m in models.values():
+        onnx.checker.check_model(m, full_check=True)
+    if batch is None:
+        parity, source = measure_parity(agent, models, parity_n)
+    else:  # fixed batch: measure with a dynamic twin of the same graphs
+        twins = {"denoiser": build_denoiser(agent, True, "batch", opset),
+                 "denoiser_unguided": build_denoiser(agent, False, "batch", opset),
+                 "critics": build_critics(agent, "batch", opset)}
+        parity, source = measure_parity(agent, twins, parity_n)
+    worst = max(parity.values())
+    parity["observations"] = parity_n
+    if worst > tolerance:
+        raise ExportError(f"parity: max abs error {worst:.3g} > {tolerance:g} "
+                          f"({', '.join(f'{k}={v:.3g}' for k, v in parity.items())}); bundle not written")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        files = {}
+        for key, model in models.items():
+            path = tmp / FILES[key]
+            onnx.save(model, path)
+            files[key] = {"path": FILES[key], "sha256": _sha256(path), "bytes": path.stat().st_size}
+        manifest = manifest_for(agent, ckpt, opset, batch, parity, source, files)
+        (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
