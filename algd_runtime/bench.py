@@ -92,3 +92,90 @@ def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu
         print(f"{name:<28} {spec.obs_dim:>4} {spec.act_dim:>4} {raw:>12.0f} {acting:>11.0f} "
               f"{ups:>10.1f} {batch:>6}", flush=True)
     return rows
+
+
+# -- algd-bench infer -------------------------------------------------------------------------
+def _latency(fn: Callable[[], object], iters: int, warmup: int = 200) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    ts = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter_ns()
+        fn()
+        ts[i] = time.perf_counter_ns() - t0
+    ts /= 1e3  # microseconds
+    return {"p50": float(np.percentile(ts, 50)), "p99": float(np.percentile(ts, 99)), "max": float(ts.max()),
+            "per_s": float(1e6 / ts.mean())}
+
+
+def _torch_cases(policy_path: str, guidance: float):
+    """The same decisions in torch eager, from the policy.pt the bundle was exported from."""
+    from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
+
+    agent = agent_from_checkpoint(load_checkpoint(policy_path), "cpu", with_optimizers=False)
+    pol, lam = agent.policy, agent.lam
+    obs1 = torch.zeros(1, agent.spec.obs_dim)
+    guide = (lambda s, a: agent.energy_grad(s, a, lam), guidance)
+
+    def best_of(n: int, guided: bool):
+        obs = obs1.expand(n, -1)
+        x, nz = pol.draw_noise(n)
+        with torch.no_grad():
+            cand = pol.chain(obs, x, nz, guide=guide if guided else None)[0]
+            la, _, _ = agent.energy(obs, cand, lam)
+        return cand[la.argmin()]
+
+    def deterministic(guided: bool):
+        with torch.no_grad():
+            return pol.chain(obs1, torch.zeros(1, agent.spec.act_dim), None, guide=guide if guided else None)[0]
+
+    return deterministic, best_of
+
+
+def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: list[str] | None = None,
+                guidance: float = 0.3) -> list[dict]:
+    import onnxruntime as ort
+
+    from algd_runtime.runtime import PROVIDERS, PolicyRuntime
+
+    available = ort.get_available_providers()
+    providers = providers or [p for p, name in PROVIDERS.items() if name in available]
+    rt0 = PolicyRuntime.load(bundle, provider="cpu")
+    m = rt0.manifest
+    print(machine_line("cpu" if providers == ["cpu"] else ",".join(providers)))
+    print(f"bundle: {bundle} ({m['task']}, {m['schedule']['variant']}, K={m['schedule']['steps']}, "
+          f"obs {m['obs_dim']}, act {m['act_dim']}), onnxruntime {ort.__version__}, guided w = {guidance}")
+    cases = [("batch 1, deterministic", dict(mode="deterministic")),
+             ("batch 1, guided", dict(mode="deterministic", guidance_scale=guidance)),
+             ("best-of-16", dict(mode="best_of_n", n=16)),
+             ("best-of-16, guided", dict(mode="best_of_n", n=16, guidance_scale=guidance)),
+             ("best-of-64", dict(mode="best_of_n", n=64)),
+             ("best-of-64, guided", dict(mode="best_of_n", n=64, guidance_scale=guidance))]
+    header = f"{'engine':<14} {'case':<24} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'actions/s':>10}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+
+    def emit(engine: str, case: str, r: dict) -> None:
+        rows.append({"engine": engine, "case": case, **r})
+        print(f"{engine:<14} {case:<24} {r['p50']:>9.1f} {r['p99']:>9.1f} {r['max']:>9.1f} {r['per_s']:>10.0f}",
+              flush=True)
+
+    obs = np.zeros(rt0.obs_dim, np.float32)
+    for prov in providers:
+        rt = rt0 if prov == "cpu" else PolicyRuntime.load(bundle, provider=prov)
+        for case, kw in cases:
+            emit(f"ort-{prov}", case, _latency(lambda: rt.act(obs, **kw), iters))
+    if policy:
+        torch.set_num_threads(1)
+        deterministic, best_of = _torch_cases(policy, guidance)
+        t_iters = max(iters // 4, 200)
+        for case, kw in cases:
+            guided = kw.get("guidance_scale", 0) > 0
+            fn = (lambda: best_of(kw["n"], guided)) if kw["mode"] == "best_of_n" else (lambda: deterministic(guided))
+            emit("torch-eager", case, _latency(fn, t_iters, warmup=50))
+        ort_rows = {r["case"]: r for r in rows if r["engine"] == "ort-cpu"}
+        print("speed-up of ort-cpu over torch eager (p50 / p99): " + "; ".join(
+            f"{r['case']}: {r['p50'] / ort_rows[r['case']]['p50']:.1f}x / {r['p99'] / ort_rows[r['case']]['p99']:.1f}x"
+            for r in rows if r["engine"] == "torch-eager" and r["case"] in ort_rows))
+    return rows

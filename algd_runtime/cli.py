@@ -140,7 +140,16 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--config", type=Path, help="take network sizes from this config (default: the paper's)")
     t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    i = sub.add_parser("infer", help="inference latency of a bundle, against torch eager")
+    i.add_argument("bundle", type=Path)
+    i.add_argument("--policy", type=Path, help="policy.pt for the torch baseline (default: beside the bundle)")
+    i.add_argument("--iters", type=int, default=2000)
+    i.add_argument("--provider", action="append", choices=["cpu", "cuda", "tensorrt"],
+                   help="providers to time (default: every one available)")
+    i.add_argument("--guidance", type=float, default=0.3, help="w for the guided cases")
     args = p.parse_args(argv)
+    if args.what == "infer":
+        return _bench_infer(args)
 
     import torch
 
@@ -156,6 +165,21 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         bench_train(tasks, algo, seconds=args.seconds, device=args.device)
     except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _bench_infer(args) -> int:
+    from algd_runtime.bench import bench_infer
+    from algd_runtime.runtime import BundleError
+
+    policy = args.policy or args.bundle.parent / "policy.pt"
+    if not policy.is_file():
+        print(f"note: no {policy}; timing ONNX Runtime only (give --policy for the torch baseline)")
+        policy = None
+    try:
+        bench_infer(str(args.bundle), str(policy) if policy else None, args.iters, args.provider, args.guidance)
+    except (BundleError, ValueError) as exc:
         return _fail(str(exc))
     return 0
 

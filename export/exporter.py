@@ -50,6 +50,7 @@ def build_denoiser(agent: ALGDAgent, guided: bool, batch: int | str = "batch", o
     if guided:
         lam, w = g.input("lagrange_multiplier", [1]), g.input("guidance_scale", [1])
         energy = _energy(g, agent)
+        parts = energy.prepare(obs)  # the observation's share, once per chain
     den = DenoiserEmitter(g, pol.state_dict(), o, a)
     obs_part = den.obs_part(obs)
     scale, bias = g.const(pol.action_scale.numpy()), g.const(pol.action_bias.numpy())
@@ -70,7 +71,7 @@ def build_denoiser(agent: ALGDAgent, guided: bool, batch: int | str = "batch", o
             d2 = float(pol.ve_delta_sigma2[k].clamp(min=1e-8))
             phi = den(obs_part, act, k, "score")
             if guided:
-                phi = g.op("Sub", phi, g.op("Mul", w, energy(obs, act, lam)["grad"]))
+                phi = g.op("Sub", phi, g.op("Mul", w, energy(obs, act, lam, parts)["grad"]))
             x = g.op("Add", x, g.op("Mul", g.const(np.float32(d2)), phi))
             step_std = np.sqrt(d2)
         else:
@@ -86,7 +87,7 @@ def build_denoiser(agent: ALGDAgent, guided: bool, batch: int | str = "batch", o
             if gs != 0.0:
                 x = g.op("Add", x, g.op("Mul", g.const(np.float32(gs)), unit(den(obs_part, act, k, "score"))))
             if guided:
-                step = g.op("Mul", g.op("Mul", w, g.const(np.float32(gs))), unit(energy(obs, act, lam)["grad"]))
+                step = g.op("Mul", g.op("Mul", w, g.const(np.float32(gs))), unit(energy(obs, act, lam, parts)["grad"]))
                 x = g.op("Sub", x, step)
             step_std = np.sqrt(beta * (1 - abar_prev) / (1 - abar + 1e-8) + 1e-8)
         if k > 0:

@@ -96,66 +96,68 @@ class DenoiserEmitter:
 
 
 class EnergyEmitter:
-    """Q_min, Qc mean / risk, L_A and grad_a L_A of the critics, as plain ops."""
+    """Q_min, Qc mean / risk, L_A and grad_a L_A of the critics, as plain ops.
+
+    The twin Q (ReLU) and the cost ensemble (SiLU) are both stacks of 2-hidden-layer MLPs,
+    evaluated as batched matmuls [S, B, H]; the observation's share of the first layer is
+    computed once per chain (`prepare`), since only the action changes between steps.
+    """
 
     def __init__(self, g: GraphBuilder, critic_sd: dict, cost_sd: dict, obs_dim: int, h: float,
                  rho: float, risk_k: float):
         self.g, self.h, self.rho, self.k = g, h, rho, risk_k
-        # Constants created once: the guided chain evaluates the energy at every step.
-        self.q = []
-        for idx in ((1, 2, 3), (4, 5, 6)):
-            (w1, b1), (w2, b2), (w3, b3) = [(_np(critic_sd, f"linear{i}.weight"), _np(critic_sd, f"linear{i}.bias"))
-                                            for i in idx]
-            self.q.append({"w1": g.const(w1), "b1": g.const(b1), "w2": g.const(w2), "b2": g.const(b2),
-                           "w3": g.const(w3), "b3": g.const(b3),
-                           "w1_act": g.const(np.ascontiguousarray(w1[:, obs_dim:]))})
-        (w1, b1), (w2, b2), (w3, b3) = [(_np(cost_sd, f"nn{i}.weight"), _np(cost_sd, f"nn{i}.bias")) for i in (1, 2, 3)]
-        self.members = w1.shape[0]
-        self.c = {"w1": g.const(w1), "b1": g.const(b1[:, None, :]), "w2": g.const(w2), "b2": g.const(b2[:, None, :]),
-                  "w3": g.const(w3), "b3": g.const(b3[:, None, :]),
-                  "w3_t": g.const(np.transpose(w3, (0, 2, 1))), "w2_t": g.const(np.transpose(w2, (0, 2, 1))),
-                  "w1_act_t": g.const(np.ascontiguousarray(np.transpose(w1[:, obs_dim:, :], (0, 2, 1))))}
-        self.one, self.zero = g.const(np.float32(1.0)), g.const(np.float32(0.0))
+        # Twin Q in the ensemble's layout: weights [S, in, out], biases [S, out].
+        tq = lambda i: np.stack([_np(critic_sd, f"linear{i + j}.weight").T for j in (0, 3)])  # noqa: E731
+        tb = lambda i: np.stack([_np(critic_sd, f"linear{i + j}.bias") for j in (0, 3)])  # noqa: E731
+        self.q = self._stack(g, [(tq(i), tb(i)) for i in (1, 2, 3)], obs_dim)
+        self.c = self._stack(g, [(_np(cost_sd, f"nn{i}.weight"), _np(cost_sd, f"nn{i}.bias")) for i in (1, 2, 3)],
+                             obs_dim)
+        self.members = int(self.c["size"])
+        self.one = g.const(np.float32(1.0))
 
-    def _q_head(self, xu: str, p: dict) -> tuple[str, str]:
-        """One ReLU Q net: value [B, 1] and its gradient w.r.t. the action [B, act]."""
+    @staticmethod
+    def _stack(g: GraphBuilder, layers, obs_dim: int) -> dict:
+        (w1, b1), (w2, b2), (w3, b3) = layers
+        return {"size": w1.shape[0], "w1_obs": w1[:, :obs_dim, :], "b1": b1[:, None, :],
+                "w1_act": g.const(np.ascontiguousarray(w1[:, obs_dim:, :])),
+                "w2": g.const(w2), "b2": g.const(b2[:, None, :]), "w3": g.const(w3), "b3": g.const(b3[:, None, :]),
+                "w3_t": g.const(np.transpose(w3, (0, 2, 1))), "w2_t": g.const(np.transpose(w2, (0, 2, 1))),
+                "w1_act_t": g.const(np.ascontiguousarray(np.transpose(w1[:, obs_dim:, :], (0, 2, 1))))}
+
+    def prepare(self, obs: str) -> dict[str, str]:
+        """The observation's share of each stack's first layer (bias included), [S, B, H]."""
         g = self.g
-        z1 = g.linear(xu, p["w1"], p["b1"])
-        z2 = g.linear(g.op("Relu", z1), p["w2"], p["b2"])
-        q = g.linear(g.op("Relu", z2), p["w3"], p["b3"])
-        g2 = g.op("Mul", self._relu_mask(z2), p["w3"])  # [B, H] * [1, H]
-        g1 = g.op("Mul", self._relu_mask(z1), g.op("MatMul", g2, p["w2"]))
-        return q, g.op("MatMul", g1, p["w1_act"])
+        return {name: g.op("Add", g.op("MatMul", obs, g.const(p["w1_obs"])), g.const(p["b1"]))
+                for name, p in (("q", self.q), ("c", self.c))}
 
-    def _relu_mask(self, z: str) -> str:
-        return self.g.op("Cast", self.g.op("Greater", z, self.zero), to=TensorProto.FLOAT)
-
-    def _silu_and_slope(self, z: str) -> tuple[str, str]:
+    def _activation(self, z: str, kind: str) -> tuple[str, str]:
+        """Activation and its slope at z."""
         g = self.g
+        if kind == "relu":
+            h = g.op("Relu", z)
+            return h, g.op("Sign", h)  # 1 where z > 0, else 0 (as torch's ReLU backward)
         s = g.op("Sigmoid", z)
-        one = self.one
-        slope = g.op("Mul", s, g.op("Add", one, g.op("Mul", z, g.op("Sub", one, s))))
+        slope = g.op("Mul", s, g.op("Add", self.one, g.op("Mul", z, g.op("Sub", self.one, s))))
         return g.op("Mul", z, s), slope
 
-    def _cost_ensemble(self, xu: str) -> tuple[str, str]:
-        """Members' values [M, B, 1] and action gradients [M, B, act]."""
-        g, c = self.g, self.c  # weights [M, in, out], biases [M, 1, out]
-        z1 = g.op("Add", g.op("MatMul", xu, c["w1"]), c["b1"])
-        a1, d1 = self._silu_and_slope(z1)
-        z2 = g.op("Add", g.op("MatMul", a1, c["w2"]), c["b2"])
-        a2, d2 = self._silu_and_slope(z2)
-        qc = g.op("Add", g.op("MatMul", a2, c["w3"]), c["b3"])
-        g2 = g.op("Mul", d2, c["w3_t"])  # [M, B, H] * [M, 1, H]
-        g1 = g.op("Mul", d1, g.op("MatMul", g2, c["w2_t"]))
-        return qc, g.op("MatMul", g1, c["w1_act_t"])
-
-    def __call__(self, obs: str, action: str, lam: str) -> dict[str, str]:
+    def _stacked(self, obs_part: str, action: str, p: dict, kind: str) -> tuple[str, str]:
+        """Values [S, B, 1] and action gradients [S, B, act] of a stack of MLPs."""
         g = self.g
-        xu = g.op("Concat", obs, action, axis=1)
-        (q1, g1), (q2, g2) = (self._q_head(xu, p) for p in self.q)
+        h1, d1 = self._activation(g.op("Add", obs_part, g.op("MatMul", action, p["w1_act"])), kind)
+        h2, d2 = self._activation(g.op("Add", g.op("MatMul", h1, p["w2"]), p["b2"]), kind)
+        value = g.op("Add", g.op("MatMul", h2, p["w3"]), p["b3"])
+        g1 = g.op("Mul", d1, g.op("MatMul", g.op("Mul", d2, p["w3_t"]), p["w2_t"]))
+        return value, g.op("MatMul", g1, p["w1_act_t"])
+
+    def __call__(self, obs: str, action: str, lam: str, parts: dict[str, str] | None = None) -> dict[str, str]:
+        g = self.g
+        parts = parts or self.prepare(obs)
+        q, grad_q_all = self._stacked(parts["q"], action, self.q, "relu")
+        first = lambda x, i: g.op("Gather", x, g.const(np.array(i, np.int64)), axis=0)  # noqa: E731
+        q1, q2 = first(q, 0), first(q, 1)
         q_min = g.op("Min", q1, q2)
-        grad_q = g.op("Where", g.op("LessOrEqual", q1, q2), g1, g2)
-        qc, grad_c = self._cost_ensemble(xu)
+        grad_q = g.op("Where", g.op("LessOrEqual", q1, q2), first(grad_q_all, 0), first(grad_q_all, 1))
+        qc, grad_c = self._stacked(parts["c"], action, self.c, "silu")
         m = float(self.members)
         mean = g.op("Div", g.sum_axis(qc, 0, keepdims=0), g.const(np.float32(m)))
         mean_g = g.op("Div", g.sum_axis(grad_c, 0, keepdims=0), g.const(np.float32(m)))

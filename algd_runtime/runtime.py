@@ -1,0 +1,303 @@
+"""The inference engine on the robot: an exported bundle run by ONNX Runtime. No torch.
+
+    rt = PolicyRuntime.load("bundle/", provider="auto")
+    res = rt.act(obs)                                  # deterministic (x_K = 0, no noise)
+    res = rt.act(obs, mode="stochastic", seed=1)
+    res = rt.act(obs, mode="best_of_n", n=16, remaining_budget=2.0)
+    res = rt.act(obs, guidance_scale=0.3, lagrange_multiplier=1.2)   # guided by -grad_a L_A
+    res.action, res.valid          # a row with a NaN / Inf observation is invalid: its action is
+                                   # the centre of the action box, never NaN; the caller falls back
+    rt.evaluate(obs, action)       # q_min, qc_mean, qc_risk, energy, grad (for the monitor)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+BUNDLE_SCHEMA = "algd-runtime/bundle"
+BUNDLE_SCHEMA_VERSION = 1
+MODES = ("deterministic", "stochastic", "best_of_n")
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_FILES = ("denoiser", "denoiser_unguided", "critics")
+
+
+class BundleError(ValueError):
+    """The bundle cannot be used; the message says which file and what does not match."""
+
+
+@dataclass
+class ActResult:
+    action: np.ndarray  # [B, act] (or [act] for a single observation)
+    valid: np.ndarray  # [B] bool: False where the observation or the output was not finite
+    energy: np.ndarray | None = None  # best_of_n: L_A of the chosen candidate, [B]
+    qc_risk: np.ndarray | None = None  # best_of_n: Qc_risk of the chosen candidate, [B]
+    fits_budget: np.ndarray | None = None  # best_of_n with a budget: a candidate fitted, [B]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    """Load and verify manifest.yaml and every file it lists (schema, sizes, hashes)."""
+    bundle = Path(bundle)
+    path = bundle / "manifest.yaml"
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest (is {bundle} a bundle written by algd-export?)")
+    try:
+        m = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BundleError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(m, dict) or m.get("schema") != BUNDLE_SCHEMA:
+        got = m.get("schema") if isinstance(m, dict) else type(m).__name__
+        raise BundleError(f"{path}: schema: expected {BUNDLE_SCHEMA!r}, got {got!r}")
+    if m.get("schema_version") != BUNDLE_SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema_version: expected {BUNDLE_SCHEMA_VERSION}, got {m.get('schema_version')!r}")
+    for key in ("obs_dim", "act_dim", "act_low", "act_high", "schedule", "files", "lagrange_multiplier"):
+        if key not in m:
+            raise BundleError(f"{path}: missing field {key!r}")
+    for key in _FILES:
+        entry = m["files"].get(key)
+        if not entry:
+            raise BundleError(f"{path}: files.{key}: missing")
+        f = bundle / entry["path"]
+        if not f.is_file():
+            raise BundleError(f"{f}: missing (listed in manifest.yaml as files.{key})")
+        size = f.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(f"{f}: {size} bytes, manifest.yaml says {entry['bytes']} (truncated or replaced?)")
+        digest = _sha256(f)
+        if digest != entry["sha256"]:
+            raise BundleError(f"{f}: sha256 {digest[:16]}... does not match manifest.yaml's {entry['sha256'][:16]}...")
+    return m
+
+
+def resolve_providers(provider: str) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider == "auto":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available \
+            else ["CPUExecutionProvider"]
+    if provider not in PROVIDERS:
+        raise BundleError(f"provider: expected one of {['auto', *PROVIDERS]}, got {provider!r}")
+    name = PROVIDERS[provider]
+    if name not in available:
+        raise BundleError(f"provider {provider!r}: {name} is not in this onnxruntime (available: "
+                          f"{', '.join(available)}); install onnxruntime-gpu on a CUDA machine")
+    return [name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name]
+
+
+class _BoundRunner:
+    """A session whose inputs and outputs live in fixed buffers on the device (IO binding).
+    On CUDA this is what lets ONNX Runtime capture the graph once and replay it; each call
+    only copies the inputs in and the outputs out."""
+
+    def __init__(self, session, feeds: dict[str, np.ndarray], device: str):
+        import onnxruntime as ort
+
+        self.session, self.io = session, session.io_binding()
+        self.inputs = {}
+        for name, arr in feeds.items():
+            # A private copy: on CPU an OrtValue shares the numpy array's memory.
+            self.inputs[name] = ort.OrtValue.ortvalue_from_numpy(np.array(arr, np.float32, copy=True), device, 0)
+            self.io.bind_ortvalue_input(name, self.inputs[name])
+        batch = feeds["observation"].shape[0]
+        self.outputs = []
+        for out in session.get_outputs():
+            shape = [batch if not isinstance(d, int) else d for d in out.shape]
+            self.outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0))
+            self.io.bind_ortvalue_output(out.name, self.outputs[-1])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        for name, arr in feeds.items():
+            self.inputs[name].update_inplace(np.ascontiguousarray(arr))
+        self.session.run_with_iobinding(self.io)
+        return [o.numpy().copy() for o in self.outputs]  # the buffers are reused by the next call
+
+
+class PolicyRuntime:
+    def __init__(self, manifest: dict, sessions: dict, providers: list, seed: int | None = None,
+                 bind_io: bool = False, session_factory=None):
+        self.manifest = manifest
+        self.obs_dim, self.act_dim = int(manifest["obs_dim"]), int(manifest["act_dim"])
+        self.steps = int(manifest["schedule"]["steps"])
+        self.initial_std = float(manifest["schedule"]["initial_std"])
+        self.act_low = np.asarray(manifest["act_low"], np.float32)
+        self.act_high = np.asarray(manifest["act_high"], np.float32)
+        self.centre = (self.act_low + self.act_high) / 2
+        self.lagrange_multiplier = float(manifest["lagrange_multiplier"])
+        self.sessions, self.providers = sessions, providers
+        self.rng = np.random.default_rng(seed)
+        self._zeros: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.bind_io, self._session_factory = bind_io, session_factory
+        self._runners: dict[tuple[str, int], _BoundRunner] = {}
+
+    @classmethod
+    def load(cls, bundle: str | Path, provider: str = "auto", threads: int = 1, seed: int | None = None,
+             bind_io: bool | None = None) -> "PolicyRuntime":
+        """bind_io: run through fixed device buffers (default: on CUDA, where each graph and batch
+        size gets its own session with CUDA-graph capture; on CPU plain run() is faster)."""
+        import onnxruntime as ort
+
+        bundle = Path(bundle)
+        manifest = read_manifest(bundle)
+        providers = resolve_providers(provider)
+        so = ort.SessionOptions()
+        # Latency over throughput: one thread, sequential, all graph optimisations.
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        on_cuda = providers[0] == "CUDAExecutionProvider"
+
+        def open_session(key: str, graph_capture: bool = False):
+            path = bundle / manifest["files"][key]["path"]
+            provs = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"] \
+                if graph_capture else providers
+            try:
+                return ort.InferenceSession(str(path), so, providers=provs)
+            except Exception as exc:
+                raise BundleError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
+
+        sessions = {key: open_session(key) for key in _FILES}
+        factory = (lambda key: open_session(key, graph_capture=True)) if on_cuda else None
+        rt = cls(manifest, sessions, providers, seed, on_cuda if bind_io is None else bind_io, factory)
+        rt._device = "cuda" if on_cuda else "cpu"
+        rt._check_shapes(bundle)
+        return rt
+
+    def _run(self, key: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.bind_io:
+            return self.sessions[key].run(None, feeds)
+        slot = (key, feeds["observation"].shape[0])
+        runner = self._runners.get(slot)
+        if runner is None:  # CUDA graphs need fixed shapes: one captured session per batch size
+            session = self._session_factory(key) if self._session_factory else self.sessions[key]
+            runner = self._runners[slot] = _BoundRunner(session, feeds, getattr(self, "_device", "cpu"))
+        return runner.run(feeds)
+
+    def _check_shapes(self, bundle: Path) -> None:
+        want = {"observation": self.obs_dim, "initial_latent": self.act_dim, "action": self.act_dim}
+        for key, sess in self.sessions.items():
+            for arg in [*sess.get_inputs(), *sess.get_outputs()]:
+                if arg.name in want and arg.shape[-1] != want[arg.name]:
+                    raise BundleError(f"{bundle / self.manifest['files'][key]['path']}: {arg.name} has "
+                                      f"{arg.shape[-1]} features, manifest.yaml says {want[arg.name]}")
+
+    @property
+    def provider(self) -> str:
+        return self.sessions["denoiser_unguided"].get_providers()[0]
+
+    # -- input checks ---------------------------------------------------------------------
+    def _as_batch(self, obs, what: str = "observation", width: int | None = None) -> tuple[np.ndarray, bool]:
+        width = self.obs_dim if width is None else width
+        arr = np.asarray(obs)
+        if arr.dtype.kind != "f":
+            raise ValueError(f"{what}: expected a float array, got dtype {arr.dtype}")
+        single = arr.ndim == 1
+        if single:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != width:
+            raise ValueError(f"{what}: expected shape ({width},) or (B, {width}), got {np.shape(obs)}")
+        return np.ascontiguousarray(arr, dtype=np.float32), single
+
+    @staticmethod
+    def _finite_rows(x: np.ndarray) -> np.ndarray:
+        return np.isfinite(x).all(axis=1)
+
+    # -- acting --------------------------------------------------------------------------------
+    def _noise(self, batch: int, stochastic: bool) -> tuple[np.ndarray, np.ndarray]:
+        if not stochastic:
+            if batch not in self._zeros:
+                self._zeros[batch] = (np.zeros((batch, self.act_dim), np.float32),
+                                      np.zeros((self.steps, batch, self.act_dim), np.float32))
+            return self._zeros[batch]
+        x = (self.rng.standard_normal((batch, self.act_dim)) * self.initial_std).astype(np.float32)
+        return x, self.rng.standard_normal((self.steps, batch, self.act_dim)).astype(np.float32)
+
+    def _chain(self, obs: np.ndarray, stochastic: bool, lam: float, w: float) -> np.ndarray:
+        x, noise = self._noise(obs.shape[0], stochastic)
+        feeds = {"observation": obs, "initial_latent": x, "step_noise": noise}
+        if w == 0.0:
+            return self._run("denoiser_unguided", feeds)[0]
+        feeds["lagrange_multiplier"] = np.array([lam], np.float32)
+        feeds["guidance_scale"] = np.array([w], np.float32)
+        return self._run("denoiser", feeds)[0]
+
+    def act(self, obs, mode: str = "deterministic", n: int = 16, seed: int | None = None,
+            lagrange_multiplier: float | None = None, guidance_scale: float = 0.0,
+            remaining_budget: float | None = None) -> ActResult:
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+        if not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale: expected a finite value >= 0, got {guidance_scale}")
+        lam = self.lagrange_multiplier if lagrange_multiplier is None else float(lagrange_multiplier)
+        if not np.isfinite(lam) or lam < 0:
+            raise ValueError(f"lagrange_multiplier: expected a finite value >= 0, got {lagrange_multiplier}")
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        batch, single = self._as_batch(obs)
+        ok = self._finite_rows(batch)
+        if not ok.all():  # compute on zeros, then replace: never let NaN into the graph
+            batch = np.where(ok[:, None], batch, 0.0).astype(np.float32)
+        if mode == "best_of_n":
+            res = self._best_of_n(batch, n, lam, guidance_scale, remaining_budget)
+        else:
+            res = ActResult(self._chain(batch, mode == "stochastic", lam, guidance_scale), ok)
+        res.valid = ok & self._finite_rows(res.action)
+        res.action = np.where(res.valid[:, None], res.action, self.centre).astype(np.float32)
+        if single:
+            res.action = res.action[0]
+        return res
+
+    def _best_of_n(self, obs: np.ndarray, n: int, lam: float, w: float, budget: float | None) -> ActResult:
+        """n stochastic candidates per observation in one batch; the lowest energy wins,
+        optionally only among candidates whose Qc risk fits the remaining budget (if none
+        fits, the one with the lowest risk: the safest available)."""
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+        b = obs.shape[0]
+        tiled = np.repeat(obs, n, axis=0)
+        cand = self._chain(tiled, True, lam, w)
+        ev = self.evaluate(tiled, cand, lam)
+        energy, risk = ev["energy"].reshape(b, n), ev["qc_risk"].reshape(b, n)
+        score = energy.copy()
+        fits = np.ones(b, bool)
+        if budget is not None:
+            allowed = risk <= budget
+            fits = allowed.any(axis=1)
+            score = np.where(allowed, energy, np.inf)
+            score[~fits] = risk[~fits]  # nothing fits: minimise the risk instead
+        pick = np.argmin(score, axis=1)
+        rows = np.arange(b)
+        action = cand.reshape(b, n, self.act_dim)[rows, pick]
+        return ActResult(action, np.ones(b, bool), energy[rows, pick], risk[rows, pick],
+                         fits if budget is not None else None)
+
+    def evaluate(self, obs, action, lagrange_multiplier: float | None = None) -> dict[str, np.ndarray]:
+        """Critic quantities for (s, a): q_min, qc_mean, qc_risk, energy [B] and grad [B, act]."""
+        o, single = self._as_batch(obs)
+        a, _ = self._as_batch(action, "action", self.act_dim)
+        if a.shape[0] != o.shape[0]:
+            raise ValueError(f"action: expected {o.shape[0]} rows to match the observations, got {a.shape[0]}")
+        lam = self.lagrange_multiplier if lagrange_multiplier is None else float(lagrange_multiplier)
+        outs = self._run("critics", {"observation": o, "action": a,
+                                     "lagrange_multiplier": np.array([lam], np.float32)})
+        res = {name: v[:, 0] for name, v in zip(("q_min", "qc_mean", "qc_risk", "energy"), outs[:4])}
+        res["grad"] = outs[4]
+        if single:
+            res = {k: v[0] for k, v in res.items()}
+        return res

@@ -1,0 +1,40 @@
+"""Shared fixtures: small trained policies and their exported bundles."""
+
+import numpy as np
+import pytest
+import torch
+
+from algd_runtime.algd import ALGDAgent
+from algd_runtime.checkpoint import save_checkpoint
+from algd_runtime.config import AlgoConfig, TrainConfig
+from algd_runtime.sim import make_task
+
+
+def small_policy(path, variant="vesde", updates=20, seed=0, **algo):
+    """A PointHazard policy with small networks, nudged by a few updates on random data so
+    its weights are not the initial ones."""
+    torch.manual_seed(seed)
+    spec = make_task("PointHazard-v0").task_spec
+    cfg = AlgoConfig(**{"variant": variant, "score_hidden": 32, "critic_hidden": 32, "batch_size": 32, **algo})
+    agent = ALGDAgent(spec, cfg)
+    rng = np.random.default_rng(seed)
+    for _ in range(updates):
+        agent.update({"obs": rng.normal(size=(32, 8)).astype(np.float32),
+                      "action": rng.uniform(-1, 1, (32, 2)).astype(np.float32),
+                      "reward": rng.normal(size=32).astype(np.float32),
+                      "cost": (rng.random(32) < 0.3).astype(np.float32),
+                      "next_obs": rng.normal(size=(32, 8)).astype(np.float32), "done": np.zeros(32, np.float32)})
+    with torch.no_grad():
+        agent.log_lambda.fill_(float(np.log(1.5)))  # a multiplier large enough to make the penalty active
+    save_checkpoint(path, agent, TrainConfig(task=spec.name, algo=cfg).to_dict())
+    return agent
+
+
+@pytest.fixture(scope="session")
+def vesde_bundle(tmp_path_factory):
+    from algd_runtime.export.exporter import export_bundle
+
+    root = tmp_path_factory.mktemp("vesde")
+    small_policy(root / "policy.pt", "vesde")
+    export_bundle(root / "policy.pt", root / "bundle")
+    return root / "bundle"

@@ -1,0 +1,108 @@
+"""algd-export: parity with torch (both variants, guided and not), analytic gradients,
+valid graphs, refusal above tolerance."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+from algd_runtime.export.exporter import (ExportError, build_critics, build_denoiser, export_bundle,
+                                          _session)
+
+from conftest import small_policy
+
+
+@pytest.mark.parametrize("variant", ["vesde", "ddpm"])
+def test_parity_guided_and_unguided_within_tolerance(tmp_path, variant):
+    small_policy(tmp_path / "policy.pt", variant)
+    manifest = export_bundle(tmp_path / "policy.pt", tmp_path / "bundle")
+    errors = manifest["parity"]["max_abs_error"]
+    assert manifest["parity"]["observations"] >= 1000
+    for key in ("deterministic_unguided", "deterministic_w0", "deterministic_guided", "stochastic_unguided",
+                "stochastic_w0", "stochastic_guided", "critics_q_min", "critics_qc_risk", "critics_energy",
+                "critics_grad"):
+        assert errors[key] < 1e-4, (key, errors[key])
+    # w = 0 on the guided graph is the trained chain: same error as the unguided graph.
+    assert errors["deterministic_w0"] == errors["deterministic_unguided"]
+    on_disk = yaml.safe_load((tmp_path / "bundle" / "manifest.yaml").read_text())
+    assert on_disk["schedule"]["variant"] == variant and on_disk["files"]["denoiser"]["bytes"] > 0
+
+
+def test_guidance_moves_the_action_and_w0_matches_torch_exactly_enough(tmp_path):
+    agent = small_policy(tmp_path / "policy.pt")
+    sess = _session(build_denoiser(agent, guided=True))
+    obs = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32) * 0.5
+    feeds = {"observation": obs, "initial_latent": np.zeros((64, 2), np.float32),
+             "step_noise": np.zeros((5, 64, 2), np.float32),
+             "lagrange_multiplier": np.array([agent.lam], np.float32)}
+    a0 = sess.run(None, {**feeds, "guidance_scale": np.zeros(1, np.float32)})[0]
+    a1 = sess.run(None, {**feeds, "guidance_scale": np.array([0.5], np.float32)})[0]
+    ref = agent.policy.act_deterministic(torch.from_numpy(obs)).detach().numpy()
+    assert np.abs(a0 - ref).max() < 1e-5
+    assert np.abs(a1 - a0).max() > 1e-3  # guidance does something
+    # ... and it lowers the energy on average (it follows -grad_a L_A).
+    la0, _, _ = agent.energy(torch.from_numpy(obs), torch.from_numpy(a0))
+    la1, _, _ = agent.energy(torch.from_numpy(obs), torch.from_numpy(a1))
+    assert la1.mean() < la0.mean()
+
+
+@pytest.mark.parametrize("members", [4, 1])
+def test_analytic_critic_gradient_equals_autograd(tmp_path, members):
+    agent = small_policy(tmp_path / "policy.pt", qc_ensemble=members)
+    sess = _session(build_critics(agent))
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(500, 8)).astype(np.float32)
+    act = rng.uniform(-1, 1, (500, 2)).astype(np.float32)
+    for lam in (0.0, 1.5, 40.0):  # penalty inactive and active
+        out = sess.run(None, {"observation": obs, "action": act, "lagrange_multiplier": np.array([lam], np.float32)})
+        ref = agent.energy_grad(torch.from_numpy(obs), torch.from_numpy(act), lam).numpy()
+        np.testing.assert_allclose(out[4], ref, rtol=1e-4, atol=1e-5)
+        la, q, qc = agent.energy(torch.from_numpy(obs), torch.from_numpy(act), lam)
+        np.testing.assert_allclose(out[3], la.detach().numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out[2], qc.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_both_graphs_pass_the_full_checker_and_use_no_control_flow(vesde_bundle):
+    for name in ("denoiser.onnx", "denoiser_unguided.onnx", "critics.onnx"):
+        model = onnx.load(vesde_bundle / name)
+        onnx.checker.check_model(model, full_check=True)
+        ops = {n.op_type for n in model.graph.node}
+        assert not ops & {"Loop", "If", "Scan"}, name
+        dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims[1] == 8  # only the batch is free
+
+
+def test_fixed_batch_export_and_opset(tmp_path):
+    small_policy(tmp_path / "policy.pt")
+    m = export_bundle(tmp_path / "policy.pt", tmp_path / "b", batch=16, opset=13)
+    model = onnx.load(tmp_path / "b" / "denoiser.onnx")
+    assert m["batch"] == 16 and model.opset_import[0].version == 13
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 16
+
+
+def test_export_refuses_above_tolerance_and_leaves_no_bundle(tmp_path):
+    small_policy(tmp_path / "policy.pt")
+    with pytest.raises(ExportError, match=r"parity: max abs error .* > 1e-12"):
+        export_bundle(tmp_path / "policy.pt", tmp_path / "bundle", tolerance=1e-12)
+    assert not (tmp_path / "bundle").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["policy.pt"]
+
+
+def test_cli_exports_reference_imports_and_refuses_bad_input(tmp_path):
+    from test_reference import reference_files
+
+    from algd_runtime.reference import import_reference
+
+    (a, c, s), *_ = reference_files(tmp_path)
+    import_reference(a, c, s, "PointHazard-v0", tmp_path / "imported.pt")
+    bin_ = [sys.executable, "-m", "algd_runtime.export.cli"]
+    out = subprocess.run(bin_ + [str(tmp_path / "imported.pt"), "-o", str(tmp_path / "ib")], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert "parity (max abs error vs torch)" in out.stdout and (tmp_path / "ib" / "manifest.yaml").is_file()
+    out = subprocess.run(bin_ + [str(tmp_path / "imported.pt"), "--opset", "7"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--opset: expected 13..21, got 7" in out.stderr
