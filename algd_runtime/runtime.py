@@ -96,6 +96,8 @@ def resolve_providers(provider: str) -> list:
     if name not in available:
         raise BundleError(f"provider {provider!r}: {name} is not in this onnxruntime (available: "
                           f"{', '.join(available)}); install onnxruntime-gpu on a CUDA machine")
+    if provider == "tensorrt":  # nodes TensorRT does not take fall back to CUDA, then CPU
+        return [name, "CUDAExecutionProvider", "CPUExecutionProvider"]
     return [name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name]
 
 
@@ -129,7 +131,7 @@ class _BoundRunner:
 
 class PolicyRuntime:
     def __init__(self, manifest: dict, sessions: dict, providers: list, seed: int | None = None,
-                 bind_io: bool = False, session_factory=None):
+                 bind_io: bool = False, session_factory=None, device: str = "cpu"):
         self.manifest = manifest
         self.obs_dim, self.act_dim = int(manifest["obs_dim"]), int(manifest["act_dim"])
         self.steps = int(manifest["schedule"]["steps"])
@@ -141,7 +143,7 @@ class PolicyRuntime:
         self.sessions, self.providers = sessions, providers
         self.rng = np.random.default_rng(seed)
         self._zeros: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.bind_io, self._session_factory = bind_io, session_factory
+        self.bind_io, self._session_factory, self._device = bind_io, session_factory, device
         self._runners: dict[tuple[str, int], _BoundRunner] = {}
 
     @classmethod
@@ -174,8 +176,8 @@ class PolicyRuntime:
 
         sessions = {key: open_session(key) for key in _FILES}
         factory = (lambda key: open_session(key, graph_capture=True)) if on_cuda else None
-        rt = cls(manifest, sessions, providers, seed, on_cuda if bind_io is None else bind_io, factory)
-        rt._device = "cuda" if on_cuda else "cpu"
+        rt = cls(manifest, sessions, providers, seed, on_cuda if bind_io is None else bind_io, factory,
+                 "cuda" if on_cuda else "cpu")
         rt._check_shapes(bundle)
         return rt
 
@@ -186,7 +188,7 @@ class PolicyRuntime:
         runner = self._runners.get(slot)
         if runner is None:  # CUDA graphs need fixed shapes: one captured session per batch size
             session = self._session_factory(key) if self._session_factory else self.sessions[key]
-            runner = self._runners[slot] = _BoundRunner(session, feeds, getattr(self, "_device", "cpu"))
+            runner = self._runners[slot] = _BoundRunner(session, feeds, self._device)
         return runner.run(feeds)
 
     def _check_shapes(self, bundle: Path) -> None:
