@@ -41,7 +41,7 @@ class ActResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -77,7 +77,7 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         size = f.stat().st_size
         if size != entry["bytes"]:
             raise BundleError(f"{f}: {size} bytes, manifest.yaml says {entry['bytes']} (truncated or replaced?)")
-        digest = _sha256(f)
+        digest = sha256_file(f)
         if digest != entry["sha256"]:
             raise BundleError(f"{f}: sha256 {digest[:16]}... does not match manifest.yaml's {entry['sha256'][:16]}...")
     return m

@@ -3,7 +3,6 @@ critics.onnx and manifest.yaml, with the torch-vs-ONNX parity measured at export
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import shutil
 import tempfile
@@ -18,9 +17,8 @@ import yaml
 from algd_runtime.algd import ALGDAgent
 from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
 from algd_runtime.export.graph import DenoiserEmitter, EnergyEmitter, GraphBuilder
+from algd_runtime.runtime import BUNDLE_SCHEMA, BUNDLE_SCHEMA_VERSION, sha256_file
 
-BUNDLE_SCHEMA = "algd-runtime/bundle"
-BUNDLE_SCHEMA_VERSION = 1
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 FILES = {"denoiser": "denoiser.onnx", "denoiser_unguided": "denoiser_unguided.onnx", "critics": "critics.onnx"}
@@ -188,14 +186,6 @@ def measure_parity(agent: ALGDAgent, models: dict[str, onnx.ModelProto], n: int 
 
 
 # -- the bundle -------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import onnxruntime
 
@@ -275,7 +265,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
         for key, model in models.items():
             path = tmp / FILES[key]
             onnx.save(model, path)
-            files[key] = {"path": FILES[key], "sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[key] = {"path": FILES[key], "sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = manifest_for(agent, ckpt, opset, batch, parity, source, files)
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
         if out_dir.exists():
