@@ -1,0 +1,106 @@
+"""The budget monitor's decisions, driven directly (no ROS)."""
+
+import math
+
+import pytest
+
+from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
+
+
+def levels(mon):
+    return [(t.old, t.new) for t in mon.transitions]
+
+
+def test_rising_cost_escalates_ok_warn_error_stop_in_order_with_numbers():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0, warn_at=0.5, error_at=0.8, stop_at=1.0))
+    seen = []
+    for _ in range(12):
+        for t in mon.update(1.0):
+            seen.append((t.step, t.new, t.accumulated))
+    assert seen == [(5, "WARN", 5.0), (8, "ERROR", 8.0), (10, "STOP", 10.0)]
+    stop = mon.transitions[-1]
+    assert stop.limit == 10.0 and stop.ratio == pytest.approx(1.0) and "forecast/limit 1.000 >= 1" in stop.reason
+
+
+def test_forecast_includes_the_critics_prediction():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0))
+    out = mon.update(1.0, predicted_cost_to_go=4.5)  # 1 + 4.5 = 5.5 -> WARN at once
+    assert [t.new for t in out] == ["WARN"] and mon.forecast == pytest.approx(5.5)
+    assert out[0].predicted == pytest.approx(4.5)
+
+
+def test_a_jump_passes_through_every_level_in_one_update():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0))
+    out = mon.update(0.0, predicted_cost_to_go=50.0)
+    assert [(t.old, t.new) for t in out] == [("OK", "WARN"), ("WARN", "ERROR"), ("ERROR", "STOP")]
+
+
+def test_stop_is_latched_until_reset():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=2.0))
+    mon.update(3.0)
+    assert mon.level == Level.STOP
+    for _ in range(100):
+        mon.update(0.0)
+    assert mon.end_episode() == [] and mon.level == Level.STOP
+    out = mon.reset_stop()
+    assert [t.new for t in out] == ["OK"] and mon.accumulated == 0.0 and mon.level == Level.OK
+    assert mon.reset_stop() == []
+
+
+def test_hysteresis_needs_calm_steps_below_threshold_minus_margin():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0, warn_at=0.5, error_at=0.8, hysteresis=0.1, clear_steps=3))
+    mon.update(0.0, 6.0)  # forecast 6 / 10 -> WARN
+    assert mon.level == Level.WARN
+    for _ in range(10):
+        mon.update(0.0, 4.5)  # 0.45: under warn_at but inside the margin -> stays WARN
+    assert mon.level == Level.WARN
+    mon.update(0.0, 3.0)
+    mon.update(0.0, 3.0)
+    mon.update(0.0, 4.5)  # the calm streak is broken
+    mon.update(0.0, 3.0)
+    mon.update(0.0, 3.0)
+    assert mon.level == Level.WARN
+    mon.update(0.0, 3.0)  # third calm update in a row -> one level down
+    assert mon.level == Level.OK
+    assert levels(mon)[-1] == ("WARN", "OK") and "for 3 steps" in mon.transitions[-1].reason
+
+
+def test_window_accounting_forgets_old_cost():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0, accounting="window", window_steps=5))
+    for _ in range(5):
+        mon.update(1.0)
+    assert mon.accumulated == 5.0
+    mon.end_episode()  # a continuing task: episode events do not clear the window
+    assert mon.accumulated == 5.0
+    for _ in range(5):
+        mon.update(0.0)
+    assert mon.accumulated == 0.0
+
+
+def test_episode_end_resets_accounting_and_level_below_stop():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0))
+    for _ in range(6):
+        mon.update(1.0)
+    assert mon.level == Level.WARN
+    out = mon.end_episode()
+    assert [t.new for t in out] == ["OK"] and mon.accumulated == 0.0 and mon.episode == 1
+
+
+def test_nan_cost_counts_as_worst_case_and_nan_prediction_as_none():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=4.0))
+    mon.update(math.nan)
+    assert mon.level == Level.STOP
+    mon2 = BudgetMonitor(MonitorConfig(cost_limit=4.0))
+    mon2.update(1.0, predicted_cost_to_go=math.nan)
+    assert mon2.forecast == 1.0
+
+
+@pytest.mark.parametrize("kw, pattern", [
+    (dict(cost_limit=0.0), "cost_limit: expected a finite value > 0"),
+    (dict(cost_limit=1.0, accounting="daily"), "accounting: expected 'episode' or 'window'"),
+    (dict(cost_limit=1.0, warn_at=0.9, error_at=0.8), "thresholds: expected 0 < warn_at < error_at < stop_at"),
+    (dict(cost_limit=1.0, hysteresis=0.6), "hysteresis: expected 0 <= hysteresis < warn_at"),
+])
+def test_bad_config_names_the_field(kw, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        MonitorConfig(**kw)
