@@ -109,9 +109,12 @@ class ControllerCore:
         self.latencies: deque = deque(maxlen=10_000)
 
     # -- inputs ---------------------------------------------------------------------------
+    def check(self, name: str, value: Any) -> str | None:
+        return check_param(name, value, self._low, self._high)
+
     def set_param(self, name: str, value: Any) -> str | None:
         """Apply a live update; returns the reason if rejected (nothing changes then)."""
-        reason = check_param(name, value, self._low, self._high)
+        reason = self.check(name, value)
         if reason is None:
             setattr(self.params, name, value)
         return reason

@@ -1,0 +1,126 @@
+"""algd-controller: runs the exported policy at control rate on the newest observation.
+
+Thin: ControllerCore (algd_runtime.control) makes every decision; this node moves messages,
+owns the timer and turns parameter updates into validated live changes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+
+from algd_runtime.control import ControllerCore, ControllerParams
+from algd_runtime.ros_nodes import messages as m
+from algd_runtime.runtime import PolicyRuntime
+
+READ_ONLY = ("bundle", "provider")
+
+
+class ControllerNode(Node):
+    def __init__(self, **overrides):
+        super().__init__("controller", **overrides)
+        defaults = ControllerParams()
+        self.declare_parameter("bundle", "")
+        self.declare_parameter("provider", "auto")
+        self.declare_parameter("diagnostics_period_s", 1.0)
+        for name, value in vars(defaults).items():
+            self.declare_parameter(name, value)
+        bundle = self.get_parameter("bundle").value
+        if not bundle:
+            raise ValueError("bundle: expected the path of an exported bundle (parameter 'bundle')")
+        runtime = PolicyRuntime.load(bundle, provider=self.get_parameter("provider").value)
+        params = ControllerParams(**{k: self.get_parameter(k).value for k in vars(defaults)})
+        self.core = ControllerCore(runtime, params)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.pub = self.create_publisher(JointState, m.ACTION, m.LATEST)
+        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, m.LATEST)
+        self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
+        self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.timer = self.create_timer(1.0 / params.control_rate_hz, self._tick)
+        self.create_timer(self.get_parameter("diagnostics_period_s").value, self._diagnostics)
+        self._t0, self._ticks0 = time.monotonic(), 0
+        self.get_logger().info(f"controller: {bundle} on {runtime.provider}, {params.control_rate_hz:g} Hz, "
+                               f"mode {params.mode}")
+
+    # -- callbacks ----------------------------------------------------------------------------
+    def _on_observation(self, msg: JointState) -> None:
+        self.core.on_observation(np.asarray(msg.position, np.float32), msg.header.stamp, time.monotonic())
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data != self.core.estop:
+            self.get_logger().warning(f"e-stop {'LATCHED' if msg.data else 'cleared'}")
+        self.core.estop = bool(msg.data)
+
+    def _tick(self) -> None:
+        start = time.monotonic()
+        decision = self.core.tick(start)
+        self.pub.publish(m.action_msg(decision.action, decision.stamp))
+        done = time.monotonic()
+        self.core.handed_over(decision, done, done - start)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """All or nothing: every value is checked before any is applied."""
+        updates = {}
+        for p in params:
+            if p.name in READ_ONLY:
+                return SetParametersResult(successful=False, reason=f"{p.name}: read-only while running")
+            if p.name == "diagnostics_period_s":
+                continue
+            reason = self.core.check(p.name, p.value)
+            if reason:
+                self.get_logger().warning(f"rejected {p.name}={p.value!r}: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+            updates[p.name] = p.value
+        for name, value in updates.items():
+            self.core.set_param(name, value)
+            if name == "control_rate_hz":
+                self.timer.cancel()
+                self.timer = self.create_timer(1.0 / value, self._tick)
+        if updates:
+            self.get_logger().info(f"parameters: {updates}")
+        return SetParametersResult(successful=True)
+
+    def _diagnostics(self) -> None:
+        now = time.monotonic()
+        stats = self.core.stats()
+        rate = (stats["ticks"] - self._ticks0) / max(now - self._t0, 1e-9)
+        self._t0, self._ticks0 = now, stats["ticks"]
+        level = DiagnosticStatus.ERROR if self.core.estop else DiagnosticStatus.OK
+        st = DiagnosticStatus(level=level, name=f"{self.get_namespace().rstrip('/')}/controller",
+                              message="e-stop" if self.core.estop else "running", hardware_id="algd")
+        st.values = [KeyValue(key="rate_hz", value=f"{rate:.1f}"), KeyValue(key="mode", value=self.core.params.mode)]
+        st.values += [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in stats.items()]
+        msg = DiagnosticArray(status=[st])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag.publish(msg)
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        node = ControllerNode()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        print(f"controller: {node.core.stats()}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

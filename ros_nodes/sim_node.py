@@ -1,0 +1,100 @@
+"""algd-sim: a task from algd_runtime.sim stepped in real time, standing in for a robot.
+
+Publishes the observation (stamped when measured), the step's reward and cost, and episode
+events; applies the newest action with a zero-order hold. Parameters: task, seed, rate_hz
+(control steps per second of wall time), real_time_factor, and the domain-shift
+parameters (mass, friction, actuator_gain, obs_noise, action_delay).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+
+from algd_runtime.ros_nodes import messages as m
+from algd_runtime.sim import make_task
+
+SHIFT = {"mass": 1.0, "friction": 1.0, "actuator_gain": 1.0, "obs_noise": 0.0, "action_delay": 0}
+
+
+class SimNode(Node):
+    def __init__(self, **overrides):
+        super().__init__("sim", **overrides)
+        self.declare_parameter("task", "PointHazard-v0")
+        self.declare_parameter("seed", 0)
+        self.declare_parameter("rate_hz", 500.0)
+        self.declare_parameter("real_time_factor", 1.0)
+        self.declare_parameter("max_episodes", 0)  # 0: run until stopped
+        for k, v in SHIFT.items():
+            self.declare_parameter(k, v)
+        shift = {k: self.get_parameter(k).value for k in SHIFT if self.get_parameter(k).value != SHIFT[k]}
+        self.seed = int(self.get_parameter("seed").value)
+        self.env = make_task(self.get_parameter("task").value, seed=self.seed, **shift)
+        self.spec = self.env.task_spec
+        self.action = np.zeros(self.spec.act_dim, np.float32)
+        self.episode, self.returns, self.costs = 0, [], []
+        self.max_episodes = int(self.get_parameter("max_episodes").value)
+        self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, m.LATEST)
+        self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
+        self.ep_pub = self.create_publisher(String, m.EPISODE, m.RELIABLE)
+        self.create_subscription(JointState, m.ACTION, self._on_action, m.LATEST)
+        period = 1.0 / (self.get_parameter("rate_hz").value * self.get_parameter("real_time_factor").value)
+        self.paused = False
+        self._start_episode()
+        self.timer = self.create_timer(period, self._step)
+
+    def _start_episode(self) -> None:
+        self.obs, _ = self.env.reset(seed=self.seed * 100_003 + self.episode)
+        self.ep_return, self.ep_costs = 0.0, []
+        self.ep_pub.publish(m.episode_msg("start", self.episode))
+        self._publish_obs()
+
+    def _publish_obs(self) -> None:
+        self.obs_pub.publish(m.observation_msg(self.obs, self.get_clock().now().to_msg()))
+
+    def _on_action(self, msg: JointState) -> None:
+        if len(msg.effort) == self.spec.act_dim:
+            self.action = np.asarray(msg.effort, np.float32)
+
+    def _step(self) -> None:
+        if self.paused or (self.max_episodes and self.episode >= self.max_episodes):
+            return
+        self.obs, r, c, term, trunc, _ = self.env.step(self.action)
+        self.ep_return += r
+        self.ep_costs.append(c)
+        self.step_pub.publish(m.step_msg(r, c))
+        if term or trunc:
+            cost = self.spec.episode_cost(self.ep_costs)
+            self.returns.append(self.ep_return)
+            self.costs.append(cost)
+            self.ep_pub.publish(m.episode_msg("end", self.episode, self.ep_return, cost))
+            self.episode += 1
+            if self.max_episodes and self.episode >= self.max_episodes:
+                return
+            self._start_episode()
+        else:
+            self._publish_obs()
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = SimNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        print(f"sim: {node.episode} episodes, returns {np.round(node.returns, 2).tolist()}, "
+              f"costs {np.round(node.costs, 2).tolist()}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
