@@ -96,3 +96,46 @@ def test_bad_parameter_values_are_rejected_with_a_reason(loop):
     assert not res.successful and "read-only" in res.reason
     res = ctrl.set_parameters([Parameter("guidance_scale", value=0.5)])[0]
     assert res.successful and ctrl.core.params.guidance_scale == 0.5
+
+
+def test_injected_cost_escalates_and_the_controller_obeys_estop_until_reset(loop, vesde_bundle):
+    from std_msgs.msg import Float64MultiArray
+    from std_srvs.srv import Trigger
+
+    from algd_runtime.ros_nodes.monitor_node import MonitorNode
+
+    ctrl, sim, ex, spin, ns = loop
+    mon = MonitorNode(namespace=ns, parameter_overrides=[
+        Parameter("bundle", value=str(vesde_bundle)), Parameter("use_critic", value=False)])
+    ex.add_node(mon)
+    limit = mon.monitor.cfg.cost_limit  # 5 per episode, from the bundle's manifest
+    spin(0.5, until=lambda: mon.controller.services_are_ready())
+    sim.paused = True  # the test is the only source of cost
+    pub = ctrl.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
+    spin(0.3)
+    seen = {}
+    for i in range(12):
+        pub.publish(m.step_msg(0.0, limit / 10))
+        spin(0.1)
+        seen.setdefault(mon.monitor.level.name, ctrl.core.params.mode)
+        if mon.monitor.level.name == "WARN":
+            seen["warn_lambda"] = ctrl.core.params.lagrange_multiplier
+    assert [(t.old, t.new) for t in mon.monitor.transitions] == [("OK", "WARN"), ("WARN", "ERROR"), ("ERROR", "STOP")]
+    assert seen["warn_lambda"] > 0  # raised through the controller's parameter service
+    spin(0.3, until=lambda: ctrl.core.estop)
+    assert ctrl.core.estop and ctrl.core.params.mode == "best_of_n"
+    sim._publish_obs()
+    spin(0.2)
+    assert ctrl.core.fallbacks.get("estop", 0) > 0
+    client = ctrl.create_client(Trigger, f"{ns}/reset")
+    assert client.wait_for_service(timeout_sec=2.0)
+    future = client.call_async(Trigger.Request())
+    spin(2.0, until=future.done)
+    assert future.result().success and "cleared" in future.result().message
+    spin(1.0, until=lambda: not ctrl.core.estop and ctrl.core.params.mode == "deterministic")
+    assert not ctrl.core.estop and ctrl.core.params.mode == "deterministic"
+    sim.paused = False
+    before = ctrl.core.fallbacks.get("estop", 0)
+    spin(0.3)
+    assert ctrl.core.fallbacks.get("estop", 0) == before  # obeying the policy again
+    mon.destroy_node()
