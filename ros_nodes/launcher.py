@@ -1,0 +1,87 @@
+"""algd-launch: the graph of controller.launch.py, where the ros2 CLI is absent.
+
+Starts the controller and the monitor (and with --with-sim the sim robot) as separate
+processes with the same parameter YAML, for --duration seconds or until Ctrl-C, then stops
+them with SIGINT; each node prints its summary as it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+NODES = ("controller", "monitor", "sim")
+
+
+def default_params() -> Path:
+    """launch/controller.yaml: installed share first, else the source tree's."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        path = Path(get_package_share_directory("algd_runtime")) / "launch" / "controller.yaml"
+        if path.is_file():
+            return path
+    except Exception:  # not registered in this environment's ament index
+        pass
+    return Path(__file__).resolve().parent.parent / "launch" / "controller.yaml"
+
+
+def node_command(name: str, namespace: str, params: Path, bundle: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", f"algd_runtime.ros_nodes.{name}_node", "--ros-args",
+           "-r", f"__ns:=/{namespace.strip('/')}", "-r", f"__node:={name}", "--params-file", str(params)]
+    if bundle and name != "sim":
+        cmd += ["-p", f"bundle:={bundle}"]
+    return cmd
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-launch", description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", required=True, help="exported bundle folder (algd-export)")
+    p.add_argument("--with-sim", action="store_true", help="also start the sim robot")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--namespace", default="algd")
+    p.add_argument("--params", type=Path, help="parameter YAML (default: launch/controller.yaml)")
+    args = p.parse_args(argv)
+    if not (Path(args.bundle) / "manifest.yaml").is_file():
+        print(f"error: --bundle: {args.bundle} holds no manifest.yaml (run algd-export first)", file=sys.stderr)
+        return 2
+    params = args.params or default_params()
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # discovery stays on this machine
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    names = [n for n in NODES if n != "sim" or args.with_sim]
+    print(f"algd-launch: {', '.join(names)} in /{args.namespace} with {params} "
+          f"(ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']})",
+          flush=True)
+    procs = {n: subprocess.Popen(node_command(n, args.namespace, params, args.bundle), env=env) for n in names}
+    t0 = time.monotonic()
+    try:
+        while all(pr.poll() is None for pr in procs.values()):
+            if args.duration and time.monotonic() - t0 >= args.duration:
+                break
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    failed = {n: pr.returncode for n, pr in procs.items() if pr.poll() is not None and pr.returncode != 0}
+    for pr in procs.values():
+        if pr.poll() is None:
+            pr.send_signal(signal.SIGINT)
+    for n, pr in procs.items():
+        try:
+            pr.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pr.kill()
+            failed[n] = "killed after 10 s"
+    print(f"algd-launch: ran {time.monotonic() - t0:.1f} s; "
+          + ("all nodes exited cleanly" if not failed else f"failed: {failed}"), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""controller.launch.py against its YAML (with test doubles for the absent launch packages),
+the ament registration after a real install, and algd-launch."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import yaml
+
+from algd_runtime.control import ControllerParams
+
+ROOT = Path(__file__).parent.parent
+
+
+class _Recorder:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def load_launch_file(monkeypatch, share: Path):
+    """Import controller.launch.py with stand-ins for launch / launch_ros / ament_index_python."""
+    mods = {
+        "launch": types.SimpleNamespace(LaunchDescription=lambda actions: list(actions)),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=_Recorder),
+        "launch.conditions": types.SimpleNamespace(IfCondition=lambda c: ("if", c)),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=lambda name: ("arg", name)),
+        "launch_ros": types.SimpleNamespace(),
+        "launch_ros.actions": types.SimpleNamespace(Node=_Recorder),
+        "ament_index_python.packages": types.SimpleNamespace(get_package_share_directory=lambda pkg: str(share)),
+    }
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("controller_launch", ROOT / "launch" / "controller.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_launch_description()
+
+
+def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
+    actions = load_launch_file(monkeypatch, tmp_path)
+    args = {a.args[0]: a.kwargs for a in actions if a.args}
+    assert set(args) == {"bundle", "with_sim", "namespace"} and args["with_sim"]["default_value"] == "false"
+    nodes = {a.kwargs["name"]: a.kwargs for a in actions if "executable" in a.kwargs}
+    assert set(nodes) == {"controller", "monitor", "sim"}
+    yaml_path = str(tmp_path / "launch" / "controller.yaml")
+    params = yaml.safe_load((ROOT / "launch" / "controller.yaml").read_text())
+    for name, node in nodes.items():
+        assert node["package"] == "algd_runtime" and node["namespace"] == ("arg", "namespace")
+        assert node["parameters"][0] == yaml_path and f"/**/{name}" in params
+        # The executable ros2 launch will look for is installed under lib/algd_runtime/.
+        assert (ROOT / "resource" / "lib" / node["executable"]).is_file()
+    assert nodes["controller"]["parameters"][1] == {"bundle": ("arg", "bundle")}
+    assert nodes["sim"]["condition"] == ("if", ("arg", "with_sim"))
+    # Every controller key in the YAML is a parameter the node declares.
+    declared = set(vars(ControllerParams())) | {"provider", "diagnostics_period_s", "bundle"}
+    assert set(params["/**/controller"]["ros__parameters"]) <= declared
+
+
+def test_non_editable_install_registers_the_package_with_ament(tmp_path):
+    prefix = tmp_path / "prefix"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--ignore-installed",
+                          "--prefix", str(prefix), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    probe = ("from ament_index_python.packages import get_package_share_directory as g; import os; "
+             "d = g('algd_runtime'); print(d); "
+             "print(os.path.isfile(os.path.join(d, 'launch', 'controller.launch.py')))")
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(prefix))
+    res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    share, has_launch = res.stdout.split()
+    assert Path(share) == prefix / "share" / "algd_runtime" and has_launch == "True"
+    assert os.access(prefix / "lib" / "algd_runtime" / "algd-controller", os.X_OK)
+
+
+def test_algd_launch_runs_the_graph_and_prints_a_summary(vesde_bundle):
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + os.getpid() % 50))
+    out = subprocess.run([str(Path(sys.executable).parent / "algd-launch"), "--with-sim", "--bundle",
+                          str(vesde_bundle), "--duration", "3"], env=env, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "all nodes exited cleanly" in text and "controller: {'ticks':" in text and "sim: " in text
+
+
+def test_algd_launch_refuses_a_folder_without_a_bundle(tmp_path):
+    out = subprocess.run([str(Path(sys.executable).parent / "algd-launch"), "--bundle", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "holds no manifest.yaml" in out.stderr
