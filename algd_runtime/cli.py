@@ -147,9 +147,21 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("--provider", action="append", choices=["cpu", "cuda", "tensorrt"],
                    help="providers to time (default: every one available)")
     i.add_argument("--guidance", type=float, default=0.3, help="w for the guided cases")
+    lp = sub.add_parser("loop", help="closed loop sim <-> controller over DDS on loopback")
+    lp.add_argument("bundle", type=Path)
+    lp.add_argument("--rate", type=float, action="append", help="control rate(s) in Hz (default: 500 and 1000)")
+    lp.add_argument("--seconds", type=float, default=60.0)
+    lp.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "auto"], default="cpu")
     args = p.parse_args(argv)
     if args.what == "infer":
         return _bench_infer(args)
+    if args.what == "loop":
+        from algd_runtime.bench import bench_loop
+
+        if not (args.bundle / "manifest.yaml").is_file():
+            return _fail(f"{args.bundle}: no manifest.yaml (run algd-export first)")
+        bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider)
+        return 0
 
     import torch
 

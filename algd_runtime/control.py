@@ -1,6 +1,7 @@
 """The controller's decisions in plain Python (the ROS controller node wraps it).
 
-On each tick: take the newest observation; if there is none, it is older than obs_timeout,
+The node answers each observation as it arrives and a control-rate timer guarantees a
+decision every period (needs_tick). On each decision: take the newest observation; if there is none, it is older than obs_timeout,
 it holds NaN / Inf, the e-stop is latched, or the engine fails, publish the fallback action
 and count why; otherwise publish the policy's action. Every action carries the stamp of the
 observation it answers. Latency is measured from the observation's receipt to the action's
@@ -103,6 +104,7 @@ class ControllerCore:
                 raise ValueError(reason)
         self._low, self._high = low, high
         self._obs = self._stamp = self._received = None
+        self._answered = False
         self._last_action = np.zeros_like(low, dtype=np.float32)
         self.fallbacks: Counter = Counter()
         self.ticks = self.overruns = 0
@@ -122,6 +124,13 @@ class ControllerCore:
     def on_observation(self, obs, stamp: Any, received_at: float) -> None:
         """Keep only the newest observation."""
         self._obs, self._stamp, self._received = np.asarray(obs, np.float32), stamp, received_at
+        self._answered = False
+
+    def needs_tick(self, now: float) -> bool:
+        """Whether the control-rate timer must act: anything but a fresh observation that has
+        already been answered (the node answers each observation as it arrives)."""
+        fresh = self._obs is not None and now - self._received <= self.params.obs_timeout_s
+        return self.estop or not fresh or not self._answered
 
     # -- the tick ---------------------------------------------------------------------------
     def _fallback(self) -> np.ndarray:
@@ -149,6 +158,7 @@ class ControllerCore:
         if not bool(np.all(res.valid)):
             return self._fall("nan")
         self._last_action = np.asarray(res.action, np.float32)
+        self._answered = True
         return Decision(self._last_action, self._stamp, "policy")
 
     def _fall(self, reason: str) -> Decision:

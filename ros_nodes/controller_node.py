@@ -21,7 +21,7 @@ from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.runtime import PolicyRuntime
 
-READ_ONLY = ("bundle", "provider")
+READ_ONLY = ("bundle", "provider", "summary_file")
 
 
 class ControllerNode(Node):
@@ -31,6 +31,7 @@ class ControllerNode(Node):
         self.declare_parameter("bundle", "")
         self.declare_parameter("provider", "auto")
         self.declare_parameter("diagnostics_period_s", 1.0)
+        self.declare_parameter("summary_file", "")  # JSON stats written at exit (algd-bench loop)
         for name, value in vars(defaults).items():
             self.declare_parameter(name, value)
         bundle = self.get_parameter("bundle").value
@@ -53,6 +54,7 @@ class ControllerNode(Node):
     # -- callbacks ----------------------------------------------------------------------------
     def _on_observation(self, msg: JointState) -> None:
         self.core.on_observation(np.asarray(msg.position, np.float32), msg.header.stamp, time.monotonic())
+        self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
     def _on_estop(self, msg: Bool) -> None:
         if msg.data != self.core.estop:
@@ -60,6 +62,12 @@ class ControllerNode(Node):
         self.core.estop = bool(msg.data)
 
     def _tick(self) -> None:
+        """The control-rate timer: a decision every period unless the newest observation is
+        fresh and already answered (then there is nothing new to say)."""
+        if self.core.needs_tick(time.monotonic()):
+            self._act()
+
+    def _act(self) -> None:
         start = time.monotonic()
         decision = self.core.tick(start)
         self.pub.publish(m.action_msg(decision.action, decision.stamp))
@@ -116,7 +124,9 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
-        print(f"controller: {node.core.stats()}")
+        stats = node.core.stats()
+        print(f"controller: {stats}")
+        m.write_summary(node.get_parameter("summary_file").value, stats)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -32,11 +32,13 @@ def default_params() -> Path:
     return Path(__file__).resolve().parent.parent / "launch" / "controller.yaml"
 
 
-def node_command(name: str, namespace: str, params: Path, bundle: str | None) -> list[str]:
+def node_command(name: str, namespace: str, params: Path, bundle: str | None, **overrides) -> list[str]:
     cmd = [sys.executable, "-m", f"algd_runtime.ros_nodes.{name}_node", "--ros-args",
            "-r", f"__ns:=/{namespace.strip('/')}", "-r", f"__node:={name}", "--params-file", str(params)]
     if bundle and name != "sim":
-        cmd += ["-p", f"bundle:={bundle}"]
+        overrides = {"bundle": bundle, **overrides}
+    for key, value in overrides.items():
+        cmd += ["-p", f"{key}:={value}"]
     return cmd
 
 

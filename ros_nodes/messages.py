@@ -57,5 +57,12 @@ def parse_episode(msg: String) -> dict:
     return json.loads(msg.data)
 
 
+def write_summary(path: str, stats: dict) -> None:
+    """Stats a node leaves behind at exit, for algd-bench loop (no file if path is empty)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(stats, f)
+
+
 def stamp_to_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9

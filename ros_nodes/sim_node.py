@@ -1,14 +1,17 @@
 """algd-sim: a task from algd_runtime.sim stepped in real time, standing in for a robot.
 
 Publishes the observation (stamped when measured), the step's reward and cost, and episode
-events; applies the newest action with a zero-order hold. Parameters: task, seed, rate_hz
-(control steps per second of wall time), real_time_factor, and the domain-shift
-parameters (mass, friction, actuator_gain, obs_noise, action_delay).
+events; applies the newest action with a zero-order hold. Parameters: task, seed (episode i
+resets with seed + i, as algd-eval does), rate_hz (control steps per second of wall time),
+real_time_factor, lockstep (step only once the action answering the last observation has
+arrived, or after lockstep_timeout_s: reproducible runs, as in simulation), and the
+domain-shift parameters (mass, friction, actuator_gain, obs_noise, action_delay).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import rclpy
@@ -30,6 +33,9 @@ class SimNode(Node):
         self.declare_parameter("rate_hz", 500.0)
         self.declare_parameter("real_time_factor", 1.0)
         self.declare_parameter("max_episodes", 0)  # 0: run until stopped
+        self.declare_parameter("lockstep", False)
+        self.declare_parameter("lockstep_timeout_s", 1.0)
+        self.declare_parameter("summary_file", "")  # JSON stats written at exit (algd-bench loop)
         for k, v in SHIFT.items():
             self.declare_parameter(k, v)
         shift = {k: self.get_parameter(k).value for k in SHIFT if self.get_parameter(k).value != SHIFT[k]}
@@ -39,6 +45,13 @@ class SimNode(Node):
         self.action = np.zeros(self.spec.act_dim, np.float32)
         self.episode, self.returns, self.costs = 0, [], []
         self.max_episodes = int(self.get_parameter("max_episodes").value)
+        self.lockstep = bool(self.get_parameter("lockstep").value)
+        self.lockstep_timeout = float(self.get_parameter("lockstep_timeout_s").value)
+        self._stamp = None  # stamp of the last observation published
+        self._answered = False  # an action carrying that stamp has arrived
+        self._published_at = 0.0
+        self.steps = 0
+        self.latencies: list[float] = []  # observation published -> its action received (s)
         self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, m.LATEST)
         self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
         self.ep_pub = self.create_publisher(String, m.EPISODE, m.RELIABLE)
@@ -49,21 +62,31 @@ class SimNode(Node):
         self.timer = self.create_timer(period, self._step)
 
     def _start_episode(self) -> None:
-        self.obs, _ = self.env.reset(seed=self.seed * 100_003 + self.episode)
+        self.obs, _ = self.env.reset(seed=self.seed + self.episode)
         self.ep_return, self.ep_costs = 0.0, []
         self.ep_pub.publish(m.episode_msg("start", self.episode))
         self._publish_obs()
 
     def _publish_obs(self) -> None:
-        self.obs_pub.publish(m.observation_msg(self.obs, self.get_clock().now().to_msg()))
+        self._stamp = self.get_clock().now().to_msg()
+        self._answered = False
+        self._published_at = time.monotonic()
+        self.obs_pub.publish(m.observation_msg(self.obs, self._stamp))
 
     def _on_action(self, msg: JointState) -> None:
-        if len(msg.effort) == self.spec.act_dim:
-            self.action = np.asarray(msg.effort, np.float32)
+        if len(msg.effort) != self.spec.act_dim:
+            return
+        self.action = np.asarray(msg.effort, np.float32)
+        if self._stamp is not None and msg.header.stamp == self._stamp and not self._answered:
+            self._answered = True
+            self.latencies.append(time.monotonic() - self._published_at)
 
     def _step(self) -> None:
         if self.paused or (self.max_episodes and self.episode >= self.max_episodes):
             return
+        if self.lockstep and not self._answered and time.monotonic() - self._published_at < self.lockstep_timeout:
+            return  # wait for the action that answers the last observation
+        self.steps += 1
         self.obs, r, c, term, trunc, _ = self.env.step(self.action)
         self.ep_return += r
         self.ep_costs.append(c)
@@ -89,8 +112,14 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
+        lat = np.asarray(node.latencies) * 1e3 if node.latencies else np.array([np.nan])
         print(f"sim: {node.episode} episodes, returns {np.round(node.returns, 2).tolist()}, "
-              f"costs {np.round(node.costs, 2).tolist()}")
+              f"costs {np.round(node.costs, 2).tolist()}, observation->action p50 {np.percentile(lat, 50):.3f} ms "
+              f"p99 {np.percentile(lat, 99):.3f} ms over {len(node.latencies)} answered observations")
+        m.write_summary(node.get_parameter("summary_file").value, {
+            "steps": node.steps, "episodes": node.episode, "returns": node.returns, "costs": node.costs,
+            "answered": len(node.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
+            "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -139,3 +139,38 @@ def test_injected_cost_escalates_and_the_controller_obeys_estop_until_reset(loop
     spin(0.3)
     assert ctrl.core.fallbacks.get("estop", 0) == before  # obeying the policy again
     mon.destroy_node()
+
+
+def test_lockstep_episode_returns_agree_with_algd_eval(vesde_bundle):
+    """The exported policy driving the sim node over DDS gives the returns the torch
+    evaluation (algd-eval) gives on the same reset seeds: tolerance 1e-3 relative + 1e-2."""
+    from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
+    from algd_runtime.sim import make_task
+    from algd_runtime.trainer import evaluate
+
+    agent = agent_from_checkpoint(load_checkpoint(vesde_bundle.parent / "policy.pt"), with_optimizers=False)
+    expected = evaluate(lambda o: agent.act(o, deterministic=True), make_task("PointHazard-v0"), 2, seed=7)
+    rclpy.init()
+    ns = f"/algd_lockstep_{os.getpid()}"
+    ctrl = ControllerNode(namespace=ns, parameter_overrides=[
+        Parameter("bundle", value=str(vesde_bundle)), Parameter("control_rate_hz", value=1000.0),
+        Parameter("obs_timeout_s", value=1.0)])
+    sim = SimNode(namespace=ns, parameter_overrides=[
+        Parameter("rate_hz", value=1000.0), Parameter("seed", value=7), Parameter("lockstep", value=True),
+        Parameter("max_episodes", value=2)])
+    ex = SingleThreadedExecutor()
+    ex.add_node(ctrl)
+    ex.add_node(sim)
+    try:
+        end = time.monotonic() + 30
+        while sim.episode < 2 and time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.005)
+    finally:
+        ex.shutdown()
+        ctrl.destroy_node()
+        sim.destroy_node()
+        rclpy.shutdown()
+    assert sim.episode == 2
+    for got, want in zip(sim.returns, expected.returns):
+        assert abs(got - want) <= 1e-3 * abs(want) + 1e-2, (sim.returns, expected.returns)
+    assert sim.costs == expected.costs
