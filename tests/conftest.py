@@ -1,13 +1,20 @@
-"""Shared fixtures: small trained policies and their exported bundles."""
+"""Shared fixtures: small trained policies and their exported bundles.
 
-import numpy as np
-import pytest
-import torch
+DDS discovery stays on this machine in every test, whoever runs pytest."""
 
-from algd_runtime.algd import ALGDAgent
-from algd_runtime.checkpoint import save_checkpoint
-from algd_runtime.config import AlgoConfig, TrainConfig
-from algd_runtime.sim import make_task
+import os
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from algd_runtime.algd import ALGDAgent  # noqa: E402
+from algd_runtime.checkpoint import save_checkpoint  # noqa: E402
+from algd_runtime.config import AlgoConfig, TrainConfig  # noqa: E402
+from algd_runtime.sim import make_task  # noqa: E402
 
 
 def small_policy(path, variant="vesde", updates=20, seed=0, **algo):
