@@ -10,7 +10,6 @@ import sys
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -19,6 +18,7 @@ from std_msgs.msg import Bool
 
 from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
+from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.runtime import PolicyRuntime
 
 READ_ONLY = ("bundle", "provider", "summary_file")
@@ -110,26 +110,14 @@ class ControllerNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag.publish(msg)
 
+    def summarize(self) -> None:
+        stats = self.core.stats()
+        print(f"controller: {stats}")
+        m.write_summary(self.get_parameter("summary_file").value, stats)
+
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    try:
-        node = ControllerNode()
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        stats = node.core.stats()
-        print(f"controller: {stats}")
-        m.write_summary(node.get_parameter("summary_file").value, stats)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(ControllerNode, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -25,6 +24,7 @@ from std_srvs.srv import Trigger
 
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
 from algd_runtime.ros_nodes import messages as m
+from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.runtime import PolicyRuntime
 
 _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
@@ -146,25 +146,13 @@ class MonitorNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag.publish(msg)
 
+    def summarize(self) -> None:
+        for t in self.monitor.transitions:
+            print(f"monitor: {t.old} -> {t.new} at step {t.step} ({t.reason})")
+
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    try:
-        node = MonitorNode()
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        for t in node.monitor.transitions:
-            print(f"monitor: {t.old} -> {t.new} at step {t.step} ({t.reason})")
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(MonitorNode, argv)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ import sys
 import time
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from algd_runtime.ros_nodes import messages as m
+from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.sim import make_task
 
 SHIFT = {"mass": 1.0, "friction": 1.0, "actuator_gain": 1.0, "obs_noise": 0.0, "action_delay": 0}
@@ -103,26 +103,19 @@ class SimNode(Node):
         else:
             self._publish_obs()
 
+    def summarize(self) -> None:
+        lat = np.asarray(self.latencies) * 1e3 if self.latencies else np.array([np.nan])
+        print(f"sim: {self.episode} episodes, returns {np.round(self.returns, 2).tolist()}, "
+              f"costs {np.round(self.costs, 2).tolist()}, observation->action p50 {np.percentile(lat, 50):.3f} ms "
+              f"p99 {np.percentile(lat, 99):.3f} ms over {len(self.latencies)} answered observations")
+        m.write_summary(self.get_parameter("summary_file").value, {
+            "steps": self.steps, "episodes": self.episode, "returns": self.returns, "costs": self.costs,
+            "answered": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
+            "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
+
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = SimNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        lat = np.asarray(node.latencies) * 1e3 if node.latencies else np.array([np.nan])
-        print(f"sim: {node.episode} episodes, returns {np.round(node.returns, 2).tolist()}, "
-              f"costs {np.round(node.costs, 2).tolist()}, observation->action p50 {np.percentile(lat, 50):.3f} ms "
-              f"p99 {np.percentile(lat, 99):.3f} ms over {len(node.latencies)} answered observations")
-        m.write_summary(node.get_parameter("summary_file").value, {
-            "steps": node.steps, "episodes": node.episode, "returns": node.returns, "costs": node.costs,
-            "answered": len(node.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
-            "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimNode, argv)
 
 
 if __name__ == "__main__":
