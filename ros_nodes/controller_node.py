@@ -19,9 +19,10 @@ from std_msgs.msg import Bool
 from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
 
-READ_ONLY = ("bundle", "provider", "summary_file")
+READ_ONLY = ("bundle", "provider", "summary_file", "record")
 
 
 class ControllerNode(Node):
@@ -32,6 +33,7 @@ class ControllerNode(Node):
         self.declare_parameter("provider", "auto")
         self.declare_parameter("diagnostics_period_s", 1.0)
         self.declare_parameter("summary_file", "")  # JSON stats written at exit (algd-bench loop)
+        self.declare_parameter("record", "")  # MCAP file for observations and actions ("" = off)
         for name, value in vars(defaults).items():
             self.declare_parameter(name, value)
         bundle = self.get_parameter("bundle").value
@@ -48,12 +50,16 @@ class ControllerNode(Node):
         self.timer = self.create_timer(1.0 / params.control_rate_hz, self._tick)
         self.create_timer(self.get_parameter("diagnostics_period_s").value, self._diagnostics)
         self._t0, self._ticks0 = time.monotonic(), 0
+        record = self.get_parameter("record").value
+        self.recorder = McapRecorder(record) if record else None
         self.get_logger().info(f"controller: {bundle} on {runtime.provider}, {params.control_rate_hz:g} Hz, "
                                f"mode {params.mode}")
 
     # -- callbacks ----------------------------------------------------------------------------
     def _on_observation(self, msg: JointState) -> None:
         self.core.on_observation(np.asarray(msg.position, np.float32), msg.header.stamp, time.monotonic())
+        if self.recorder:
+            self.recorder.write(m.OBSERVATION, msg, time.time_ns())
         self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
     def _on_estop(self, msg: Bool) -> None:
@@ -70,8 +76,11 @@ class ControllerNode(Node):
     def _act(self) -> None:
         start = time.monotonic()
         decision = self.core.tick(start)
-        self.pub.publish(m.action_msg(decision.action, decision.stamp))
+        msg = m.action_msg(decision.action, decision.stamp)
+        self.pub.publish(msg)
         done = time.monotonic()
+        if self.recorder:
+            self.recorder.write(m.ACTION, msg, time.time_ns())
         self.core.handed_over(decision, done, done - start)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -110,7 +119,12 @@ class ControllerNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag.publish(msg)
 
+    def stop_recording(self) -> None:
+        if self.recorder:
+            self.recorder.close()
+
     def summarize(self) -> None:
+        self.stop_recording()
         stats = self.core.stats()
         print(f"controller: {stats}")
         m.write_summary(self.get_parameter("summary_file").value, stats)

@@ -11,7 +11,9 @@ the level's response on the controller:
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -25,8 +27,10 @@ from std_srvs.srv import Trigger
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
 
+TRANSITION = "monitor/transition"
 _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                Level.ERROR: DiagnosticStatus.ERROR, Level.STOP: DiagnosticStatus.ERROR}
 
@@ -37,7 +41,7 @@ class MonitorNode(Node):
         p = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
              "error_at": 0.8, "stop_at": 1.0, "hysteresis": 0.1, "clear_steps": 20, "controller": "controller",
              "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
-             "use_critic": True}
+             "use_critic": True, "record": ""}
         for k, v in p.items():
             self.declare_parameter(k, v)
         get = lambda k: self.get_parameter(k).value  # noqa: E731
@@ -55,6 +59,7 @@ class MonitorNode(Node):
         self.base_lambda = self.runtime.lagrange_multiplier if self.runtime else 1.0
         self.cfg = {k: get(k) for k in ("warn_lambda_factor", "lambda_max", "warn_guidance", "error_best_of_n")}
         self._obs = self._act = None
+        self.recorder = McapRecorder(get("record")) if get("record") else None
         self.controller = AsyncParameterClient(self, get("controller"))
         self.estop_pub = self.create_publisher(Bool, m.ESTOP, m.LATCHED)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -83,12 +88,18 @@ class MonitorNode(Node):
         except ValueError:
             return 0.0
 
+    def _record(self, topic: str, msg) -> None:
+        if self.recorder:
+            self.recorder.write(topic, msg, time.time_ns())
+
     def _on_step(self, msg: Float64MultiArray) -> None:
+        self._record(m.STEP, msg)
         cost = float(msg.data[1]) if len(msg.data) > 1 else float("nan")
         for t in self.monitor.update(cost, self._predicted()):
             self._respond(t)
 
     def _on_episode(self, msg: String) -> None:
+        self._record(m.EPISODE, msg)
         if m.parse_episode(msg).get("event") == "end":
             for t in self.monitor.end_episode():
                 self._respond(t)
@@ -103,6 +114,7 @@ class MonitorNode(Node):
 
     # -- responses ---------------------------------------------------------------------------
     def _respond(self, t) -> None:
+        self._record(TRANSITION, String(data=json.dumps(t.as_dict())))
         self.get_logger().warning(f"{t.old} -> {t.new} at step {t.step}: accumulated {t.accumulated:.3g}, "
                                   f"predicted {t.predicted:.3g}, forecast {t.forecast:.3g} / limit {t.limit:g} "
                                   f"({t.reason})")
@@ -146,7 +158,12 @@ class MonitorNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag.publish(msg)
 
+    def stop_recording(self) -> None:
+        if self.recorder:
+            self.recorder.close()
+
     def summarize(self) -> None:
+        self.stop_recording()
         for t in self.monitor.transitions:
             print(f"monitor: {t.old} -> {t.new} at step {t.step} ({t.reason})")
 

@@ -55,7 +55,7 @@ def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
     assert nodes["controller"]["parameters"][1] == {"bundle": ("arg", "bundle")}
     assert nodes["sim"]["condition"] == ("if", ("arg", "with_sim"))
     # Every controller key in the YAML is a parameter the node declares.
-    declared = set(vars(ControllerParams())) | {"provider", "diagnostics_period_s", "bundle"}
+    declared = set(vars(ControllerParams())) | {"provider", "diagnostics_period_s", "bundle", "record"}
     assert set(params["/**/controller"]["ros__parameters"]) <= declared
 
 
