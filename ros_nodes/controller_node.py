@@ -10,7 +10,7 @@ import sys
 import time
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -111,13 +111,8 @@ class ControllerNode(Node):
         rate = (stats["ticks"] - self._ticks0) / max(now - self._t0, 1e-9)
         self._t0, self._ticks0 = now, stats["ticks"]
         level = DiagnosticStatus.ERROR if self.core.estop else DiagnosticStatus.OK
-        st = DiagnosticStatus(level=level, name=f"{self.get_namespace().rstrip('/')}/controller",
-                              message="e-stop" if self.core.estop else "running", hardware_id="algd")
-        st.values = [KeyValue(key="rate_hz", value=f"{rate:.1f}"), KeyValue(key="mode", value=self.core.params.mode)]
-        st.values += [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in stats.items()]
-        msg = DiagnosticArray(status=[st])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag.publish(msg)
+        values = {"rate_hz": rate, "mode": self.core.params.mode, **stats}
+        self.diag.publish(m.diagnostics(self, "controller", level, "e-stop" if self.core.estop else "running", values))
 
     def stop_recording(self) -> None:
         if self.recorder:

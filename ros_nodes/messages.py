@@ -16,6 +16,7 @@ import json
 
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 
@@ -55,6 +56,16 @@ def episode_msg(event: str, index: int, ret: float = 0.0, cost: float = 0.0) -> 
 
 def parse_episode(msg: String) -> dict:
     return json.loads(msg.data)
+
+
+def diagnostics(node, part: str, level: int, message: str, values: dict) -> DiagnosticArray:
+    """One DiagnosticStatus named <namespace>/<part> with `values` as key/value strings."""
+    status = DiagnosticStatus(level=level, name=f"{node.get_namespace().rstrip('/')}/{part}", message=message,
+                              hardware_id="algd")
+    status.values = [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+    msg = DiagnosticArray(status=[status])
+    msg.header.stamp = node.get_clock().now().to_msg()
+    return msg
 
 
 def write_summary(path: str, stats: dict) -> None:

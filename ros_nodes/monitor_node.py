@@ -16,7 +16,7 @@ import sys
 import time
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
@@ -144,19 +144,13 @@ class MonitorNode(Node):
 
     def _diagnostics(self) -> None:
         mon = self.monitor
-        st = DiagnosticStatus(level=_DIAG_LEVEL[mon.level], name=f"{self.get_namespace().rstrip('/')}/monitor",
-                              message=mon.level.name, hardware_id="algd")
         vals = {"accumulated": mon.accumulated, "predicted": mon.predicted, "forecast": mon.forecast,
                 "limit": mon.cfg.cost_limit, "ratio": mon.ratio, "episode": mon.episode,
                 "transitions": len(mon.transitions)}
-        st.values = [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in vals.items()]
         if mon.transitions:
             last = mon.transitions[-1]
-            st.values.append(KeyValue(key="last_transition", value=f"{last.old}->{last.new} at step {last.step}: "
-                                                                    f"{last.reason}"))
-        msg = DiagnosticArray(status=[st])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag.publish(msg)
+            vals["last_transition"] = f"{last.old}->{last.new} at step {last.step}: {last.reason}"
+        self.diag.publish(m.diagnostics(self, "monitor", _DIAG_LEVEL[mon.level], mon.level.name, vals))
 
     def stop_recording(self) -> None:
         if self.recorder:

@@ -47,11 +47,19 @@ def loop(vesde_bundle):
 
 def test_controller_drives_the_sim_and_stamps_actions(loop):
     ctrl, sim, ex, spin, ns = loop
-    stamps = []
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    stamps, diags = [], []
     probe = rclpy.create_node("probe", namespace=ns)
     probe.create_subscription(JointState, m.ACTION, lambda msg: stamps.append(m.stamp_to_s(msg.header.stamp)), m.LATEST)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", lambda msg: diags.extend(msg.status), 10)
     ex.add_node(probe)
     spin(2.0)
+    mine = [d for d in diags if d.name == f"{ns}/controller"]
+    assert mine, [d.name for d in diags]
+    keys = {kv.key: kv.value for kv in mine[-1].values}
+    assert {"rate_hz", "latency_p50_ms", "latency_p99_ms", "fallbacks", "overruns"} <= set(keys)
+    assert float(keys["rate_hz"]) > 50
     stats = ctrl.core.stats()
     assert stats["ticks"] > 200 and ctrl.core.fallbacks.get("stale", 0) == 0
     assert sum(s > 0 for s in stamps) > 100  # actions carry the observation's stamp
