@@ -129,6 +129,63 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# -- algd-finetune ------------------------------------------------------------------------
+def finetune_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-finetune", description=(
+        "Continue ALGD training from a deployed policy on a shifted or real system, under the budget guard; "
+        "writes a new policy.pt and a before/after report with plots."))
+    p.add_argument("policy", type=Path, help="the deployed policy.pt")
+    p.add_argument("--target", required=True, help="sim (the policy's task), sim:TASK, ros (namespace /algd) or "
+                   "ros:NAMESPACE (a robot speaking the controller's topics, e.g. algd-sim in lockstep)")
+    p.add_argument("--shift", action="append", metavar="NAME=VALUE", help="sim target: domain-shift parameter")
+    p.add_argument("--steps", type=int, default=6000, help="environment steps on the target (default 6000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="run folder (default: runs/finetune/<task>-seed<S>)")
+    p.add_argument("--reset", action="append", default=[], choices=["critics", "lambda"],
+                   help="start this afresh instead of keeping the source's (repeatable)")
+    p.add_argument("--keep-replay", action="store_true", help="start from the source run's replay")
+    p.add_argument("--data", type=Path, action="append", default=[], metavar="LOG.mcap",
+                   help="a recorded run on the target (monitor's MCAP log) to add to the replay")
+    p.add_argument("--no-guard", action="store_true", help="no budget guard (simulation only!)")
+    p.add_argument("--eval-episodes", type=int, default=20, help="episodes before and after (default 20)")
+    p.add_argument("--warmup", type=int, default=400, help="target steps before the first update (default 400)")
+    p.add_argument("--timeout", type=float, default=10.0, help="ros: seconds to wait for the robot")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    from algd_runtime.checkpoint import CheckpointError, load_checkpoint
+    from algd_runtime.finetune import FinetuneOptions, finetune, parse_target
+    from algd_runtime.guard import GuardConfig
+
+    try:
+        target = parse_target(args.target, _parse_shift(args.shift))
+        if target.kind == "ros" and args.no_guard:
+            return _fail("--no-guard: refused for a ros target; the guard is what keeps a robot within its budget")
+        opts = FinetuneOptions(target, steps=args.steps, seed=args.seed, reset=tuple(dict.fromkeys(args.reset)),
+                               keep_replay=args.keep_replay, data=tuple(args.data),
+                               guard=None if args.no_guard else GuardConfig(), eval_episodes=args.eval_episodes,
+                               warmup_steps=args.warmup, device=args.device, timeout_s=args.timeout)
+        for path in opts.data:
+            if not path.is_file():
+                return _fail(f"--data: no such file {path}")
+        if target.kind == "sim":
+            name = target.task or load_checkpoint(args.policy)["task_spec"]["name"]
+        else:
+            name = "ros" + target.namespace.replace("/", "-")
+        out = args.out or Path("runs") / "finetune" / f"{name}-seed{args.seed}"
+        report = finetune(args.policy, out, opts, resume=args.resume, progress=not args.no_progress)
+    except (CheckpointError, ValueError) as exc:
+        return _fail(str(exc))
+    except TimeoutError as exc:
+        return _fail(str(exc), 3)
+    if report.get("interrupted"):
+        print(f"interrupted: saved {report['policy']}; continue with --resume --out {out}")
+        return 130
+    return 0
+
+
 # -- algd-bench ---------------------------------------------------------------------------
 def bench_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="algd-bench", description="Benchmarks that print numbers.")
@@ -220,7 +277,7 @@ def import_reference_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-_COMMANDS = {"train": train_main, "eval": eval_main, "bench": bench_main,
+_COMMANDS = {"train": train_main, "eval": eval_main, "bench": bench_main, "finetune": finetune_main,
              "import-reference": import_reference_main}
 
 if __name__ == "__main__":  # python -m algd_runtime.cli train|eval|bench|import-reference ...

@@ -7,12 +7,19 @@ and escalates on forecast / limit:
 
     OK -> WARN   (ratio >= warn_at):  raise the controller's lambda / guidance, within bounds
        -> ERROR  (ratio >= error_at): shielded best-of-N or fallback actions
-       -> STOP   (ratio >= stop_at, or the budget is spent): a latched e-stop
+       -> STOP   a latched e-stop, on `stop_on`:
+                 "budget"   (default) the budget is spent, or one more step at the largest
+                            one-step cost seen so far would overspend it;
+                 "forecast" ratio >= stop_at, or the budget is spent.
+The forecast is a learned estimate: it is right for prevention (WARN, ERROR) but, as the
+only reason for an e-stop, it stops a robot whose critic over-predicts; hence "budget".
 
 Escalation is immediate and passes through every level in order (one update may record
 several transitions). De-escalation needs the ratio below the level's threshold minus
 `hysteresis` for `clear_steps` updates in a row, and goes one level at a time. STOP stays
-latched until reset_stop(). Every transition carries the numbers behind it.
+latched until reset_stop() (the operator), or with stop_latch="episode" (per-episode budgets
+on a robot that is reset between episodes) until the episode ends. Every transition carries
+the numbers behind it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class MonitorConfig:
     warn_at: float = 0.5
     error_at: float = 0.8
     stop_at: float = 1.0
+    stop_on: str = "budget"  # "budget" | "forecast"
+    stop_latch: str = "operator"  # "operator": until reset_stop() | "episode": until the episode ends
     hysteresis: float = 0.1
     clear_steps: int = 20
 
@@ -46,6 +55,12 @@ class MonitorConfig:
             raise ValueError(f"cost_limit: expected a finite value > 0, got {self.cost_limit}")
         if self.accounting not in ("episode", "window"):
             raise ValueError(f"accounting: expected 'episode' or 'window', got {self.accounting!r}")
+        if self.stop_on not in ("budget", "forecast"):
+            raise ValueError(f"stop_on: expected 'budget' or 'forecast', got {self.stop_on!r}")
+        if self.stop_latch not in ("operator", "episode"):
+            raise ValueError(f"stop_latch: expected 'operator' or 'episode', got {self.stop_latch!r}")
+        if self.stop_latch == "episode" and self.accounting != "episode":
+            raise ValueError("stop_latch: 'episode' needs accounting 'episode' (a window has no episode end)")
         if self.accounting == "window" and self.window_steps < 1:
             raise ValueError(f"window_steps: expected >= 1, got {self.window_steps}")
         if not 0 < self.warn_at < self.error_at < self.stop_at:
@@ -86,6 +101,7 @@ class BudgetMonitor:
     accumulated: float = 0.0
     predicted: float = 0.0
     transitions: list[Transition] = field(default_factory=list)
+    worst_step: float = 0.0  # the largest finite one-step cost seen (the "budget" stop's margin)
     _window: deque = field(default_factory=deque)
     _calm: int = 0
 
@@ -101,6 +117,8 @@ class BudgetMonitor:
         """Account one step; returns the transitions it caused (usually none)."""
         if not math.isfinite(cost):
             cost = self.cfg.cost_limit  # an unreadable cost is treated as the worst case
+        else:
+            self.worst_step = max(self.worst_step, cost)
         self.step += 1
         if self.cfg.accounting == "window":
             self._window.append(cost)
@@ -114,14 +132,20 @@ class BudgetMonitor:
         return self._escalate_or_calm()
 
     def _escalate_or_calm(self) -> list[Transition]:
-        ratio, out = self.ratio, []
-        spent = self.accumulated >= self.cfg.cost_limit
+        ratio, out, limit = self.ratio, [], self.cfg.cost_limit
+        spent = None
+        if self.accumulated >= limit:
+            spent = f"budget spent ({self.accumulated:g} >= {limit:g})"
+        elif self.cfg.stop_on == "budget" and self.accumulated + self.worst_step > limit:
+            spent = (f"budget nearly spent ({self.accumulated:g} + largest step cost {self.worst_step:g} "
+                     f"> {limit:g})")
         while self.level < Level.STOP:
             nxt = Level(self.level + 1)
-            if ratio >= self.cfg.threshold(nxt):
+            by_forecast = ratio >= self.cfg.threshold(nxt) and (nxt < Level.STOP or self.cfg.stop_on == "forecast")
+            if by_forecast:
                 out.append(self._move(nxt, f"forecast/limit {ratio:.3f} >= {self.cfg.threshold(nxt):g}"))
-            elif spent:  # the budget is gone whatever the thresholds say
-                out.append(self._move(nxt, f"budget spent ({self.accumulated:g} >= {self.cfg.cost_limit:g})"))
+            elif spent:  # the budget is gone (or about to be) whatever the thresholds say
+                out.append(self._move(nxt, spent))
             else:
                 break
         if out or self.level in (Level.OK, Level.STOP):
@@ -147,12 +171,13 @@ class BudgetMonitor:
         return t
 
     def end_episode(self) -> list[Transition]:
-        """Episode accounting starts again; levels below STOP return to OK (STOP stays latched)."""
+        """Episode accounting starts again; levels below STOP return to OK (STOP too, with
+        stop_latch="episode")."""
         self.episode += 1
         if self.cfg.accounting == "episode":
             self.accumulated, self.predicted = 0.0, 0.0
         out = []
-        if Level.OK < self.level < Level.STOP:
+        if Level.OK < self.level < Level.STOP or (self.level == Level.STOP and self.cfg.stop_latch == "episode"):
             out.append(self._move(Level.OK, "episode ended"))
         self._calm = 0
         return out

@@ -24,6 +24,7 @@ from algd_runtime.algd import ALGDAgent
 from algd_runtime.checkpoint import (CheckpointError, agent_from_checkpoint, load_checkpoint,
                                      save_checkpoint)
 from algd_runtime.config import TrainConfig, config_from_dict
+from algd_runtime.guard import BudgetGuard, GuardConfig
 from algd_runtime.replay import ReplayBuffer
 from algd_runtime.sim import make_task
 from algd_runtime.sim.spec import TaskSpec
@@ -41,6 +42,8 @@ class EvalResult:
     returns: list[float]
     costs: list[float]
     cost_limit: float
+    ended_by_guard: int = 0  # episodes the budget guard ended early (guarded evaluation only)
+    shielded_steps: int = 0
 
     @property
     def return_mean(self) -> float:
@@ -67,23 +70,34 @@ class EvalResult:
         return self.cost_mean <= self.cost_limit
 
 
-def evaluate(act: Callable[[np.ndarray], np.ndarray], env, episodes: int, seed: int) -> EvalResult:
-    """Run `episodes` full episodes with `act`; episode i resets with seed + i, so repeated
-    evaluations see the same start states."""
+def evaluate(act: Callable[[np.ndarray], np.ndarray], env, episodes: int, seed: int,
+             guard: BudgetGuard | None = None) -> EvalResult:
+    """Run `episodes` episodes with `act`; episode i resets with seed + i, so repeated
+    evaluations see the same start states. With a `guard` (on a real system) the guard may
+    shield actions and end an episode before its budget is spent."""
     spec: TaskSpec = env.task_spec
-    returns, costs = [], []
+    returns, costs, ended, shielded = [], [], 0, 0
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
+        if guard is not None:
+            guard.begin_episode()
         ret, ep_costs = 0.0, []
         while True:
-            obs, r, c, term, trunc, _ = env.step(act(obs))
+            action = act(obs)
+            if guard is not None:
+                action = guard.act(obs, action)
+            obs, r, c, term, trunc, _ = env.step(action)
             ret += r
             ep_costs.append(c)
             if term or trunc:
                 break
+            if guard is not None and guard.after_step(c):
+                ended += 1
+                break
         returns.append(ret)
         costs.append(spec.episode_cost(ep_costs))
-    return EvalResult(returns, costs, spec.cost_limit)
+        shielded += guard.shielded_in_episode if guard is not None else 0
+    return EvalResult(returns, costs, spec.cost_limit, ended, shielded)
 
 
 @dataclass
@@ -125,10 +139,20 @@ _TRAIN_FIELDS = ["step", "time_s", "episodes", "train_return", "train_cost", "la
                  "qc_policy", "qc_replay", "grad_steps", "steps_per_s"]
 
 
+_EPISODE_FIELDS = ["step", "episode", "return", "cost", "cost_limit", "length", "ended_by_guard", "shielded_steps"]
+
+
 class Trainer:
+    """Trains `cfg` in `run_dir`. Fine-tuning passes what it starts from: `env` (and
+    `eval_env`, else no evaluation) instead of cfg.task, an `agent`, a `replay`, and a
+    `guard` config that puts the budget guard (guard.py) between the policy and the task."""
+
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
-                 progress: bool = True, echo: Callable[[str], None] = print):
+                 progress: bool = True, echo: Callable[[str], None] = print, *, env=None, eval_env=None,
+                 agent: ALGDAgent | None = None, replay: ReplayBuffer | None = None,
+                 guard: GuardConfig | None = None, origin: str = "trained"):
         self.cfg, self.run_dir, self.echo, self.progress = cfg, Path(run_dir), echo, progress
+        self.origin = origin
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy_path = self.run_dir / POLICY_FILE
         device = cfg.device
@@ -145,26 +169,32 @@ class Trainer:
             self.cfg = cfg = stored
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.env = make_task(cfg.task, seed=cfg.seed, **cfg.shift)
-        self.eval_env = make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift)
+        if env is None:
+            env, eval_env = (make_task(cfg.task, seed=cfg.seed, **cfg.shift),
+                             make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift))
+        self.env, self.eval_env = env, eval_env
         self.spec: TaskSpec = self.env.task_spec
         self.eval_seed = 1_000_000 + cfg.seed * 1000
         self.epoch_length = cfg.epoch_length or self.spec.episode_length
-        self.replay = ReplayBuffer(cfg.replay_size, self.spec.obs_dim, self.spec.act_dim)
+        self.replay = replay if replay is not None else ReplayBuffer(cfg.replay_size, self.spec.obs_dim,
+                                                                     self.spec.act_dim)
         self.env_steps = self.episodes = self.updates_this_epoch = 0
         self.elapsed = 0.0
         self.recent: list[tuple[float, float]] = []  # (return, cost) of recent training episodes
         self._stop_requested = False
 
         if ckpt is None:
-            self.agent = ALGDAgent(self.spec, cfg.algo, device)
+            self.agent = agent or ALGDAgent(self.spec, cfg.algo, device)
+            self.guard = BudgetGuard(self.agent, guard) if guard else None
             self.episode = self._new_episode()
         else:
             self.agent = agent_from_checkpoint(ckpt, device)
+            self.guard = BudgetGuard(self.agent, guard) if guard else None
             self._restore(ckpt)
         resume_step = self.env_steps if ckpt is not None else None
         self.eval_log = _CsvLog(self.run_dir / "progress.csv", _EVAL_FIELDS, resume_step)
         self.train_log = _CsvLog(self.run_dir / "train.csv", _TRAIN_FIELDS, resume_step)
+        self.episode_log = _CsvLog(self.run_dir / "episodes.csv", _EPISODE_FIELDS, resume_step)
         self.tb = self._tensorboard()
 
     # -- resume ---------------------------------------------------------------------------
@@ -173,7 +203,7 @@ class Trainer:
             self.echo(f"--resume: no {self.policy_path} yet; starting a new run")
             return None
         ckpt = load_checkpoint(self.policy_path)
-        if ckpt.get("origin") != "trained" or not ckpt.get("train_state"):
+        if ckpt.get("origin") not in ("trained", "finetune") or not ckpt.get("train_state"):
             raise CheckpointError(f"{self.policy_path}: holds no training state to resume from")
         return ckpt
 
@@ -198,6 +228,10 @@ class Trainer:
         self.rng.bit_generator.state = ts["numpy_rng"]
         # Rebuild the episode in progress by replaying its actions from its reset seed.
         ep = ts["episode"]
+        if not getattr(self.env, "replayable", True):  # a robot: start a fresh episode instead
+            self.episode = self._new_episode()
+            self.echo(f"resumed from {self.policy_path} at step {self.env_steps} (new episode)")
+            return
         self.episode = self._new_episode(seed=ep["seed"])
         actions = list(ep["actions"].numpy())
         for a in actions:
@@ -207,6 +241,8 @@ class Trainer:
         if not np.array_equal(self.episode.obs, ep["obs"].numpy()):
             self.echo("resume: the environment did not replay deterministically; starting a fresh episode")
             self.episode = self._new_episode()
+        elif self.guard is not None:
+            self.guard.restore(self.episode.costs)
         self.echo(f"resumed from {self.policy_path} at step {self.env_steps}")
 
     def _train_state(self) -> dict[str, Any]:
@@ -231,7 +267,8 @@ class Trainer:
         if self.cfg.save_replay:
             replay_name = f"replay-{self.env_steps:010d}.npz"
             self.replay.save(self.run_dir / replay_name)
-        save_checkpoint(self.policy_path, self.agent, self.cfg.to_dict(), self._train_state(), replay_name)
+        save_checkpoint(self.policy_path, self.agent, self.cfg.to_dict(), self._train_state(), replay_name,
+                        origin=self.origin)
         for old in self.run_dir.glob("replay-*.npz"):
             if old.name != replay_name:
                 old.unlink()
@@ -241,6 +278,8 @@ class Trainer:
     def _new_episode(self, seed: int | None = None) -> _Episode:
         seed = episode_seed(self.cfg.seed, self.episodes) if seed is None else seed
         obs, _ = self.env.reset(seed=seed)
+        if self.guard is not None:
+            self.guard.begin_episode()
         return _Episode(seed=seed, obs=obs)
 
     def _tensorboard(self):
@@ -275,6 +314,10 @@ class Trainer:
             return {}
         return {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
+    def request_stop(self) -> None:
+        """Finish the current step, save and return from run() (e.g. at a time limit)."""
+        self._stop_requested = True
+
     def _request_stop(self, signum, frame) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
@@ -299,17 +342,18 @@ class Trainer:
             while self.env_steps < cfg.total_steps and not self._stop_requested:
                 ep = self.episode
                 action = self.agent.act(ep.obs)
+                if self.guard is not None:
+                    action = self.guard.act(ep.obs, action)
                 next_obs, r, c, term, trunc, _ = self.env.step(action)
                 self.replay.add(ep.obs, action, r, c, next_obs, term)
                 ep.actions.append(action)
                 ep.obs, ep.ret = next_obs, ep.ret + r
                 ep.costs.append(c)
                 self.env_steps += 1
+                guard_ends = self.guard is not None and not (term or trunc) and self.guard.after_step(c)
                 self._maybe_update(acc)
-                if term or trunc:
-                    self.recent = (self.recent + [(ep.ret, self.spec.episode_cost(ep.costs))])[-20:]
-                    self.episodes += 1
-                    self.episode = self._new_episode()
+                if term or trunc or guard_ends:
+                    self._end_episode(ep, guard_ends)
                 if bar is not None:
                     bar.update(1)
                 self.elapsed = now = elapsed0 + time.perf_counter() - t0
@@ -321,7 +365,7 @@ class Trainer:
                     if bar is not None and self.recent:
                         bar.set_postfix(lam=f"{self.agent.lam:.3f}", ret=f"{self.recent[-1][0]:.1f}",
                                         cost=f"{self.recent[-1][1]:.1f}", refresh=False)
-                if self.env_steps >= next_eval and self.env_steps < cfg.total_steps:
+                if self.env_steps >= next_eval and self.env_steps < cfg.total_steps and self.eval_env is not None:
                     next_eval += cfg.eval_every
                     last_eval = self._evaluate(now, bar)
                 if self.env_steps >= next_ckpt and self.env_steps < cfg.total_steps:
@@ -334,7 +378,7 @@ class Trainer:
                 bar.close()
         self.elapsed = elapsed0 + time.perf_counter() - t0
         interrupted = self._stop_requested
-        if not interrupted:
+        if not interrupted and self.eval_env is not None:
             last_eval = self._evaluate(self.elapsed, None)
         self.save()
         if self.tb is not None:
@@ -344,6 +388,16 @@ class Trainer:
                       f"continue with --resume")
         return {"policy": str(self.policy_path), "env_steps": self.env_steps, "interrupted": interrupted,
                 "elapsed_s": self.elapsed, "lambda": self.agent.lam, "eval": last_eval}
+
+    def _end_episode(self, ep: _Episode, ended_by_guard: bool) -> None:
+        cost = self.spec.episode_cost(ep.costs)
+        self.recent = (self.recent + [(ep.ret, cost)])[-20:]
+        self.episode_log.write({"step": self.env_steps, "episode": self.episodes, "return": ep.ret, "cost": cost,
+                                "cost_limit": self.spec.cost_limit, "length": len(ep.costs),
+                                "ended_by_guard": int(ended_by_guard),
+                                "shielded_steps": self.guard.shielded_in_episode if self.guard else 0})
+        self.episodes += 1
+        self.episode = self._new_episode()
 
     def _next_multiple(self, every: int) -> int:
         if every <= 0:

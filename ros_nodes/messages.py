@@ -4,8 +4,8 @@
 | --- | --- | --- |
 | observation | sensor_msgs/JointState (position = observation, header.stamp = when measured) | robot -> controller, monitor |
 | action | sensor_msgs/JointState (effort = action, header.stamp = the observation's) | controller -> robot, monitor |
-| step | std_msgs/Float64MultiArray [reward, cost] | robot -> monitor |
-| episode | std_msgs/String (JSON: {"event": "start" or "end", "index", "return", "cost"}) | robot -> monitor |
+| step | std_msgs/Float64MultiArray: the transition (STEP_FIELDS below) | robot -> monitor, RosEnv |
+| episode | std_msgs/String (JSON: {"event": "start" or "end", "index", "return", "cost", ...}) | robot -> monitor, RosEnv |
 | estop | std_msgs/Bool (latched) | monitor -> controller |
 | /diagnostics | diagnostic_msgs/DiagnosticArray | every node |
 """
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -46,12 +47,49 @@ def action_msg(action: np.ndarray, stamp) -> JointState:
     return msg
 
 
-def step_msg(reward: float, cost: float) -> Float64MultiArray:
-    return Float64MultiArray(data=[float(reward), float(cost)])
+# A step message is one whole transition, so that a learner (RosEnv) or a recorded log can
+# rebuild (obs, action, reward, cost, next_obs, done) from it alone. Only the first two
+# fields are required: the monitor reads reward and cost, and a robot driver that knows no
+# more may send just those.
+STEP_FIELDS = ("reward", "cost", "terminated", "truncated", "episode", "t", "stamp_sec", "stamp_nanosec")
 
 
-def episode_msg(event: str, index: int, ret: float = 0.0, cost: float = 0.0) -> String:
-    return String(data=json.dumps({"event": event, "index": index, "return": ret, "cost": cost}))
+@dataclass
+class Step:
+    reward: float
+    cost: float
+    terminated: bool
+    truncated: bool
+    episode: int
+    t: int  # steps taken in the episode, this one included
+    stamp: tuple[int, int]  # (sec, nanosec) of next_obs, as published on `observation`
+    action: np.ndarray  # the action this step applied (as commanded, before any robot-side delay)
+    next_obs: np.ndarray
+
+
+def step_msg(reward: float, cost: float, terminated: bool = False, truncated: bool = False, episode: int = 0,
+             t: int = 0, stamp=None, action=(), next_obs=()) -> Float64MultiArray:
+    head = [reward, cost, terminated, truncated, episode, t,
+            stamp.sec if stamp else 0, stamp.nanosec if stamp else 0]
+    return Float64MultiArray(data=[float(x) for x in head] + [float(x) for x in action] + [float(x) for x in next_obs])
+
+
+def parse_step(msg: Float64MultiArray, act_dim: int, obs_dim: int) -> Step:
+    """The full transition; a ValueError says what a shorter message lacks."""
+    data = np.asarray(msg.data, np.float64)
+    need = len(STEP_FIELDS) + act_dim + obs_dim
+    if data.size != need:
+        raise ValueError(f"step message: expected {need} values ({', '.join(STEP_FIELDS)}, action[{act_dim}], "
+                         f"next_observation[{obs_dim}]), got {data.size}; the robot must publish whole "
+                         f"transitions for learning (algd-sim does)")
+    h = len(STEP_FIELDS)
+    return Step(float(data[0]), float(data[1]), bool(data[2]), bool(data[3]), int(data[4]), int(data[5]),
+                (int(data[6]), int(data[7])), data[h:h + act_dim].astype(np.float32),
+                data[h + act_dim:].astype(np.float32))
+
+
+def episode_msg(event: str, index: int, ret: float = 0.0, cost: float = 0.0, **extra) -> String:
+    return String(data=json.dumps({"event": event, "index": index, "return": ret, "cost": cost, **extra}))
 
 
 def parse_episode(msg: String) -> dict:
@@ -73,6 +111,11 @@ def write_summary(path: str, stats: dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(stats, f)
+
+
+def stamp_pair(stamp) -> list[int]:
+    """A builtin_interfaces/Time as [sec, nanosec] (JSON-friendly, and exact)."""
+    return [int(stamp.sec), int(stamp.nanosec)]
 
 
 def stamp_to_s(stamp) -> float:

@@ -6,6 +6,7 @@ the level's response on the controller:
     WARN  -> raise the controller's lagrange_multiplier and guidance_scale (within bounds)
     ERROR -> shielded best-of-N (remaining_budget = what is left of the budget)
     STOP  -> latched e-stop on `estop`, until the `reset` service (std_srvs/Trigger) clears it
+             (or, with stop_latch:=episode, until the robot's episode ends)
     OK    -> the controller's original parameters again
 """
 
@@ -39,9 +40,10 @@ class MonitorNode(Node):
     def __init__(self, **overrides):
         super().__init__("monitor", **overrides)
         p = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
-             "error_at": 0.8, "stop_at": 1.0, "hysteresis": 0.1, "clear_steps": 20, "controller": "controller",
+             "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator",
+             "hysteresis": 0.1, "clear_steps": 20, "controller": "controller",
              "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
-             "use_critic": True, "record": ""}
+             "use_critic": True, "record": "", "summary_file": ""}
         for k, v in p.items():
             self.declare_parameter(k, v)
         get = lambda k: self.get_parameter(k).value  # noqa: E731
@@ -53,12 +55,14 @@ class MonitorNode(Node):
             limit = float(self.runtime.manifest["budget"]["cost_limit"])
         self.monitor = BudgetMonitor(MonitorConfig(
             cost_limit=limit, accounting=get("accounting"), window_steps=get("window_steps"), warn_at=get("warn_at"),
-            error_at=get("error_at"), stop_at=get("stop_at"), hysteresis=get("hysteresis"),
+            error_at=get("error_at"), stop_at=get("stop_at"), stop_on=get("stop_on"),
+            stop_latch=get("stop_latch"), hysteresis=get("hysteresis"),
             clear_steps=get("clear_steps")))
         self.use_critic = bool(get("use_critic")) and self.runtime is not None
         self.base_lambda = self.runtime.lagrange_multiplier if self.runtime else 1.0
         self.cfg = {k: get(k) for k in ("warn_lambda_factor", "lambda_max", "warn_guidance", "error_best_of_n")}
         self._obs = self._act = None
+        self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
         self.recorder = McapRecorder(get("record")) if get("record") else None
         self.controller = AsyncParameterClient(self, get("controller"))
         self.estop_pub = self.create_publisher(Bool, m.ESTOP, m.LATCHED)
@@ -100,7 +104,10 @@ class MonitorNode(Node):
 
     def _on_episode(self, msg: String) -> None:
         self._record(m.EPISODE, msg)
-        if m.parse_episode(msg).get("event") == "end":
+        event = m.parse_episode(msg)
+        if event.get("event") == "end":
+            self.episodes.append({**event, "level": self.monitor.level.name,
+                                  "monitor_accumulated": self.monitor.accumulated})
             for t in self.monitor.end_episode():
                 self._respond(t)
 
@@ -160,6 +167,9 @@ class MonitorNode(Node):
         self.stop_recording()
         for t in self.monitor.transitions:
             print(f"monitor: {t.old} -> {t.new} at step {t.step} ({t.reason})")
+        m.write_summary(self.get_parameter("summary_file").value, {
+            "limit": self.monitor.cfg.cost_limit, "level": self.monitor.level.name, "steps": self.monitor.step,
+            "transitions": [t.as_dict() for t in self.monitor.transitions], "episodes": self.episodes})
 
 
 def main(argv=None) -> int:

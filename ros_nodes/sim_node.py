@@ -4,12 +4,18 @@ Publishes the observation (stamped when measured), the step's reward and cost, a
 events; applies the newest action with a zero-order hold. Parameters: task, seed (episode i
 resets with seed + i, as algd-eval does), rate_hz (control steps per second of wall time),
 real_time_factor, lockstep (step only once the action answering the last observation has
-arrived, or after lockstep_timeout_s: reproducible runs, as in simulation), and the
-domain-shift parameters (mass, friction, actuator_gain, obs_noise, action_delay).
+arrived, or after lockstep_timeout_s, where <= 0 waits for ever: reproducible runs, as in
+simulation), and the domain-shift parameters (mass, friction, actuator_gain, obs_noise,
+action_delay, hazard_scale).
+
+Service `reset_episode` (std_srvs/Trigger) ends the episode in progress (an "end" event with
+"reason": "reset") and starts the next one; on an episode with no step taken yet it changes
+nothing. Its reply message is JSON {"index", "stamp", "observation"}: RosEnv.reset().
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -17,12 +23,12 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
 
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.sim import make_task
-
-SHIFT = {"mass": 1.0, "friction": 1.0, "actuator_gain": 1.0, "obs_noise": 0.0, "action_delay": 0}
+from algd_runtime.sim.shift import NOMINAL as SHIFT
 
 
 class SimNode(Node):
@@ -56,6 +62,7 @@ class SimNode(Node):
         self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
         self.ep_pub = self.create_publisher(String, m.EPISODE, m.RELIABLE)
         self.create_subscription(JointState, m.ACTION, self._on_action, m.LATEST)
+        self.create_service(Trigger, "reset_episode", self._on_reset_episode)
         period = 1.0 / (self.get_parameter("rate_hz").value * self.get_parameter("real_time_factor").value)
         self.paused = False
         self._start_episode()
@@ -64,13 +71,32 @@ class SimNode(Node):
     def _start_episode(self) -> None:
         self.obs, _ = self.env.reset(seed=self.seed + self.episode)
         self.ep_return, self.ep_costs = 0.0, []
-        self.ep_pub.publish(m.episode_msg("start", self.episode))
-        self._publish_obs()
+        self._publish_obs(start=True)
 
-    def _publish_obs(self) -> None:
-        self._stamp = self.get_clock().now().to_msg()
+    def _end_episode(self, reason: str) -> None:
+        cost = self.spec.episode_cost(self.ep_costs)
+        self.returns.append(self.ep_return)
+        self.costs.append(cost)
+        self.ep_pub.publish(m.episode_msg("end", self.episode, self.ep_return, cost, steps=len(self.ep_costs),
+                                          reason=reason))
+        self.episode += 1
+
+    def _on_reset_episode(self, request, response):
+        if self.ep_costs:  # an episode with steps taken: end it here
+            self._end_episode("reset")
+            self._start_episode()
+        response.success = True
+        response.message = json.dumps({"index": self.episode, "stamp": m.stamp_pair(self._stamp),
+                                       "observation": [float(x) for x in self.obs]})
+        return response
+
+    def _publish_obs(self, stamp=None, start: bool = False) -> None:
+        self._stamp = stamp or self.get_clock().now().to_msg()
         self._answered = False
         self._published_at = time.monotonic()
+        if start:  # the episode's first observation travels with its start event (for logs)
+            self.ep_pub.publish(m.episode_msg("start", self.episode, stamp=m.stamp_pair(self._stamp),
+                                              observation=[float(x) for x in self.obs]))
         self.obs_pub.publish(m.observation_msg(self.obs, self._stamp))
 
     def _on_action(self, msg: JointState) -> None:
@@ -84,24 +110,23 @@ class SimNode(Node):
     def _step(self) -> None:
         if self.paused or (self.max_episodes and self.episode >= self.max_episodes):
             return
-        if self.lockstep and not self._answered and time.monotonic() - self._published_at < self.lockstep_timeout:
+        if self.lockstep and not self._answered and (
+                self.lockstep_timeout <= 0 or time.monotonic() - self._published_at < self.lockstep_timeout):
             return  # wait for the action that answers the last observation
         self.steps += 1
-        self.obs, r, c, term, trunc, _ = self.env.step(self.action)
+        action = self.action.copy()
+        self.obs, r, c, term, trunc, _ = self.env.step(action)
         self.ep_return += r
         self.ep_costs.append(c)
-        self.step_pub.publish(m.step_msg(r, c))
+        stamp = self.get_clock().now().to_msg()
+        self.step_pub.publish(m.step_msg(r, c, term, trunc, self.episode, len(self.ep_costs), stamp, action, self.obs))
         if term or trunc:
-            cost = self.spec.episode_cost(self.ep_costs)
-            self.returns.append(self.ep_return)
-            self.costs.append(cost)
-            self.ep_pub.publish(m.episode_msg("end", self.episode, self.ep_return, cost))
-            self.episode += 1
+            self._end_episode("terminated" if term else "truncated")
             if self.max_episodes and self.episode >= self.max_episodes:
                 return
             self._start_episode()
         else:
-            self._publish_obs()
+            self._publish_obs(stamp)
 
     def summarize(self) -> None:
         lat = np.asarray(self.latencies) * 1e3 if self.latencies else np.array([np.nan])

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import TaskEnv
-from .shift import MODEL_KEYS, NOMINAL, WRAPPER_KEYS, scale_model, validate_shift, wrap_shift
+from .shift import MODEL_KEYS, NOMINAL, TASK_KEYS, WRAPPER_KEYS, scale_model, validate_shift, wrap_shift
 from .spec import TaskSpec
 
 NAME = "PointHazard-v0"
@@ -40,13 +40,13 @@ START_JITTER = (0.15, 0.2)
 GOAL_JITTER = (0.15, 0.2)
 HAZARD_JITTER = (0.1, 0.1)
 
-SUPPORTED_SHIFT = MODEL_KEYS + WRAPPER_KEYS
+SUPPORTED_SHIFT = MODEL_KEYS + WRAPPER_KEYS + TASK_KEYS
 
 
 class PointHazardEnv(TaskEnv):
     """The bare task (no noise/delay wrappers; make_task adds those)."""
 
-    def __init__(self, seed: int | None = 0, mass=1.0, friction=1.0, actuator_gain=1.0):
+    def __init__(self, seed: int | None = 0, mass=1.0, friction=1.0, actuator_gain=1.0, hazard_scale=1.0):
         import mujoco  # lazily: `import algd_runtime.sim` stays cheap
         from gymnasium.spaces import Box
 
@@ -55,6 +55,7 @@ class PointHazardEnv(TaskEnv):
         self.data = mujoco.MjData(self.model)
         robot = self.model.body("robot").id
         scale_model(self.model, mass, friction, actuator_gain, bodies=[robot])
+        self.model.geom("hazard").size[0] *= hazard_scale  # drawn and costed at the same size
         self.hazard_radius = float(self.model.geom("hazard").size[0])
         self.goal_radius = float(self.model.geom("goal").size[0])
         self._goal_mocap = int(self.model.body("goal").mocapid[0])
@@ -130,7 +131,7 @@ class PointHazardEnv(TaskEnv):
 def make_point_hazard(seed: int | None = 0, **shift) -> TaskEnv:
     """PointHazard-v0 with domain shift applied (model edits, then noise/delay wrappers)."""
     shift = validate_shift(shift, SUPPORTED_SHIFT, NAME)
-    model_kw = {k: shift.get(k, NOMINAL[k]) for k in MODEL_KEYS}
+    model_kw = {k: shift.get(k, NOMINAL[k]) for k in MODEL_KEYS + TASK_KEYS}
     env = PointHazardEnv(seed=seed, **model_kw)
     env.task_spec = _with_shift(env.task_spec, shift)
     return wrap_shift(env, shift, seed)

@@ -22,8 +22,12 @@ NOMINAL: dict[str, float] = {
     "actuator_gain": 1.0,
     "obs_noise": 0.0,
     "action_delay": 0,
+    "hazard_scale": 1.0,
 }
 MODEL_KEYS = ("mass", "friction", "actuator_gain")
+# Task-specific: PointHazard-v0's keep-out disc (a real floor's marked zone is often larger
+# than the one modelled in simulation).
+TASK_KEYS = ("hazard_scale",)
 WRAPPER_KEYS = ("obs_noise", "action_delay")
 
 # What each value must be, as said in the error message.
@@ -33,6 +37,7 @@ _EXPECTED = {
     "actuator_gain": "a finite number >= 0 (multiplier on motor gear)",
     "obs_noise": "a finite number >= 0 (std of Gaussian observation noise)",
     "action_delay": "an integer >= 0 (control steps of action lag)",
+    "hazard_scale": "a finite number > 0 (multiplier on the hazard radius)",
 }
 
 
@@ -50,7 +55,7 @@ def _check_value(key: str, value):
         if v < 0 or v != int(v):
             raise _bad(key, value)
         return int(v)
-    if v < 0 or (key == "mass" and v == 0):
+    if v < 0 or (key in ("mass", "hazard_scale") and v == 0):
         raise _bad(key, value)
     return v
 

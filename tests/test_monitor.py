@@ -12,7 +12,7 @@ def levels(mon):
 
 
 def test_rising_cost_escalates_ok_warn_error_stop_in_order_with_numbers():
-    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0, warn_at=0.5, error_at=0.8, stop_at=1.0))
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0, warn_at=0.5, error_at=0.8, stop_at=1.0, stop_on="forecast"))
     seen = []
     for _ in range(12):
         for t in mon.update(1.0):
@@ -30,9 +30,39 @@ def test_forecast_includes_the_critics_prediction():
 
 
 def test_a_jump_passes_through_every_level_in_one_update():
-    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0))
+    mon = BudgetMonitor(MonitorConfig(cost_limit=10.0, stop_on="forecast"))
     out = mon.update(0.0, predicted_cost_to_go=50.0)
     assert [(t.old, t.new) for t in out] == [("OK", "WARN"), ("WARN", "ERROR"), ("ERROR", "STOP")]
+
+
+def test_budget_stop_ignores_the_forecast_but_stops_before_overspending():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=5.0))  # stop_on="budget"
+    mon.update(0.0, predicted_cost_to_go=50.0)  # a wild forecast: shield, but no e-stop
+    assert mon.level == Level.ERROR
+    for _ in range(3):
+        mon.update(1.0)
+    assert mon.level == Level.ERROR  # 3 + largest step 1 = 4: one more step still fits
+    mon.update(1.0)  # 4 + 1 = 5: the next costly step would reach the limit, not exceed it
+    assert mon.level == Level.ERROR
+    out = mon.update(0.5)  # 4.5 + 1 > 5: one more such step would overspend
+    assert [t.new for t in out] == ["STOP"] and "budget nearly spent (4.5 + largest step cost 1 > 5)" in out[0].reason
+    assert mon.accumulated <= 5.0
+
+
+def test_stop_latch_episode_clears_stop_when_the_episode_ends():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=2.0, stop_latch="episode"))
+    mon.update(3.0)
+    assert mon.level == Level.STOP
+    mon.update(0.0)
+    assert mon.level == Level.STOP  # latched for the rest of the episode
+    out = mon.end_episode()
+    assert [(t.old, t.new) for t in out] == [("STOP", "OK")] and mon.accumulated == 0.0
+
+
+def test_budget_stop_on_a_spent_budget_in_one_jump():
+    mon = BudgetMonitor(MonitorConfig(cost_limit=5.0))
+    out = mon.update(7.0)
+    assert [t.new for t in out] == ["WARN", "ERROR", "STOP"] and "budget spent (7 >= 5)" in out[-1].reason
 
 
 def test_stop_is_latched_until_reset():
@@ -100,6 +130,9 @@ def test_nan_cost_counts_as_worst_case_and_nan_prediction_as_none():
     (dict(cost_limit=1.0, accounting="daily"), "accounting: expected 'episode' or 'window'"),
     (dict(cost_limit=1.0, warn_at=0.9, error_at=0.8), "thresholds: expected 0 < warn_at < error_at < stop_at"),
     (dict(cost_limit=1.0, hysteresis=0.6), "hysteresis: expected 0 <= hysteresis < warn_at"),
+    (dict(cost_limit=1.0, stop_on="soon"), "stop_on: expected 'budget' or 'forecast'"),
+    (dict(cost_limit=1.0, stop_latch="never"), "stop_latch: expected 'operator' or 'episode'"),
+    (dict(cost_limit=1.0, stop_latch="episode", accounting="window"), "stop_latch: 'episode' needs accounting"),
 ])
 def test_bad_config_names_the_field(kw, pattern):
     with pytest.raises(ValueError, match=pattern):

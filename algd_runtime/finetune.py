@@ -1,0 +1,311 @@
+"""Sim-to-real fine-tuning: continue ALGD training from a deployed policy on the target system.
+
+The target is a shifted simulation (`sim`, `sim:TASK` with shift parameters) or anything
+that speaks the controller's topics (`ros`, `ros:NAMESPACE`, through RosEnv). What carries
+over from the source run is chosen: the critics and lambda (kept unless reset), the source
+replay (dropped unless kept: it holds the old system's transitions) and recorded MCAP logs of
+runs on the target (added to the replay). The budget guard (guard.py) shields and ends
+episodes before their budget is spent, while fine-tuning and while evaluating on a robot.
+
+Before and after training the policy is evaluated on the target with the same episode
+seeds; report.json / report.md and the plots say what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from algd_runtime.algd import ALGDAgent
+from algd_runtime.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
+from algd_runtime.config import config_from_dict
+from algd_runtime.guard import BudgetGuard, GuardConfig
+from algd_runtime.replay import ReplayBuffer
+from algd_runtime.trainer import EvalResult, Trainer, evaluate
+
+RESETTABLE = ("critics", "lambda")
+REPORT_JSON, REPORT_MD, BEFORE_JSON = "report.json", "report.md", "before.json"
+
+
+@dataclass
+class Target:
+    kind: str  # "sim" | "ros"
+    task: str | None = None  # sim: None means the policy's own task
+    namespace: str = "/algd"  # ros
+    shift: dict = field(default_factory=dict)  # sim
+
+    def describe(self) -> str:
+        if self.kind == "ros":
+            return f"ros:{self.namespace}"
+        shift = ", ".join(f"{k}={v}" for k, v in self.shift.items())
+        return f"sim:{self.task}" + (f" ({shift})" if shift else " (no shift)")
+
+
+def parse_target(text: str, shift: dict | None = None) -> Target:
+    """--target sim | sim:TASK | ros | ros:NAMESPACE; shift applies to sim targets only."""
+    kind, _, rest = text.partition(":")
+    if kind == "sim":
+        return Target("sim", task=rest or None, shift=dict(shift or {}))
+    if kind == "ros":
+        if shift:
+            raise ValueError("--shift: a ros target is shifted by the robot itself (e.g. algd-sim's "
+                             "parameters); --shift is for sim targets")
+        return Target("ros", namespace="/" + (rest or "algd").strip("/"))
+    raise ValueError(f"--target: expected sim, sim:TASK, ros or ros:NAMESPACE, got {text!r}")
+
+
+@dataclass
+class FinetuneOptions:
+    target: Target
+    steps: int = 6000  # environment steps on the target
+    seed: int = 0
+    reset: tuple[str, ...] = ()  # of RESETTABLE: start these afresh instead of keeping them
+    keep_replay: bool = False  # start from the source run's replay (the old system's data)
+    data: tuple[Path, ...] = ()  # MCAP logs recorded on the target, added to the replay
+    guard: GuardConfig | None = field(default_factory=GuardConfig)
+    eval_episodes: int = 20
+    warmup_steps: int = 400  # target steps before the first update
+    device: str = "cpu"
+    timeout_s: float = 10.0  # ros: how long to wait for the robot
+
+    def __post_init__(self) -> None:
+        bad = [r for r in self.reset if r not in RESETTABLE]
+        if bad:
+            raise ValueError(f"--reset: expected some of {', '.join(RESETTABLE)}, got {', '.join(bad)}")
+        if self.steps < 1:
+            raise ValueError(f"--steps: expected >= 1, got {self.steps}")
+        if self.eval_episodes < 1:
+            raise ValueError(f"--eval-episodes: expected >= 1, got {self.eval_episodes}")
+
+
+# -- what the run starts from ----------------------------------------------------------------
+def start_agent(ckpt: dict, spec, reset: tuple[str, ...], device: str) -> ALGDAgent:
+    """The source agent on the target's spec, with the chosen parts started afresh."""
+    agent = agent_from_checkpoint(ckpt, device)
+    agent.spec = spec
+    if "critics" in reset:
+        fresh = ALGDAgent(spec, agent.cfg, device)
+        fresh.policy.load_state_dict(agent.policy.state_dict())
+        fresh.actor_opt.load_state_dict(agent.actor_opt.state_dict())
+        fresh.log_lambda.data.copy_(agent.log_lambda.data)
+        fresh.lambda_opt.load_state_dict(agent.lambda_opt.state_dict())
+        agent = fresh
+    if "lambda" in reset:
+        agent.log_lambda.data.fill_(math.log(agent.cfg.init_lambda))
+        agent.lambda_opt.state.clear()
+    return agent
+
+
+def start_replay(ckpt: dict, policy_path: Path, capacity: int, spec, keep_replay: bool,
+                 data: tuple[Path, ...], echo: Callable[[str], None]) -> ReplayBuffer:
+    replay = ReplayBuffer(capacity, spec.obs_dim, spec.act_dim)
+    if keep_replay:
+        name = ckpt.get("replay_file")
+        if not name or not (policy_path.parent / name).is_file():
+            raise CheckpointError(f"--keep-replay: {policy_path} names no replay file beside it "
+                                  f"({name or 'none saved'})")
+        source = ReplayBuffer.load(policy_path.parent / name)
+        n = min(source.size, capacity)
+        for f in ("obs", "action", "reward", "cost", "next_obs", "done"):
+            getattr(replay, f)[:n] = getattr(source, f)[source.size - n:source.size]
+        replay.size, replay.pos = n, n % capacity
+        echo(f"replay: {n} transitions from the source run")
+    for path in data:
+        from algd_runtime.ros_nodes.logdata import add_mcap_to_replay  # needs the [ros] extra
+
+        added = add_mcap_to_replay(path, replay, spec)
+        echo(f"replay: {added} transitions from {path}")
+    return replay
+
+
+def target_envs(target: Target, spec, seed: int, timeout_s: float):
+    """(training env, evaluation env); on a robot both are the same RosEnv."""
+    if target.kind == "ros":
+        from algd_runtime.ros_nodes.ros_env import RosEnv  # needs the [ros] extra
+
+        env = RosEnv(spec, target.namespace, timeout_s=timeout_s)
+        return env, env
+    from algd_runtime.sim import make_task
+
+    task = target.task or spec.name
+    env = make_task(task, seed=seed, **target.shift)
+    es = env.task_spec
+    if (es.obs_dim, es.act_dim) != (spec.obs_dim, spec.act_dim):
+        raise ValueError(f"--target {target.describe()}: observation/action sizes {es.obs_dim}/{es.act_dim} do "
+                         f"not match the policy's {spec.obs_dim}/{spec.act_dim}")
+    return env, make_task(task, seed=seed + 1, **target.shift)
+
+
+# -- the run -----------------------------------------------------------------------------------
+def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions, resume: bool = False,
+             progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+    policy_path, out_dir = Path(policy_path), Path(out_dir)
+    ckpt = load_checkpoint(policy_path)
+    cfg = config_from_dict(ckpt["config"], check_task=False)
+    source = agent_from_checkpoint(ckpt, opts.device, with_optimizers=False)
+    target = opts.target
+    env, eval_env = target_envs(target, source.spec, opts.seed, opts.timeout_s)
+    if target.kind == "sim" and target.task is None:
+        target = dataclasses.replace(target, task=source.spec.name)
+    try:
+        spec = dataclasses.replace(env.task_spec) if target.kind == "sim" else source.spec
+        cfg = dataclasses.replace(
+            cfg, task=spec.name, shift=dict(target.shift), seed=opts.seed, device=opts.device,
+            total_steps=opts.steps, warmup_steps=opts.warmup_steps,
+            min_replay=min(cfg.min_replay, opts.warmup_steps),
+            eval_every=max(opts.steps // 5, 1) if target.kind == "sim" else 0,
+            checkpoint_every=max(opts.steps // 3, 1))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        guard = (lambda agent: BudgetGuard(agent, opts.guard)) if opts.guard else (lambda agent: None)
+        # On a robot the evaluations are guarded as well: a policy that breaks the budget on
+        # the target must not be allowed to, just to be measured.
+        eval_guard = guard if target.kind == "ros" else (lambda agent: None)
+        eval_seed = 2_000_000 + opts.seed * 1000
+
+        before = _load_before(out_dir) if resume else None
+        if before is None:
+            echo(f"before: evaluating {policy_path} on {target.describe()} ({opts.eval_episodes} episodes)")
+            source.spec = spec
+            before = evaluate(lambda o: source.act(o, deterministic=True), eval_env, opts.eval_episodes,
+                              eval_seed, eval_guard(source))
+            (out_dir / BEFORE_JSON).write_text(json.dumps(dataclasses.asdict(before)))
+        echo(_eval_line("before", before))
+
+        agent = start_agent(ckpt, spec, tuple(opts.reset), opts.device)
+        replay = None if resume else start_replay(ckpt, policy_path, cfg.replay_size, spec, opts.keep_replay,
+                                                  tuple(opts.data), echo)
+        trainer = Trainer(cfg, out_dir, resume=resume, progress=progress, echo=echo, env=env,
+                          eval_env=eval_env if target.kind == "sim" else None, agent=agent, replay=replay,
+                          guard=opts.guard, origin="finetune")
+        echo(f"fine-tuning on {target.describe()} for {opts.steps} steps (critics "
+             f"{'reset' if 'critics' in opts.reset else 'kept'}, lambda {'reset' if 'lambda' in opts.reset else 'kept'} "
+             f"= {trainer.agent.lam:.3f}, replay {len(trainer.replay)} transitions, guard "
+             f"{'on' if opts.guard else 'off'}) -> {out_dir}")
+        t0 = time.perf_counter()
+        summary = trainer.run()
+        elapsed = time.perf_counter() - t0
+        if summary["interrupted"]:
+            return {"interrupted": True, "policy": summary["policy"]}
+        tuned = trainer.agent
+        after = evaluate(lambda o: tuned.act(o, deterministic=True), eval_env, opts.eval_episodes, eval_seed,
+                         eval_guard(tuned))
+        echo(_eval_line("after", after))
+    finally:
+        env.close()
+        if eval_env is not env:
+            eval_env.close()
+    report = _report(policy_path, out_dir, dataclasses.replace(opts, target=target), before, after, trainer,
+                     elapsed)
+    report["plots"] = write_plots(out_dir, report, echo)
+    write_report(out_dir, report)
+    echo(f"wrote {trainer.policy_path}, {out_dir / REPORT_MD} and {len(report['plots'])} plots")
+    return report
+
+
+def write_plots(out_dir: Path, report: dict, echo: Callable[[str], None]) -> list[str]:
+    from algd_runtime import plots
+
+    episodes = read_csv(out_dir / "episodes.csv")
+    try:
+        paths = [
+            plots.before_after(report["before"], report["after"], out_dir / "before_after.png",
+                               f"{report['target']}: before and after fine-tuning"),
+            plots.episodes([float(r["return"]) for r in episodes], [float(r["cost"]) for r in episodes],
+                           report["training_episodes"]["cost_limit"], out_dir / "finetune_episodes.png",
+                           f"fine-tuning episodes on {report['target']}",
+                           marked=[i for i, r in enumerate(episodes) if int(r["ended_by_guard"])],
+                           marked_label="ended by the guard"),
+        ]
+        if (out_dir / "progress.csv").is_file() and read_csv(out_dir / "progress.csv"):
+            paths.append(plots.training_curves(out_dir, out_dir / "training_curves.png", "fine-tuning"))
+    except plots.MissingPlotting as exc:
+        echo(f"no plots: {exc}")
+        return []
+    return [p.name for p in paths]
+
+
+def _load_before(out_dir: Path) -> EvalResult | None:
+    path = out_dir / BEFORE_JSON
+    return EvalResult(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def _eval_line(name: str, r: EvalResult) -> str:
+    guarded = f", {r.ended_by_guard} ended by the guard, {r.shielded_steps} shielded steps" if (
+        r.ended_by_guard or r.shielded_steps) else ""
+    return (f"{name}: return {r.return_mean:.2f} ± {r.return_std:.2f}, cost {r.cost_mean:.2f} ± {r.cost_std:.2f} "
+            f"(limit {r.cost_limit:g}), {r.violations}/{len(r.costs)} episodes over{guarded}")
+
+
+def _summary(r: EvalResult) -> dict:
+    return {"return_mean": r.return_mean, "return_std": r.return_std, "cost_mean": r.cost_mean,
+            "cost_std": r.cost_std, "cost_limit": r.cost_limit, "violations": r.violations,
+            "episodes": len(r.costs), "within_limit": r.within_limit, "ended_by_guard": r.ended_by_guard,
+            "shielded_steps": r.shielded_steps, "returns": r.returns, "costs": r.costs}
+
+
+def _report(policy_path, out_dir, opts, before, after, trainer, elapsed) -> dict:
+    episodes = read_csv(out_dir / "episodes.csv")
+    costs = [float(r["cost"]) for r in episodes]
+    limit = trainer.spec.cost_limit
+    return {
+        "source": str(policy_path), "policy": str(trainer.policy_path), "target": opts.target.describe(),
+        "seed": opts.seed, "steps": trainer.env_steps, "elapsed_s": round(elapsed, 1),
+        "reset": list(opts.reset), "keep_replay": opts.keep_replay, "data": [str(p) for p in opts.data],
+        "guard": dataclasses.asdict(opts.guard) if opts.guard else None,
+        "lambda": trainer.agent.lam,
+        "training_episodes": {
+            "episodes": len(episodes), "over_limit": int(sum(c > limit for c in costs)),
+            "ended_by_guard": int(sum(int(r["ended_by_guard"]) for r in episodes)),
+            "shielded_steps": int(sum(int(r["shielded_steps"]) for r in episodes)),
+            "max_cost": max(costs, default=0.0), "cost_limit": limit},
+        "before": _summary(before), "after": _summary(after),
+    }
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    from algd_runtime.atomic import atomic_write
+
+    with atomic_write(out_dir / REPORT_JSON, "w") as f:
+        json.dump(report, f, indent=1)
+    b, a, t = report["before"], report["after"], report["training_episodes"]
+    lines = [
+        f"# Fine-tuning report: {report['target']}",
+        "",
+        f"- source policy: `{report['source']}`",
+        f"- fine-tuned policy: `{report['policy']}` ({report['steps']} steps in {report['elapsed_s']:.0f} s, "
+        f"seed {report['seed']}, lambda now {report['lambda']:.3f})",
+        f"- started from: critics {'reset' if 'critics' in report['reset'] else 'kept'}, lambda "
+        f"{'reset' if 'lambda' in report['reset'] else 'kept'}, source replay "
+        f"{'kept' if report['keep_replay'] else 'dropped'}" + (f", logs {', '.join(report['data'])}"
+                                                               if report["data"] else ""),
+        f"- budget guard: {'on' if report['guard'] else 'off'}",
+        "",
+        "| on the target | return | cost (limit %g) | episodes over the limit |" % b["cost_limit"],
+        "| --- | --- | --- | --- |",
+        f"| before | {b['return_mean']:.2f} ± {b['return_std']:.2f} | {b['cost_mean']:.2f} ± {b['cost_std']:.2f} "
+        f"| {b['violations']}/{b['episodes']} |",
+        f"| after | {a['return_mean']:.2f} ± {a['return_std']:.2f} | {a['cost_mean']:.2f} ± {a['cost_std']:.2f} "
+        f"| {a['violations']}/{a['episodes']} |",
+        "",
+        f"While fine-tuning: {t['episodes']} episodes, {t['over_limit']} over the limit (worst {t['max_cost']:g}), "
+        f"{t['ended_by_guard']} ended by the guard, {t['shielded_steps']} shielded steps.",
+        "",
+    ]
+    with atomic_write(out_dir / REPORT_MD, "w") as f:
+        f.write("\n".join(lines))
