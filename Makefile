@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: install test test-all bench clean
+.PHONY: install demo test test-all bench clean
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps safety-gymnasium==1.0.0
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
+
+# The whole pipeline on the toy task: train (~5 min, cached), export, ROS 2 run, report.
+demo: install
+	$(BIN)/algd-demo --out runs/demo $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -186,11 +186,10 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     """Sim robot and controller as two processes over DDS on loopback, at each rate."""
     import json
     import os
-    import signal
     import subprocess
     import tempfile
 
-    from algd_runtime.ros_nodes.launcher import default_params, node_command
+    from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -215,10 +214,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
             running = {n: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                        for n, cmd in procs.items()}
             time.sleep(seconds)
-            for pr in running.values():
-                pr.send_signal(signal.SIGINT)
-            for pr in running.values():
-                pr.wait(timeout=30)
+            stop_nodes(running, timeout=30.0)
             ctl, sim = (json.load(open(files[n])) for n in ("controller", "sim"))
         ticks = ctl["ticks"]
         # Before the first observation arrives (discovery) every tick is a fallback: not counted.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -31,13 +30,16 @@ NAMESPACE = "algd_demo"
 
 
 # -- 1. train ------------------------------------------------------------------------------------
-def ensure_policy(out: Path, seed: int, minutes: float, echo: Callable[[str], None]) -> Path:
+def ensure_policy(out: Path, seed: int, minutes: float, echo: Callable[[str], None],
+                  config: Path | None = None) -> Path:
     from algd_runtime.checkpoint import load_checkpoint
     from algd_runtime.cli import task_config_path
     from algd_runtime.config import load_config
     from algd_runtime.trainer import Trainer
 
-    cfg = load_config(task_config_path(TASK), {"seed": seed})
+    cfg = load_config(config or task_config_path(TASK), {"seed": seed})
+    if cfg.task != TASK:
+        raise ValueError(f"--config: task: expected {TASK} (the demo's sim robot), got {cfg.task}")
     run_dir = out / f"{TASK}-seed{seed}"
     policy = run_dir / "policy.pt"
     if policy.is_file():
@@ -47,8 +49,8 @@ def ensure_policy(out: Path, seed: int, minutes: float, echo: Callable[[str], No
             return policy
         echo(f"[1/4] train: resuming {policy} at step {done} of {cfg.total_steps}")
     else:
-        echo(f"[1/4] train: {TASK}, seed {seed}, {cfg.total_steps} steps (about 5-6 minutes on 2 CPU cores; "
-             f"at most {minutes:g})")
+        echo(f"[1/4] train: {TASK}, seed {seed}, {cfg.total_steps} steps (configs/{TASK}.yaml: about 5-6 "
+             f"minutes on 2 CPU cores; at most {minutes:g})")
     trainer = Trainer(cfg, run_dir, resume=policy.is_file())
     timer = threading.Timer(minutes * 60.0, trainer.request_stop)
     timer.daemon = True
@@ -88,7 +90,7 @@ def ensure_bundle(policy: Path, bundle: Path, echo: Callable[[str], None]) -> Pa
 # -- 3. the ROS 2 graph --------------------------------------------------------------------------
 def run_graph(bundle: Path, out: Path, seconds: float, rate: float, seed: int,
               echo: Callable[[str], None]) -> dict:
-    from algd_runtime.ros_nodes.launcher import default_params, node_command
+    from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -129,14 +131,7 @@ def run_graph(bundle: Path, out: Path, seconds: float, rate: float, seed: int,
             time.sleep(min(10.0, seconds - (time.monotonic() - t0)) if seconds > 0 else 0.1)
             echo(f"      {min(time.monotonic() - t0, seconds):5.0f} / {seconds:g} s")
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for name, p in procs.items():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_nodes(procs, timeout=20.0)
     missing = [n for n, f in files.items() if not f.is_file()]
     if missing:
         raise RuntimeError(f"no summary from {', '.join(missing)}; see {logs}/<node>.log")
@@ -223,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-minutes", type=float, default=10.0, help="upper bound on training time")
     p.add_argument("--seconds", type=float, default=60.0, help="how long the ROS graph runs (default 60)")
     p.add_argument("--rate", type=float, default=100.0, help="control rate in Hz (default 100)")
+    p.add_argument("--config", type=Path, help=f"training config (default configs/{TASK}.yaml)")
     args = p.parse_args(argv)
     for name in ("train_minutes", "seconds", "rate"):
         if not getattr(args, name) > 0:
@@ -232,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     echo = lambda s: print(s, flush=True)  # noqa: E731
     t0 = time.monotonic()
     try:
-        policy = ensure_policy(args.out, args.seed, args.train_minutes, echo)
+        policy = ensure_policy(args.out, args.seed, args.train_minutes, echo, args.config)
         bundle = ensure_bundle(policy, args.out / "bundle", echo)
         run = run_graph(bundle, args.out, args.seconds, args.rate, seed=10_000 + args.seed, echo=echo)
     except (RuntimeError, ValueError) as exc:

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from algd_runtime.algd import ALGDAgent
 from algd_runtime.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
 from algd_runtime.config import config_from_dict
@@ -184,9 +182,9 @@ def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions
         trainer = Trainer(cfg, out_dir, resume=resume, progress=progress, echo=echo, env=env,
                           eval_env=eval_env if target.kind == "sim" else None, agent=agent, replay=replay,
                           guard=opts.guard, origin="finetune")
-        echo(f"fine-tuning on {target.describe()} for {opts.steps} steps (critics "
-             f"{'reset' if 'critics' in opts.reset else 'kept'}, lambda {'reset' if 'lambda' in opts.reset else 'kept'} "
-             f"= {trainer.agent.lam:.3f}, replay {len(trainer.replay)} transitions, guard "
+        kept = {part: "reset" if part in opts.reset else "kept" for part in RESETTABLE}
+        echo(f"fine-tuning on {target.describe()} for {opts.steps} steps (critics {kept['critics']}, lambda "
+             f"{kept['lambda']} = {trainer.agent.lam:.3f}, replay {len(trainer.replay)} transitions, guard "
              f"{'on' if opts.guard else 'off'}) -> {out_dir}")
         t0 = time.perf_counter()
         summary = trainer.run()

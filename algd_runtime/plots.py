@@ -56,23 +56,16 @@ def training_curves(run_dir: str | Path, out: str | Path, title: str = "training
     if not ev and not tr:
         raise FileNotFoundError(f"{run_dir}: no progress.csv or train.csv to plot")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax = axes[0]
-    if ev:
-        ax.errorbar(_col(ev, "step"), _col(ev, "return_mean"), yerr=_col(ev, "return_std"), marker="o", ms=3,
-                    capsize=2, label="evaluation")
-    if tr:
-        ax.plot(_col(tr, "step"), _col(tr, "train_return"), alpha=0.6, label="training episodes")
-    ax.set(title="return", xlabel="environment steps")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    if ev:
-        ax.errorbar(_col(ev, "step"), _col(ev, "cost_mean"), yerr=_col(ev, "cost_std"), marker="o", ms=3,
-                    capsize=2, label="evaluation")
-        ax.axhline(_col(ev, "cost_limit")[0], label="budget", **BUDGET_STYLE)
-    if tr:
-        ax.plot(_col(tr, "step"), _col(tr, "train_cost"), alpha=0.6, label="training episodes")
-    ax.set(title="cost per episode", xlabel="environment steps")
-    ax.legend(fontsize=8)
+    for ax, what, title in ((axes[0], "return", "return"), (axes[1], "cost", "cost per episode")):
+        if ev:
+            ax.errorbar(_col(ev, "step"), _col(ev, f"{what}_mean"), yerr=_col(ev, f"{what}_std"), marker="o", ms=3,
+                        capsize=2, label="evaluation")
+        if tr:
+            ax.plot(_col(tr, "step"), _col(tr, f"train_{what}"), alpha=0.6, label="training episodes")
+        if ev and what == "cost":
+            ax.axhline(_col(ev, "cost_limit")[0], label="budget", **BUDGET_STYLE)
+        ax.set(title=title, xlabel="environment steps")
+        ax.legend(fontsize=8)
     ax = axes[2]
     if tr:
         ax.plot(_col(tr, "step"), _col(tr, "lambda"))

@@ -42,6 +42,22 @@ def node_command(name: str, namespace: str, params: Path, bundle: str | None, **
     return cmd
 
 
+def stop_nodes(procs: dict[str, subprocess.Popen], timeout: float) -> dict[str, str]:
+    """SIGINT to every running node (each saves, summarises and exits), then wait; a node
+    still running after `timeout` s is killed. Returns {name: why} for the killed ones."""
+    for pr in procs.values():
+        if pr.poll() is None:
+            pr.send_signal(signal.SIGINT)
+    killed = {}
+    for name, pr in procs.items():
+        try:
+            pr.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pr.kill()
+            killed[name] = f"killed after {timeout:g} s"
+    return killed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="algd-launch", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True, help="exported bundle folder (algd-export)")
@@ -71,15 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     failed = {n: pr.returncode for n, pr in procs.items() if pr.poll() is not None and pr.returncode != 0}
-    for pr in procs.values():
-        if pr.poll() is None:
-            pr.send_signal(signal.SIGINT)
-    for n, pr in procs.items():
-        try:
-            pr.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pr.kill()
-            failed[n] = "killed after 10 s"
+    failed.update(stop_nodes(procs, timeout=10.0))
     print(f"algd-launch: ran {time.monotonic() - t0:.1f} s; "
           + ("all nodes exited cleanly" if not failed else f"failed: {failed}"), flush=True)
     return 1 if failed else 0

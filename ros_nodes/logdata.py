@@ -10,6 +10,7 @@ start went out before the recorder joined, or a message is missing) is skipped, 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,20 @@ from algd_runtime.replay import ReplayBuffer
 from algd_runtime.ros_nodes import messages as m
 
 
-def read_transitions(path: str | Path, obs_dim: int, act_dim: int) -> tuple[list[tuple], int]:
-    """([(obs, action, reward, cost, next_obs, terminated)], steps skipped) from an MCAP log."""
+@dataclass
+class LoggedTransition:
+    episode: int
+    t: int
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    cost: float
+    next_obs: np.ndarray
+    terminated: bool
+
+
+def read_transitions(path: str | Path, obs_dim: int, act_dim: int) -> tuple[list[LoggedTransition], int]:
+    """(the transitions in log order, how many steps were skipped) from an MCAP log."""
     from mcap_ros2.reader import read_ros2_messages
 
     path = Path(path)
@@ -45,7 +58,8 @@ def read_transitions(path: str | Path, obs_dim: int, act_dim: int) -> tuple[list
                 skipped += 1
                 last.pop(st.episode, None)
                 continue
-            out.append((prev[1], st.action, st.reward, st.cost, st.next_obs, st.terminated))
+            out.append(LoggedTransition(st.episode, st.t, prev[1], st.action, st.reward, st.cost, st.next_obs,
+                                        st.terminated))
             last[st.episode] = (st.t, st.next_obs)
     except Exception as exc:  # mcap raises several kinds for a torn or foreign file
         if isinstance(exc, (FileNotFoundError, ValueError)):
@@ -58,5 +72,5 @@ def add_mcap_to_replay(path: str | Path, replay: ReplayBuffer, spec) -> int:
     """Append the log's transitions to `replay`; returns how many."""
     transitions, _ = read_transitions(path, spec.obs_dim, spec.act_dim)
     for tr in transitions:
-        replay.add(*tr)
+        replay.add(tr.obs, tr.action, tr.reward, tr.cost, tr.next_obs, tr.terminated)
     return len(transitions)

@@ -152,7 +152,7 @@ class MonitorNode(Node):
     def _diagnostics(self) -> None:
         mon = self.monitor
         vals = {"accumulated": mon.accumulated, "predicted": mon.predicted, "forecast": mon.forecast,
-                "limit": mon.cfg.cost_limit, "ratio": mon.ratio, "episode": mon.episode,
+                "limit": mon.cfg.cost_limit, "ratio": mon.ratio, "episode": mon.episode, "steps": mon.step,
                 "transitions": len(mon.transitions)}
         if mon.transitions:
             last = mon.transitions[-1]
