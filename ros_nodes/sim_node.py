@@ -8,6 +8,10 @@ arrived, or after lockstep_timeout_s, where <= 0 waits for ever: reproducible ru
 simulation), and the domain-shift parameters (mass, friction, actuator_gain, obs_noise,
 action_delay, hazard_scale).
 
+On the monitor's e-stop it does what a robot's operator would: the episode ends there
+("reason": "estop") and the robot stays still until the e-stop is cleared (the monitor's
+`reset` service, or the episode end with stop_latch:=episode); then the next episode starts.
+
 Service `reset_episode` (std_srvs/Trigger) ends the episode in progress (an "end" event with
 "reason": "reset") and starts the next one; on an episode with no step taken yet it changes
 nothing. Its reply message is JSON {"index", "stamp", "observation"}: RosEnv.reset().
@@ -22,7 +26,7 @@ import time
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from algd_runtime.ros_nodes import messages as m
@@ -63,6 +67,9 @@ class SimNode(Node):
         self.ep_pub = self.create_publisher(String, m.EPISODE, m.RELIABLE)
         self.create_subscription(JointState, m.ACTION, self._on_action, m.LATEST)
         self.create_service(Trigger, "reset_episode", self._on_reset_episode)
+        self.halted = False  # e-stopped: no steps until it is cleared
+        self._ended_by_estop = False
+        self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
         period = 1.0 / (self.get_parameter("rate_hz").value * self.get_parameter("real_time_factor").value)
         self.paused = False
         self._start_episode()
@@ -80,6 +87,17 @@ class SimNode(Node):
         self.ep_pub.publish(m.episode_msg("end", self.episode, self.ep_return, cost, steps=len(self.ep_costs),
                                           reason=reason))
         self.episode += 1
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data and not self.halted:
+            self.halted = True
+            self._ended_by_estop = bool(self.ep_costs)
+            if self._ended_by_estop:
+                self._end_episode("estop")
+        elif not msg.data and self.halted:
+            self.halted = False
+            if self._ended_by_estop and not (self.max_episodes and self.episode >= self.max_episodes):
+                self._start_episode()
 
     def _on_reset_episode(self, request, response):
         if self.ep_costs:  # an episode with steps taken: end it here
@@ -108,7 +126,7 @@ class SimNode(Node):
             self.latencies.append(time.monotonic() - self._published_at)
 
     def _step(self) -> None:
-        if self.paused or (self.max_episodes and self.episode >= self.max_episodes):
+        if self.paused or self.halted or (self.max_episodes and self.episode >= self.max_episodes):
             return
         if self.lockstep and not self._answered and (
                 self.lockstep_timeout <= 0 or time.monotonic() - self._published_at < self.lockstep_timeout):

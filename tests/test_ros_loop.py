@@ -130,8 +130,11 @@ def test_injected_cost_escalates_and_the_controller_obeys_estop_until_reset(loop
             seen["warn_lambda"] = ctrl.core.params.lagrange_multiplier
     assert [(t.old, t.new) for t in mon.monitor.transitions] == [("OK", "WARN"), ("WARN", "ERROR"), ("ERROR", "STOP")]
     assert seen["warn_lambda"] > 0  # raised through the controller's parameter service
-    spin(0.3, until=lambda: ctrl.core.estop)
+    spin(0.3, until=lambda: ctrl.core.estop and sim.halted)
     assert ctrl.core.estop and ctrl.core.params.mode == "best_of_n"
+    # The robot stands still; the episode it was in ended there, as an operator would end it.
+    assert sim.halted and (sim.episode >= 1 or not sim.ep_costs)
+    episodes_at_stop, steps_at_stop = sim.episode, sim.steps
     sim._publish_obs()
     spin(0.2)
     assert ctrl.core.fallbacks.get("estop", 0) > 0
@@ -140,8 +143,10 @@ def test_injected_cost_escalates_and_the_controller_obeys_estop_until_reset(loop
     future = client.call_async(Trigger.Request())
     spin(2.0, until=future.done)
     assert future.result().success and "cleared" in future.result().message
-    spin(1.0, until=lambda: not ctrl.core.estop and ctrl.core.params.mode == "deterministic")
+    spin(1.0, until=lambda: not ctrl.core.estop and ctrl.core.params.mode == "deterministic" and not sim.halted)
     assert not ctrl.core.estop and ctrl.core.params.mode == "deterministic"
+    assert not sim.halted and sim.steps == steps_at_stop  # no step was taken while e-stopped
+    assert sim.episode == episodes_at_stop
     sim.paused = False
     before = ctrl.core.fallbacks.get("estop", 0)
     spin(0.3)
