@@ -138,7 +138,7 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", required=True, help="sim (the policy's task), sim:TASK, ros (namespace /algd) or "
                    "ros:NAMESPACE (a robot speaking the controller's topics, e.g. algd-sim in lockstep)")
     p.add_argument("--shift", action="append", metavar="NAME=VALUE", help="sim target: domain-shift parameter")
-    p.add_argument("--steps", type=int, default=6000, help="environment steps on the target (default 6000)")
+    p.add_argument("--steps", type=int, default=12000, help="environment steps on the target (default 12000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="run folder (default: runs/finetune/<task>-seed<S>)")
     p.add_argument("--reset", action="append", default=[], choices=["critics", "lambda"],

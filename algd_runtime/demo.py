@@ -149,7 +149,9 @@ def build_report(run: dict, policy: Path, bundle: Path, out: Path) -> dict:
         "sim_steps_per_s": sim["steps"] / seconds,
         "controller_decisions_per_s": ctl["ticks"] / seconds,
         "fallbacks": ctl["fallbacks"] - ctl.get("fallback_no_observation", 0),
-        "fallbacks_by_reason": {k[9:]: v for k, v in ctl.items() if k.startswith("fallback_") and v},
+        "fallbacks_by_reason": {k[9:]: v for k, v in ctl.items()
+                                if k.startswith("fallback_") and v and k != "fallback_no_observation"},
+        "ticks_before_first_observation": ctl.get("fallback_no_observation", 0),
         "latency_ms": {"p50": sim["latency_p50_ms"], "p99": sim["latency_p99_ms"], "max": sim["latency_max_ms"],
                        "answered": sim["answered"], "controller_p50": ctl["latency_p50_ms"],
                        "controller_p99": ctl["latency_p99_ms"]},
@@ -171,7 +173,8 @@ def report_text(r: dict) -> str:
         f"- policy `{r['policy']}`, bundle `{r['bundle']}`",
         f"- control rate: {r['sim_steps_per_s']:.1f} steps/s at the robot, {r['controller_decisions_per_s']:.1f} "
         f"decisions/s at the controller (asked {r['rate_hz']:g} Hz, {r['seconds']:g} s); "
-        f"{r['fallbacks']} fallbacks {r['fallbacks_by_reason'] or ''}",
+        f"{r['fallbacks']} fallbacks{' ' + str(r['fallbacks_by_reason']) if r['fallbacks'] else ''} after the first "
+        f"observation",
         f"- observation -> action latency (measured at the robot): p50 {lat['p50']:.3f} ms, p99 {lat['p99']:.3f} ms, "
         f"max {lat['max']:.3f} ms over {lat['answered']} observations; inside the controller p50 "
         f"{lat['controller_p50']:.3f} ms, p99 {lat['controller_p99']:.3f} ms",

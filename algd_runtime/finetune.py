@@ -62,7 +62,7 @@ def parse_target(text: str, shift: dict | None = None) -> Target:
 @dataclass
 class FinetuneOptions:
     target: Target
-    steps: int = 6000  # environment steps on the target
+    steps: int = 12000  # environment steps on the target
     seed: int = 0
     reset: tuple[str, ...] = ()  # of RESETTABLE: start these afresh instead of keeping them
     keep_replay: bool = False  # start from the source run's replay (the old system's data)

@@ -173,12 +173,12 @@ class BudgetMonitor:
     def end_episode(self) -> list[Transition]:
         """Episode accounting starts again; levels below STOP return to OK (STOP too, with
         stop_latch="episode")."""
+        out = []
+        if Level.OK < self.level < Level.STOP or (self.level == Level.STOP and self.cfg.stop_latch == "episode"):
+            out.append(self._move(Level.OK, "episode ended"))  # recorded with the episode that ended
         self.episode += 1
         if self.cfg.accounting == "episode":
             self.accumulated, self.predicted = 0.0, 0.0
-        out = []
-        if Level.OK < self.level < Level.STOP or (self.level == Level.STOP and self.cfg.stop_latch == "episode"):
-            out.append(self._move(Level.OK, "episode ended"))
         self._calm = 0
         return out
 

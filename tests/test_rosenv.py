@@ -162,3 +162,40 @@ def test_finetune_over_ros_keeps_the_robot_within_budget(robot, tmp_path):
         assert all(c <= 5.0 for c in report[part]["costs"]), report[part]
     assert report["training_episodes"]["over_limit"] == 0
     assert (tmp_path / "ft" / "policy.pt").is_file() and (tmp_path / "ft" / "before_after.png").is_file()
+
+
+def test_a_recorded_log_feeds_fine_tuning(tmp_path):
+    """Transitions written the way the sim robot publishes them, recorded as the monitor
+    records them, come back exactly and pre-fill the fine-tuning replay."""
+    from builtin_interfaces.msg import Time
+
+    from algd_runtime.ros_nodes import messages as m
+    from algd_runtime.ros_nodes.recorder import McapRecorder
+
+    env = make_task("PointHazard-v0", seed=0)
+    rec, written, t_ns = McapRecorder(tmp_path / "run.mcap"), [], 1
+    for episode in range(2):
+        obs, _ = env.reset(seed=episode)
+        rec.write(m.EPISODE, m.episode_msg("start", episode, stamp=[0, 0], observation=obs.tolist()), t_ns)
+        for t in range(1, 31):
+            action = scripted_action(obs, "straight").astype(np.float32)
+            nxt, r, c, term, trunc, _ = env.step(action)
+            rec.write(m.STEP, m.step_msg(r, c, term, trunc, episode, t, Time(sec=t), action, nxt), t_ns := t_ns + 1)
+            written.append((obs, action, r, c, nxt, term))
+            obs = nxt
+    rec.write(m.STEP, m.step_msg(0.0, 1.0), t_ns + 1)  # reward and cost only: skipped, not guessed
+    rec.close()
+    transitions, skipped = read_transitions(tmp_path / "run.mcap", 8, 2)
+    assert skipped == 1 and len(transitions) == len(written) == 60
+    for tr, (o, a, r, c, n, term) in zip(transitions, written):
+        assert np.allclose(tr.obs, o) and np.allclose(tr.action, a) and np.allclose(tr.next_obs, n)
+        assert (tr.reward, tr.cost, tr.terminated) == pytest.approx((r, c, term))
+    small_policy(tmp_path / "p.pt")
+    lines = []
+    opts = FinetuneOptions(parse_target("sim"), steps=10, eval_episodes=1, warmup_steps=10,
+                           data=(tmp_path / "run.mcap",))
+    finetune(tmp_path / "p.pt", tmp_path / "ft", opts, progress=False, echo=lines.append)
+    assert f"replay: 60 transitions from {tmp_path / 'run.mcap'}" in lines
+    with pytest.raises(ValueError, match="not a readable MCAP log"):
+        (tmp_path / "junk.mcap").write_bytes(b"not mcap at all")
+        read_transitions(tmp_path / "junk.mcap", 8, 2)
