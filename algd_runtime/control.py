@@ -166,8 +166,10 @@ class ControllerCore:
         return Decision(self._fallback(), self._stamp, "fallback", reason)
 
     def handed_over(self, decision: Decision, published_at: float, work_s: float) -> None:
-        """Record latency (receipt -> publish) and whether the tick overran its period."""
-        if decision.stamp is not None and self._received is not None:
+        """Record latency (receipt -> publish) of policy answers, and whether the tick overran
+        its period. A fallback's "latency" (e.g. to an observation the e-stop left
+        unanswered for seconds) would say nothing about the controller's speed."""
+        if decision.source == "policy" and decision.stamp is not None and self._received is not None:
             decision.latency_s = published_at - self._received
             self.latencies.append(decision.latency_s)
         if work_s > 1.0 / self.params.control_rate_hz:

@@ -81,6 +81,10 @@ class FinetuneOptions:
             raise ValueError(f"--steps: expected >= 1, got {self.steps}")
         if self.eval_episodes < 1:
             raise ValueError(f"--eval-episodes: expected >= 1, got {self.eval_episodes}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup: expected >= 0, got {self.warmup_steps}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"--timeout: expected a number of seconds > 0, got {self.timeout_s}")
 
 
 # -- what the run starts from ----------------------------------------------------------------

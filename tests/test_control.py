@@ -109,3 +109,15 @@ def test_constructor_rejects_bad_params(vesde_bundle):
     with pytest.raises(ValueError, match="control_rate_hz"):
         ControllerCore(rt, ControllerParams(control_rate_hz=-5))
     assert check_param("remaining_budget", math.inf, rt.act_low, rt.act_high) is None
+
+
+def test_only_policy_answers_count_towards_latency(core):
+    core.on_observation(OBS, 1, received_at=0.0)
+    core.estop = True
+    d = core.tick(5.0)  # an e-stopped fallback, seconds after the observation arrived
+    core.handed_over(d, 5.0, work_s=0.0)
+    assert d.source == "fallback" and core.stats()["latency_p50_ms"] != core.stats()["latency_p50_ms"]  # NaN: none
+    core.estop = False
+    core.on_observation(OBS, 2, received_at=6.0)
+    core.handed_over(core.tick(6.0), 6.001, work_s=0.0)
+    assert core.stats()["latency_p99_ms"] == pytest.approx(1.0)

@@ -115,6 +115,8 @@ def test_targets_parse():
         parse_target("ros", {"mass": 2.0})
     with pytest.raises(ValueError, match="--reset: expected some of critics, lambda, got replay"):
         FinetuneOptions(parse_target("sim"), reset=("replay",))
+    with pytest.raises(ValueError, match="--warmup: expected >= 0, got -1"):
+        FinetuneOptions(parse_target("sim"), warmup_steps=-1)
 
 
 def test_finetune_on_a_shifted_sim_writes_policy_report_and_plots(tmp_path):
