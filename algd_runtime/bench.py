@@ -11,6 +11,12 @@ import numpy as np
 import torch
 
 
+
+def _print_header(header: str) -> None:
+    """A table's column line and its underline."""
+    print(header)
+    print("-" * len(header))
+
 def _rate(fn: Callable[[], int], seconds: float) -> float:
     """Calls fn (which returns how many units it did) until `seconds` pass; units per second."""
     fn()  # warm-up
@@ -50,8 +56,7 @@ def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu
           f"critic width {algo.critic_hidden}, {algo.qc_ensemble} cost critics, N={algo.score_mc_samples}")
     header = (f"{'task':<28} {'obs':>4} {'act':>4} {'env steps/s':>12} {'act+step/s':>11} "
               f"{'updates/s':>10} {'batch':>6}")
-    print(header)
-    print("-" * len(header))
+    _print_header(header)
     rows = []
     for name in tasks:
         env = make_task(name, seed=0)
@@ -152,8 +157,7 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
              ("best-of-64", dict(mode="best_of_n", n=64)),
              ("best-of-64, guided", dict(mode="best_of_n", n=64, guidance_scale=guidance))]
     header = f"{'engine':<14} {'case':<24} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'actions/s':>10}"
-    print(header)
-    print("-" * len(header))
+    _print_header(header)
     rows = []
 
     def emit(engine: str, case: str, r: dict) -> None:
@@ -198,8 +202,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
           f"(ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']}), {seconds:g} s per rate")
     header = (f"{'rate Hz':>7} {'achieved':>9} {'ticks':>7} {'fallback %':>10} {'overruns':>8} "
               f"{'ctl p50 ms':>10} {'ctl p99 ms':>10} {'o->a p50 ms':>11} {'o->a p99 ms':>11} {'o->a max ms':>11}")
-    print(header)
-    print("-" * len(header))
+    _print_header(header)
     rows = []
     for rate in rates:
         with tempfile.TemporaryDirectory() as tmp:
