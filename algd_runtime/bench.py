@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 
-
 def _print_header(header: str) -> None:
     """A table's column line and its underline."""
     print(header)
     print("-" * len(header))
+
 
 def _rate(fn: Callable[[], int], seconds: float) -> float:
     """Calls fn (which returns how many units it did) until `seconds` pass; units per second."""
