@@ -9,16 +9,20 @@ Layout (schema_version 1), a dict:
     train_state                                     counters, RNG states, the episode in progress
     replay_file                                     name of the replay .npz beside it, or None
     origin                                          "trained" | "reference-import" | "finetune"
+    checksum                                        payload_checksum() of all the rest
 Written atomically; loaded with weights_only=True (no code runs on load).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from algd_runtime.algd import ALGDAgent
@@ -41,6 +45,50 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__)}
 
 
+def _feed(h, obj: Any) -> None:
+    """Hash obj by value with a type tag and a length prefix on each part, so that different
+    structures cannot give the same byte stream; stable across a torch.save/load round trip."""
+    def part(tag: str, data: bytes) -> None:
+        h.update(f"{tag}{len(data)}:".encode())
+        h.update(data)
+
+    if isinstance(obj, dict):
+        part("dict", str(len(obj)).encode())
+        for key in sorted(obj, key=str):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):  # torch.Size is a tuple
+        part("list", str(len(obj)).encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        part("tensor", f"{t.dtype}{list(t.shape)}".encode())
+        # As raw bytes: works for every dtype (bool, bfloat16, ...) that numpy may lack.
+        part("bytes", t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        part("ndarray", f"{a.dtype.str}{list(a.shape)}".encode())
+        part("bytes", a.tobytes())
+    elif obj is None or isinstance(obj, (bool, np.bool_)):
+        part("const", repr(None if obj is None else bool(obj)).encode())
+    elif isinstance(obj, (int, np.integer)):
+        part("int", str(int(obj)).encode())
+    elif isinstance(obj, (float, np.floating)):
+        part("float", float(obj).hex().encode())  # exact, NaN included
+    elif isinstance(obj, str):
+        part("str", obj.encode())
+    else:
+        part("repr", repr(obj).encode())
+
+
+def payload_checksum(payload: dict[str, Any]) -> str:
+    """sha256 over a canonical serialisation of a checkpoint's entries, "checksum" excluded."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != "checksum"})
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, agent: ALGDAgent, config: dict[str, Any],
                     train_state: dict[str, Any] | None = None, replay_file: str | None = None,
                     origin: str = "trained") -> Path:
@@ -57,6 +105,7 @@ def save_checkpoint(path: str | Path, agent: ALGDAgent, config: dict[str, Any],
         "train_state": train_state or {},
         "replay_file": replay_file,
     }
+    payload["checksum"] = payload_checksum(payload)
     with atomic_write(path) as f:
         torch.save(payload, f)
     return path
@@ -80,7 +129,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: missing entries: {', '.join(missing)}")
+    # Files written before checksums existed have none; they load as before, unverified.
+    if "checksum" in ckpt and payload_checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointError(f"{path}: checksum mismatch: the file was modified after it was written")
     return ckpt
+
+
+def check_finite(state: dict[str, Any]) -> None:
+    """Refuse NaN / Inf in the networks and the multiplier: a policy trained into NaN must
+    not reach an export or a robot."""
+    for net, sd in state["networks"].items():
+        for name, t in sd.items():
+            if torch.is_tensor(t) and t.is_floating_point():
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise CheckpointError(f"agent.{net}.{name}: {bad} non-finite value{'s' * (bad > 1)}")
+    log_lambda = state.get("log_lambda")
+    if log_lambda is not None and not math.isfinite(float(log_lambda)):
+        raise CheckpointError(f"agent.log_lambda: not finite ({float(log_lambda)})")
 
 
 def agent_from_checkpoint(ckpt: dict[str, Any], device: str = "cpu",
@@ -90,6 +156,10 @@ def agent_from_checkpoint(ckpt: dict[str, Any], device: str = "cpu",
     except ConfigError as exc:
         raise CheckpointError(f"config stored in the checkpoint: {exc}") from None
     spec = TaskSpec.from_dict(ckpt["task_spec"])
+    try:
+        check_finite(ckpt["agent"])
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"agent: not a stored agent ({type(exc).__name__}: {exc})") from None
     agent = ALGDAgent(spec, cfg.algo, device)
     try:
         agent.load_state_dict(ckpt["agent"], with_optimizers=with_optimizers)

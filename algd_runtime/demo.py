@@ -70,14 +70,18 @@ def ensure_policy(out: Path, seed: int, minutes: float, echo: Callable[[str], No
 
 # -- 2. export -----------------------------------------------------------------------------------
 def ensure_bundle(policy: Path, bundle: Path, echo: Callable[[str], None]) -> Path:
-    import yaml
 
     from algd_runtime.checkpoint import load_checkpoint
     from algd_runtime.export.exporter import export_bundle
 
+    from algd_runtime.runtime import BundleError, read_manifest
+
     created = load_checkpoint(policy).get("created")
-    manifest = bundle / "manifest.yaml"
-    if manifest.is_file() and (yaml.safe_load(manifest.read_text()).get("source") or {}).get("created") == created:
+    try:  # a bundle that no longer verifies (edited, or from an older export) is made again
+        held = (read_manifest(bundle).get("source") or {}).get("created") if bundle.is_dir() else None
+    except BundleError:
+        held = None
+    if held == created:
         echo(f"[2/4] export: {bundle} already holds this policy")
         return bundle
     echo(f"[2/4] export: {policy} -> {bundle} (ONNX, parity on 1000 observations)")
@@ -100,18 +104,24 @@ def run_graph(bundle: Path, out: Path, seconds: float, rate: float, seed: int,
     for f in list(files.values()) + list(logs.glob("*.mcap")):
         f.unlink(missing_ok=True)
     params = default_params()
+    from algd_runtime.safety import create_key
+
+    key = out / "operator.key"  # the demo's own operator key (algd-reset --key runs/demo/operator.key)
+    if not key.is_file():
+        create_key(key)
+    safety = {"operator_key_file": key, "stop_latch": "episode"}
     commands = {
         # lockstep with a one-period timeout: the sim keeps its rate, and a late action is
         # replaced by the held one as on a robot, but an on-time answer is never missed.
         "sim": node_command("sim", NAMESPACE, params, None, seed=seed, rate_hz=float(rate), lockstep="true",
                             lockstep_timeout_s=1.0 / rate, summary_file=files["sim"]),
-        "controller": node_command("controller", NAMESPACE, params, str(bundle), provider="cpu",
-                                   control_rate_hz=float(rate), obs_timeout_s=3.0 / rate,
-                                   summary_file=files["controller"], record=logs / "controller.mcap"),
-        # Per-episode budgets and a sim that resets itself: an e-stop holds for the rest of
+        # Per-episode budgets and a sim that resets itself: a spent budget stops the rest of
         # its episode (on a robot the default, stop_latch:=operator, waits for a person).
+        "controller": node_command("controller", NAMESPACE, params, str(bundle), provider="cpu",
+                                   control_rate_hz=float(rate), obs_timeout_s=3.0 / rate, task=TASK,
+                                   summary_file=files["controller"], record=logs / "controller.mcap", **safety),
         "monitor": node_command("monitor", NAMESPACE, params, str(bundle), summary_file=files["monitor"],
-                                record=logs / "monitor.mcap", stop_latch="episode"),
+                                record=logs / "monitor.mcap", state_file=logs / "monitor_state.json", **safety),
     }
     echo(f"[3/4] run: sim robot + controller + monitor in /{NAMESPACE} at {rate:g} Hz for {seconds:g} s "
          f"(ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']})")
@@ -135,7 +145,25 @@ def run_graph(bundle: Path, out: Path, seconds: float, rate: float, seed: int,
     missing = [n for n, f in files.items() if not f.is_file()]
     if missing:
         raise RuntimeError(f"no summary from {', '.join(missing)}; see {logs}/<node>.log")
-    return {n: json.loads(f.read_text()) for n, f in files.items()} | {"seconds": seconds, "rate_hz": rate}
+    return {n: json.loads(f.read_text()) for n, f in files.items()} | {"seconds": seconds, "rate_hz": rate,
+                                                                       "safety": safety_checks(bundle, rate)}
+
+
+def safety_checks(bundle: Path, rate: float) -> list[str]:
+    """What guarded the run, for the report (SAFETY.md has the whole contract)."""
+    from algd_runtime.runtime import read_manifest
+
+    budget = read_manifest(bundle).get("budget") or {}
+    bound = budget.get("max_step_cost")
+    return [
+        f"controller budget account: limit {budget.get('cost_limit')} per episode, step-cost margin "
+        f"{bound if bound else 'the largest step cost seen'}; every action carries its lease",
+        "monitor interlock: signed heartbeats at 100 Hz, deadline 100 ms (no live monitor, no motion)",
+        "independent monitor: escalation, shield, e-stop; sequence gaps counted as the worst case",
+        "stop latch: episode (a spent budget ends its episode); faults latch until algd-reset",
+        "safe action: zero; actions clipped to the bundle's bounds; robot command timeout 0.5 s",
+        "bundle: digest and manifest verified at load; operator key for resets",
+    ]
 
 
 # -- 4. report -----------------------------------------------------------------------------------
@@ -148,9 +176,10 @@ def build_report(run: dict, policy: Path, bundle: Path, out: Path) -> dict:
         "policy": str(policy), "bundle": str(bundle), "seconds": seconds, "rate_hz": run["rate_hz"],
         "sim_steps_per_s": sim["steps"] / seconds,
         "controller_decisions_per_s": ctl["ticks"] / seconds,
-        "fallbacks": ctl["fallbacks"] - ctl.get("fallback_no_observation", 0),
+        "fallbacks": ctl["fallbacks"] - ctl.get("fallback_no_observation", 0) - ctl.get("fallback_stop", 0),
         "fallbacks_by_reason": {k[9:]: v for k, v in ctl.items()
-                                if k.startswith("fallback_") and v and k != "fallback_no_observation"},
+                                if k.startswith("fallback_") and v and k not in ("fallback_no_observation",
+                                                                                 "fallback_stop")},
         "ticks_before_first_observation": ctl.get("fallback_no_observation", 0),
         "latency_ms": {"p50": sim["latency_p50_ms"], "p99": sim["latency_p99_ms"], "max": sim["latency_max_ms"],
                        "answered": sim["answered"], "controller_p50": ctl["latency_p50_ms"],
@@ -161,6 +190,9 @@ def build_report(run: dict, policy: Path, bundle: Path, out: Path) -> dict:
         "episodes_over_budget": int(sum(c > limit for c in costs)),
         "within_budget": bool(costs) and all(c <= limit for c in costs),
         "monitor_final_level": mon["level"], "transitions": mon["transitions"],
+        "safety_checks": run.get("safety", []), "stops": ctl.get("fallback_stop", 0),
+        "latched_at_exit": ctl.get("latched", {}), "missed_steps": {"controller": ctl.get("missed_steps", 0),
+                                                                   "monitor": mon.get("missed_steps", 0)},
         "mcap": sorted(str(p) for p in (out / "logs").glob("*.mcap")),
     }
 
@@ -183,6 +215,8 @@ def report_text(r: dict) -> str:
         + ("WITHIN the budget in every episode" if r["within_budget"]
            else f"{r['episodes_over_budget']} episode(s) OVER the budget"),
         f"- monitor: {len(r['transitions'])} transitions, final level {r['monitor_final_level']}",
+        f"- safety checks active ({r['stops']} stop decisions, missed steps {r['missed_steps']}):",
+        *[f"  - {c}" for c in r["safety_checks"]],
     ]
     lines += [f"  - episode {t['episode']}, step {t['step']}: {t['old']} -> {t['new']} ({t['reason']})"
               for t in r["transitions"][:30]]

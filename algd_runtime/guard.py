@@ -7,8 +7,9 @@ on the level:
 
     ERROR -> shield: the action becomes the lowest-risk (Qc_risk) of the proposed action and
              `candidates` fresh policy samples;
-    STOP  -> end the episode now: the budget is spent, or one more step at the largest
-             one-step cost seen so far would overspend it (the monitor's stop_on="budget";
+    STOP  -> end the episode now: the budget is spent, or one more step at the step-cost
+             margin (the task's bound, else the largest one-step cost seen) could overspend
+             it: safety.budget_verdict, the rule the controller and the monitor use (stop_on="budget";
              "forecast" also stops when the forecast reaches stop_at x limit). Ending before
              that step is what keeps an episode within its budget.
 
@@ -45,7 +46,8 @@ class BudgetGuard:
         self.agent, self.cfg, self.spec = agent, cfg or GuardConfig(), agent.spec
         self.monitor = BudgetMonitor(MonitorConfig(cost_limit=self.spec.cost_limit, warn_at=self.cfg.warn_at,
                                                    error_at=self.cfg.error_at, stop_at=self.cfg.stop_at,
-                                                   stop_on=self.cfg.stop_on, stop_latch="episode"))
+                                                   stop_on=self.cfg.stop_on, stop_latch="episode",
+                                                   max_step_cost=self.spec.max_step_cost))
         self.shielded = self.shielded_in_episode = 0
         self.stops = 0
         self._t, self._predicted, self._started = 0, 0.0, False

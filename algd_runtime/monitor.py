@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
+from algd_runtime.safety import budget_verdict
+
 
 class Level(IntEnum):
     OK = 0
@@ -49,9 +51,12 @@ class MonitorConfig:
     stop_latch: str = "operator"  # "operator": until reset_stop() | "episode": until the episode ends
     hysteresis: float = 0.1
     clear_steps: int = 20
+    max_step_cost: float | None = None  # a bound on one step's cost (None: the largest seen)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.cost_limit) and self.cost_limit > 0):
+        if self.max_step_cost is not None and not (math.isfinite(self.max_step_cost) and self.max_step_cost > 0):
+            raise ValueError(f"max_step_cost: expected a finite value > 0 (or none), got {self.max_step_cost}")
+        if not (isinstance(self.cost_limit, (int, float)) and math.isfinite(self.cost_limit) and self.cost_limit > 0):
             raise ValueError(f"cost_limit: expected a finite value > 0, got {self.cost_limit}")
         if self.accounting not in ("episode", "window"):
             raise ValueError(f"accounting: expected 'episode' or 'window', got {self.accounting!r}")
@@ -102,8 +107,10 @@ class BudgetMonitor:
     predicted: float = 0.0
     transitions: list[Transition] = field(default_factory=list)
     worst_step: float = 0.0  # the largest finite one-step cost seen (the "budget" stop's margin)
+    missed_steps: int = 0  # steps the robot took that never reached the monitor
     _window: deque = field(default_factory=deque)
     _calm: int = 0
+    _operator_only: bool = False  # a STOP that no episode end clears (latch_stop)
 
     @property
     def forecast(self) -> float:
@@ -113,13 +120,28 @@ class BudgetMonitor:
     def ratio(self) -> float:
         return self.forecast / self.cfg.cost_limit
 
-    def update(self, cost: float, predicted_cost_to_go: float = 0.0) -> list[Transition]:
-        """Account one step; returns the transitions it caused (usually none)."""
-        if not math.isfinite(cost):
-            cost = self.cfg.cost_limit  # an unreadable cost is treated as the worst case
-        else:
+    @property
+    def margin(self) -> float:
+        return max(self.cfg.max_step_cost or 0.0, self.worst_step)
+
+    def _worst_case(self, steps: int) -> float:
+        return steps * self.cfg.max_step_cost if self.cfg.max_step_cost else self.cfg.cost_limit
+
+    def missed(self, steps: int) -> list[Transition]:
+        """Steps the robot took whose costs never arrived: each counts as the worst case."""
+        if steps <= 0:
+            return []
+        self.missed_steps += steps
+        return self.update(self._worst_case(steps), count=steps)
+
+    def update(self, cost: float, predicted_cost_to_go: float = 0.0, count: int = 1) -> list[Transition]:
+        """Account one step (or `count` steps costing `cost` together); returns the
+        transitions it caused (usually none)."""
+        if not math.isfinite(cost) or cost < 0:
+            cost = self._worst_case(count)  # an unreadable cost is treated as the worst case
+        elif count == 1:
             self.worst_step = max(self.worst_step, cost)
-        self.step += 1
+        self.step += count
         if self.cfg.accounting == "window":
             self._window.append(cost)
             if len(self._window) > self.cfg.window_steps:
@@ -133,12 +155,8 @@ class BudgetMonitor:
 
     def _escalate_or_calm(self) -> list[Transition]:
         ratio, out, limit = self.ratio, [], self.cfg.cost_limit
-        spent = None
-        if self.accumulated >= limit:
-            spent = f"budget spent ({self.accumulated:g} >= {limit:g})"
-        elif self.cfg.stop_on == "budget" and self.accumulated + self.worst_step > limit:
-            spent = (f"budget nearly spent ({self.accumulated:g} + largest step cost {self.worst_step:g} "
-                     f"> {limit:g})")
+        # stop_on "forecast" stops only on a spent budget (margin 0), "budget" one step early.
+        spent = budget_verdict(self.accumulated, self.margin if self.cfg.stop_on == "budget" else 0.0, limit)
         while self.level < Level.STOP:
             nxt = Level(self.level + 1)
             by_forecast = ratio >= self.cfg.threshold(nxt) and (nxt < Level.STOP or self.cfg.stop_on == "forecast")
@@ -174,7 +192,8 @@ class BudgetMonitor:
         """Episode accounting starts again; levels below STOP return to OK (STOP too, with
         stop_latch="episode")."""
         out = []
-        if Level.OK < self.level < Level.STOP or (self.level == Level.STOP and self.cfg.stop_latch == "episode"):
+        episode_clears = self.cfg.stop_latch == "episode" and not self._operator_only
+        if Level.OK < self.level < Level.STOP or (self.level == Level.STOP and episode_clears):
             out.append(self._move(Level.OK, "episode ended"))  # recorded with the episode that ended
         self.episode += 1
         if self.cfg.accounting == "episode":
@@ -182,10 +201,17 @@ class BudgetMonitor:
         self._calm = 0
         return out
 
+    def latch_stop(self, reason: str) -> list[Transition]:
+        """STOP now, for a reason outside the budget (e.g. a STOP kept across a restart);
+        only reset_stop() clears it, whatever stop_latch says."""
+        self._operator_only = True
+        return [] if self.level == Level.STOP else [self._move(Level.STOP, reason)]
+
     def reset_stop(self) -> list[Transition]:
         """Clear a latched STOP (the reset service). Returns to OK with fresh accounting."""
         if self.level != Level.STOP:
             return []
+        self._operator_only = False
         self.accumulated, self.predicted = 0.0, 0.0
         self._window.clear()
         self._calm = 0

@@ -1,6 +1,8 @@
 """The inference engine on the robot: an exported bundle run by ONNX Runtime. No torch.
 
     rt = PolicyRuntime.load("bundle/", provider="auto")
+    rt = PolicyRuntime.load("bundle/", expect_digest=d, expect_task="PointHazard-v0", expect_dims=(8, 2))
+    rt.digest                      # sha256 of manifest.yaml, which hashes every other file
     res = rt.act(obs)                                  # deterministic (x_K = 0, no noise)
     res = rt.act(obs, mode="stochastic", seed=1)
     res = rt.act(obs, mode="best_of_n", n=16, remaining_budget=2.0)
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ BUNDLE_SCHEMA_VERSION = 1
 MODES = ("deterministic", "stochastic", "best_of_n")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _FILES = ("denoiser", "denoiser_unguided", "critics")
+MANIFEST, DIGEST_FILE = "manifest.yaml", "manifest.sha256"
 
 
 class BundleError(ValueError):
@@ -49,14 +53,92 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(bundle: str | Path) -> dict[str, Any]:
-    """Load and verify manifest.yaml and every file it lists (schema, sizes, hashes)."""
-    bundle = Path(bundle)
-    path = bundle / "manifest.yaml"
+def _manifest_bytes(bundle: Path) -> tuple[bytes, str]:
+    """manifest.yaml's bytes and sha256, checked against manifest.sha256. The manifest lists
+    every other file's sha256, so its own hash is the digest of the whole bundle."""
+    path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: no manifest (is {bundle} a bundle written by algd-export?)")
+    data = path.read_bytes()  # hashed and parsed from the same bytes
+    digest = hashlib.sha256(data).hexdigest()
+    record = bundle / DIGEST_FILE
+    if not record.is_file():
+        raise BundleError(f"{record}: missing (every bundle written by algd-export has one; re-export it)")
+    text = record.read_text(errors="replace")
+    parts = text.split()
+    if len(parts) != 2 or parts[1] != MANIFEST:
+        raise BundleError(f"{record}: expected one line '<sha256>  {MANIFEST}', got {text[:100]!r}")
+    if parts[0] != digest:
+        raise BundleError(f"{path}: sha256 {digest[:16]}... does not match {DIGEST_FILE}'s {parts[0][:16]}... "
+                          f"(edited after export?)")
+    return data, digest
+
+
+def bundle_digest(bundle: str | Path) -> str:
+    """The bundle's identity (sha256 of manifest.yaml), verified against manifest.sha256."""
+    return _manifest_bytes(Path(bundle))[1]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _posint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def validate_manifest(m: dict[str, Any]) -> None:
+    """Every field the runtime relies on, by value; the BundleError names the field."""
+    def need(ok: bool, name: str, want: str, got: Any) -> None:
+        if not ok:
+            raise BundleError(f"{name}: expected {want}, got {got!r}")
+
+    def section(name: str) -> dict:
+        need(isinstance(m.get(name), dict), name, "a mapping", m.get(name))
+        return m[name]
+
+    need(isinstance(m.get("task"), str) and m["task"].strip() != "", "task", "a non-empty string", m.get("task"))
+    for key in ("obs_dim", "act_dim"):
+        need(_posint(m.get(key)), key, "an integer > 0", m.get(key))
+    for key in ("act_low", "act_high"):
+        v = m.get(key)
+        need(isinstance(v, list) and len(v) == m["act_dim"] and all(map(_finite, v)), key,
+             f"a list of {m['act_dim']} finite numbers", v)
+    for i, (lo, hi) in enumerate(zip(m["act_low"], m["act_high"])):
+        need(lo < hi, f"act_low[{i}]", f"below act_high[{i}] = {hi}", lo)
+    budget = section("budget")
+    v = budget.get("cost_limit")
+    need(_finite(v) and v > 0, "budget.cost_limit", "a finite number > 0", v)
+    need(budget.get("semantics") in ("episode", "discounted"), "budget.semantics", "'episode' or 'discounted'",
+         budget.get("semantics"))
+    v = budget.get("max_step_cost")  # absent or null: the task gives no bound
+    need(v is None or (_finite(v) and v > 0), "budget.max_step_cost", "a finite number > 0 or null", v)
+    v = m.get("lagrange_multiplier")
+    need(_finite(v) and v >= 0, "lagrange_multiplier", "a finite number >= 0", v)
+    schedule = section("schedule")
+    need(_posint(schedule.get("steps")), "schedule.steps", "an integer > 0", schedule.get("steps"))
+    v = schedule.get("initial_std")
+    need(_finite(v) and v > 0, "schedule.initial_std", "a finite number > 0", v)
+    parity = section("parity")
+    tol = parity.get("tolerance")
+    need(_finite(tol) and tol > 0, "parity.tolerance", "a finite number > 0", tol)
+    errors = parity.get("max_abs_error")
+    need(isinstance(errors, dict) and len(errors) > 0, "parity.max_abs_error", "a mapping of errors", errors)
+    for key, v in errors.items():
+        need(_finite(v) and v <= tol, f"parity.max_abs_error.{key}", f"a finite number <= {tol:g}", v)
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    """Load and verify manifest.yaml (its digest, every field) and every file in the folder:
+    each listed file's size and hash; nothing that is not listed."""
+    return _read_manifest(Path(bundle))[0]
+
+
+def _read_manifest(bundle: Path) -> tuple[dict[str, Any], str]:
+    path = bundle / MANIFEST
+    data, digest = _manifest_bytes(bundle)
     try:
-        m = yaml.safe_load(path.read_text())
+        m = yaml.safe_load(data)
     except yaml.YAMLError as exc:
         raise BundleError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(m, dict) or m.get("schema") != BUNDLE_SCHEMA:
@@ -64,23 +146,40 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: schema: expected {BUNDLE_SCHEMA!r}, got {got!r}")
     if m.get("schema_version") != BUNDLE_SCHEMA_VERSION:
         raise BundleError(f"{path}: schema_version: expected {BUNDLE_SCHEMA_VERSION}, got {m.get('schema_version')!r}")
-    for key in ("obs_dim", "act_dim", "act_low", "act_high", "schedule", "files", "lagrange_multiplier"):
+    for key in ("task", "obs_dim", "act_dim", "act_low", "act_high", "schedule", "budget", "parity", "files",
+                "lagrange_multiplier"):
         if key not in m:
             raise BundleError(f"{path}: missing field {key!r}")
+    try:
+        validate_manifest(m)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    if not isinstance(m["files"], dict):
+        raise BundleError(f"{path}: files: expected a mapping, got {m['files']!r}")
     for key in _FILES:
-        entry = m["files"].get(key)
-        if not entry:
+        if not m["files"].get(key):
             raise BundleError(f"{path}: files.{key}: missing")
-        f = bundle / entry["path"]
+    listed = {MANIFEST, DIGEST_FILE}
+    for key, entry in m["files"].items():
+        name = entry.get("path") if isinstance(entry, dict) else None
+        # A plain name: a listed file cannot point outside the bundle folder.
+        if not isinstance(name, str) or Path(name).name != name or name in (".", "..", MANIFEST, DIGEST_FILE):
+            raise BundleError(f"{path}: files.{key}.path: expected a file name in the bundle folder, got {name!r}")
+        listed.add(name)
+        f = bundle / name
         if not f.is_file():
             raise BundleError(f"{f}: missing (listed in manifest.yaml as files.{key})")
         size = f.stat().st_size
-        if size != entry["bytes"]:
-            raise BundleError(f"{f}: {size} bytes, manifest.yaml says {entry['bytes']} (truncated or replaced?)")
-        digest = sha256_file(f)
-        if digest != entry["sha256"]:
-            raise BundleError(f"{f}: sha256 {digest[:16]}... does not match manifest.yaml's {entry['sha256'][:16]}...")
-    return m
+        if size != entry.get("bytes"):
+            raise BundleError(f"{f}: {size} bytes, manifest.yaml says {entry.get('bytes')} (truncated or replaced?)")
+        got = sha256_file(f)
+        if got != entry.get("sha256"):
+            raise BundleError(f"{f}: sha256 {got[:16]}... does not match manifest.yaml's {str(entry.get('sha256'))[:16]}...")
+    for p in sorted(bundle.iterdir()):
+        if p.name not in listed:  # what the digest does not cover is not deployed
+            raise BundleError(f"{p}: not part of the bundle (a bundle holds only {MANIFEST}, {DIGEST_FILE} and "
+                              f"the files manifest.yaml lists); remove it")
+    return m, digest
 
 
 def resolve_providers(provider: str) -> list:
@@ -145,16 +244,28 @@ class PolicyRuntime:
         self._zeros: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.bind_io, self._session_factory, self._device = bind_io, session_factory, device
         self._runners: dict[tuple[str, int], _BoundRunner] = {}
+        self.digest: str | None = None  # bundle_digest() of the bundle it was loaded from
 
     @classmethod
     def load(cls, bundle: str | Path, provider: str = "auto", threads: int = 1, seed: int | None = None,
-             bind_io: bool | None = None) -> "PolicyRuntime":
+             bind_io: bool | None = None, expect_digest: str | None = None, expect_task: str | None = None,
+             expect_dims: tuple[int, int] | None = None) -> "PolicyRuntime":
         """bind_io: run through fixed device buffers (default: on CUDA, where each graph and batch
-        size gets its own session with CUDA-graph capture; on CPU plain run() is faster)."""
+        size gets its own session with CUDA-graph capture; on CPU plain run() is faster).
+        expect_digest / expect_task / expect_dims (obs_dim, act_dim): refuse any other bundle."""
         import onnxruntime as ort
 
         bundle = Path(bundle)
-        manifest = read_manifest(bundle)
+        manifest, digest = _read_manifest(bundle)
+        if expect_digest is not None and digest != expect_digest.strip().lower():
+            raise BundleError(f"{bundle}: digest: expected {expect_digest}, got {digest} (another bundle, "
+                              f"or this one re-exported)")
+        if expect_task is not None and manifest["task"] != expect_task:
+            raise BundleError(f"{bundle}: task: the bundle is for {manifest['task']}, expected {expect_task}")
+        dims = (manifest["obs_dim"], manifest["act_dim"])
+        if expect_dims is not None and dims != tuple(expect_dims):
+            raise BundleError(f"{bundle}: obs_dim/act_dim: the bundle has {dims[0]}/{dims[1]}, expected "
+                              f"{expect_dims[0]}/{expect_dims[1]}")
         providers = resolve_providers(provider)
         so = ort.SessionOptions()
         # Latency over throughput: one thread, sequential, all graph optimisations.
@@ -178,7 +289,9 @@ class PolicyRuntime:
         factory = (lambda key: open_session(key, graph_capture=True)) if on_cuda else None
         rt = cls(manifest, sessions, providers, seed, on_cuda if bind_io is None else bind_io, factory,
                  "cuda" if on_cuda else "cpu")
+        rt.digest = digest
         rt._check_shapes(bundle)
+        rt._probe(bundle)
         return rt
 
     def _run(self, key: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -198,6 +311,23 @@ class PolicyRuntime:
                 if arg.name in want and arg.shape[-1] != want[arg.name]:
                     raise BundleError(f"{bundle / self.manifest['files'][key]['path']}: {arg.name} has "
                                       f"{arg.shape[-1]} features, manifest.yaml says {want[arg.name]}")
+
+    def _probe(self, bundle: Path) -> None:
+        """Run each graph once on a plain input: NaN / Inf weights (which no hash catches: they
+        were exported as trained) show up as a non-finite output here, not on the robot."""
+        b = self.manifest.get("batch")
+        b = b if isinstance(b, int) else 1
+        obs, zeros = np.zeros((b, self.obs_dim), np.float32), np.zeros((b, self.act_dim), np.float32)
+        chain = {"observation": obs, "initial_latent": zeros,
+                 "step_noise": np.zeros((self.steps, b, self.act_dim), np.float32)}
+        lam = np.array([self.lagrange_multiplier], np.float32)
+        feeds = {"denoiser_unguided": chain,
+                 "denoiser": {**chain, "lagrange_multiplier": lam, "guidance_scale": np.zeros(1, np.float32)},
+                 "critics": {"observation": obs, "action": np.tile(self.centre, (b, 1)), "lagrange_multiplier": lam}}
+        for key, feed in feeds.items():
+            if not all(np.isfinite(out).all() for out in self.sessions[key].run(None, feed)):
+                raise BundleError(f"{bundle / self.manifest['files'][key]['path']}: non-finite output on a probe "
+                                  f"input (non-finite weights?)")
 
     @property
     def provider(self) -> str:
@@ -261,6 +391,8 @@ class PolicyRuntime:
             res = ActResult(self._chain(batch, mode == "stochastic", lam, guidance_scale), ok)
         res.valid = ok & self._finite_rows(res.action)
         res.action = np.where(res.valid[:, None], res.action, self.centre).astype(np.float32)
+        # tanh * scale + bias in float32 can land ~1e-7 outside the box; the box is a hard limit.
+        res.action = np.clip(res.action, self.act_low, self.act_high)
         if single:
             res.action = res.action[0]
         return res

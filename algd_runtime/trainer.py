@@ -344,8 +344,9 @@ class Trainer:
                 action = self.agent.act(ep.obs)
                 if self.guard is not None:
                     action = self.guard.act(ep.obs, action)
-                next_obs, r, c, term, trunc, _ = self.env.step(action)
-                self.replay.add(ep.obs, action, r, c, next_obs, term)
+                next_obs, r, c, term, trunc, info = self.env.step(action)
+                if not info.get("no_transition"):  # a robot that ended the episode itself: nothing to learn
+                    self.replay.add(ep.obs, action, r, c, next_obs, term)
                 ep.actions.append(action)
                 ep.obs, ep.ret = next_obs, ep.ret + r
                 ep.costs.append(c)

@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from algd_runtime.checkpoint import CheckpointError
     from algd_runtime.export.exporter import ExportError, export_bundle
+    from algd_runtime.runtime import bundle_digest
 
     out = args.out or args.policy.parent / "bundle"
     print(f"exporting {args.policy} -> {out} (opset {args.opset}, batch {args.batch or 'dynamic'}); "
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, f in manifest["files"].items():
         print(f"  {f['path']:<24} {f['bytes'] / 1024:8.1f} KiB  sha256 {f['sha256'][:16]}...")
     print(f"wrote {out}/manifest.yaml")
+    # What a deployment pins (PolicyRuntime.load(expect_digest=...)): it covers every file.
+    print(f"bundle digest (sha256 of manifest.yaml): {bundle_digest(out)}")
     return 0
 
 

@@ -3,9 +3,11 @@ critics.onnx and manifest.yaml, with the torch-vs-ONNX parity measured at export
 
 from __future__ import annotations
 
+import math
 import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,11 @@ import yaml
 from algd_runtime.algd import ALGDAgent
 from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
 from algd_runtime.export.graph import DenoiserEmitter, EnergyEmitter, GraphBuilder
-from algd_runtime.runtime import BUNDLE_SCHEMA, BUNDLE_SCHEMA_VERSION, sha256_file
+from algd_runtime.runtime import BUNDLE_SCHEMA, BUNDLE_SCHEMA_VERSION, DIGEST_FILE, MANIFEST, sha256_file
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
+STALE_TEMP_S = 600  # a temp folder this old is left by a killed export, not one in progress
 FILES = {"denoiser": "denoiser.onnx", "denoiser_unguided": "denoiser_unguided.onnx", "critics": "critics.onnx"}
 
 
@@ -214,7 +217,8 @@ def manifest_for(agent: ALGDAgent, ckpt: dict, opset: int, batch, parity: dict, 
         "batch": batch if isinstance(batch, int) else "dynamic",
         "schedule": schedule,
         "budget": {"cost_limit": spec.cost_limit, "semantics": spec.cost_semantics, "cost_gamma": cfg.cost_gamma,
-                   "target_h": agent.h, "episode_length": spec.episode_length},
+                   "target_h": agent.h, "episode_length": spec.episode_length,
+                   "max_step_cost": spec.max_step_cost},
         "energy": {"rho": cfg.rho, "qc_risk_k": cfg.qc_risk_k, "qc_ensemble": cfg.qc_ensemble},
         "lagrange_multiplier": agent.lam,
         "source": {"origin": ckpt.get("origin"), "created": ckpt.get("created"),
@@ -228,6 +232,17 @@ def manifest_for(agent: ALGDAgent, ckpt: dict, opset: int, batch, parity: dict, 
     }
 
 
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Temp folders .<name>.XXXXXXXX that a killed export left beside the bundle."""
+    if not out_dir.parent.is_dir():
+        return
+    for p in out_dir.parent.glob(f".{out_dir.name}.*"):
+        rest = p.name[len(out_dir.name) + 2:]
+        # "." in the rest: the temp folder of another bundle, e.g. .<name>.v2.XXXXXXXX
+        if "." not in rest and p.is_dir() and time.time() - p.stat().st_mtime > STALE_TEMP_S:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = None, opset: int = DEFAULT_OPSET,
                   parity_n: int = 1000, tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
     """Write the bundle atomically (a temp folder renamed into place); refuse above tolerance."""
@@ -237,6 +252,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
         raise ExportError(f"--batch: expected a value >= 1, got {batch}")
     if parity_n < 1000:
         raise ExportError(f"parity: expected >= 1000 observations, got {parity_n}")
+    _remove_stale_temps(Path(out_dir))
     ckpt = load_checkpoint(policy)
     agent = agent_from_checkpoint(ckpt, "cpu", with_optimizers=False)
     dim = batch if batch is not None else "batch"
@@ -254,6 +270,9 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
         parity, source = measure_parity(agent, twins, parity_n)
     worst = max(parity.values())
     parity["observations"] = parity_n
+    if not all(math.isfinite(v) for v in parity.values()):  # NaN > tolerance is False
+        raise ExportError(f"parity: non-finite error ({', '.join(f'{k}={v:.3g}' for k, v in parity.items())}): "
+                          f"the graphs or the policy give NaN / Inf (non-finite weights?); bundle not written")
     if worst > tolerance:
         raise ExportError(f"parity: max abs error {worst:.3g} > {tolerance:g} "
                           f"({', '.join(f'{k}={v:.3g}' for k, v in parity.items())}); bundle not written")
@@ -267,7 +286,12 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
             onnx.save(model, path)
             files[key] = {"path": FILES[key], "sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = manifest_for(agent, ckpt, opset, batch, parity, source, files)
-        (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
+        # The bundle's digest: manifest.yaml lists every other file's sha256 (sha256sum format).
+        (tmp / DIGEST_FILE).write_text(f"{sha256_file(tmp / MANIFEST)}  {MANIFEST}\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp makes 0700: other users (the ROS nodes' user) must read it
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

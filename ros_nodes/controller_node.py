@@ -1,7 +1,8 @@
 """algd-controller: runs the exported policy at control rate on the newest observation.
 
-Thin: ControllerCore (algd_runtime.control) makes every decision; this node moves messages,
-owns the timer and turns parameter updates into validated live changes.
+Thin: ControllerCore (algd_runtime.control) and SafetyGate (algd_runtime.safety) make every
+decision; this node moves messages, owns the timers, verifies the monitor's heartbeats and
+the operator's resets, and turns parameter updates into validated, all-or-nothing changes.
 """
 
 from __future__ import annotations
@@ -14,105 +15,195 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import String
 
 from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
+from algd_runtime.safety import BudgetAccount, HeartbeatWatch, SafetyGate, default_key_path, load_key
 
-READ_ONLY = ("bundle", "provider", "summary_file", "record")
+# Start-up only: what the bundle is, where the key is, and every safety setting.
+READ_ONLY = ("bundle", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+             "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
+             "stop_latch", "fallback", "safe_action")
+SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
+                   "monitor_timeout_s": 0.1, "monitor_max_lag_s": 0.25, "max_step_cost": -1.0,
+                   "cost_limit": -1.0, "stop_latch": "operator"}
+
+
+def float_param(node: Node, name: str) -> float:
+    """A numeric parameter given as int or float in YAML."""
+    return float(node.get_parameter(name).value)
 
 
 class ControllerNode(Node):
     def __init__(self, **overrides):
         super().__init__("controller", **overrides)
         defaults = ControllerParams()
-        self.declare_parameter("bundle", "")
-        self.declare_parameter("provider", "auto")
-        self.declare_parameter("diagnostics_period_s", 1.0)
-        self.declare_parameter("summary_file", "")  # JSON stats written at exit (algd-bench loop)
-        self.declare_parameter("record", "")  # MCAP file for observations and actions ("" = off)
+        for name, value in {"bundle": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
+                            "record": "", "fallback": "", **SAFETY_DEFAULTS}.items():
+            self.declare_parameter(name, value)
         for name, value in vars(defaults).items():
             self.declare_parameter(name, value)
-        bundle = self.get_parameter("bundle").value
+        get = lambda k: self.get_parameter(k).value  # noqa: E731
+        if get("fallback"):
+            raise ValueError("fallback: replaced by safe_action ('zero' or a brake vector); hold-last is gone "
+                             "because a robot must never keep moving on an old command")
+        bundle = get("bundle")
         if not bundle:
             raise ValueError("bundle: expected the path of an exported bundle (parameter 'bundle')")
-        runtime = PolicyRuntime.load(bundle, provider=self.get_parameter("provider").value)
-        params = ControllerParams(**{k: self.get_parameter(k).value for k in vars(defaults)})
-        self.core = ControllerCore(runtime, params)
+        runtime = PolicyRuntime.load(bundle, provider=get("provider"), expect_task=get("task") or None,
+                                     expect_digest=get("bundle_digest") or None)
+        manifest, digest = runtime.manifest, runtime.digest
+        budget = manifest.get("budget") or {}
+        limit = float_param(self, "cost_limit")
+        limit = limit if limit > 0 else float(budget.get("cost_limit", 0))
+        bound = float_param(self, "max_step_cost")
+        bound = bound if bound > 0 else budget.get("max_step_cost")
+        key_file = get("operator_key_file") or str(default_key_path())
+        self.key = load_key(key_file)
+        ns = self.get_namespace()
+        watch = None
+        if get("require_monitor"):
+            watch = HeartbeatWatch(self.key, ns, float_param(self, "monitor_timeout_s"),
+                                   float_param(self, "monitor_max_lag_s"))
+        gate = SafetyGate(BudgetAccount(limit, float(bound) if bound else None), watch, get("stop_latch"))
+        params = ControllerParams(**{k: get(k) for k in vars(defaults)})
+        for k in ("control_rate_hz", "obs_timeout_s", "lagrange_multiplier", "guidance_scale", "remaining_budget"):
+            setattr(params, k, float(getattr(params, k)))
+        self.core = ControllerCore(runtime, gate, params)
+        self.reset = ResetEndpoint(self, self.key, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pub = self.create_publisher(JointState, m.ACTION, m.LATEST)
-        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, m.LATEST)
-        self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
+        self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat, m.RELIABLE)
+        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, m.OBSERVATIONS)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.timer = self.create_timer(1.0 / params.control_rate_hz, self._tick)
-        self.create_timer(self.get_parameter("diagnostics_period_s").value, self._diagnostics)
-        self._t0, self._ticks0 = time.monotonic(), 0
-        record = self.get_parameter("record").value
+        self.create_timer(float_param(self, "diagnostics_period_s"), self._diagnostics)
+        self.create_timer(0.1, self._check_graph)
+        self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
+        self._stop_reason: str | None = None
+        record = get("record")
         self.recorder = McapRecorder(record) if record else None
-        self.get_logger().info(f"controller: {bundle} on {runtime.provider}, {params.control_rate_hz:g} Hz, "
-                               f"mode {params.mode}")
+        self.get_logger().info(
+            f"controller: {bundle} ({manifest.get('task')}, digest {str(digest)[:16]}) on {runtime.provider}, "
+            f"{params.control_rate_hz:g} Hz, mode {params.mode}; budget {limit:g}, step-cost bound "
+            f"{bound or 'largest seen'}, stop_latch {get('stop_latch')}, monitor interlock "
+            f"{'on, deadline %g s' % float_param(self, 'monitor_timeout_s') if watch else 'OFF (require_monitor:=false)'}")
 
     # -- callbacks ----------------------------------------------------------------------------
     def _on_observation(self, msg: JointState) -> None:
-        self.core.on_observation(np.asarray(msg.position, np.float32), msg.header.stamp, time.monotonic())
+        now = time.monotonic()
+        self.core.on_observation(np.asarray(msg.position, np.float32), msg.header.stamp, now,
+                                 m.observation_meta(msg), m.stamp_ns(msg.header.stamp))
         if self.recorder:
             self.recorder.write(m.OBSERVATION, msg, time.time_ns())
         self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
-    def _on_estop(self, msg: Bool) -> None:
-        if msg.data != self.core.estop:
-            self.get_logger().warning(f"e-stop {'LATCHED' if msg.data else 'cleared'}")
-        self.core.estop = bool(msg.data)
+    def _on_heartbeat(self, msg: String) -> None:
+        if self.core.gate.watch is not None:
+            self.core.gate.watch.on_message(msg.data, time.monotonic(), self.core.gate.latch)
 
     def _tick(self) -> None:
         """The control-rate timer: a decision every period unless the newest observation is
-        fresh and already answered (then there is nothing new to say)."""
+        fresh and already answered by the policy (then there is nothing new to say)."""
         if self.core.needs_tick(time.monotonic()):
             self._act()
 
+    def _drain_heartbeats(self, now: float) -> None:
+        """Heartbeats that arrived while this process was not running may still wait behind
+        an observation in the executor's queue: read them before judging the monitor lost
+        (this controller's own stall is not the monitor's death)."""
+        watch = self.core.gate.watch
+        if watch is None or watch.last_at is None or now - watch.last_at <= watch.deadline_s / 2:
+            return
+        with self.heartbeats.handle:
+            while (taken := self.heartbeats.handle.take_message(self.heartbeats.msg_type, False)) is not None:
+                self._on_heartbeat(taken[0])
+
     def _act(self) -> None:
         start = time.monotonic()
+        self._drain_heartbeats(start)
         decision = self.core.tick(start)
-        msg = m.action_msg(decision.action, decision.stamp)
+        msg = m.action_msg(decision.action, decision.stamp, decision.lease, decision.stop)
         self.pub.publish(msg)
         done = time.monotonic()
         if self.recorder:
             self.recorder.write(m.ACTION, msg, time.time_ns())
         self.core.handed_over(decision, done, done - start)
+        if decision.stop != self._stop_reason and (decision.stop or decision.source == "policy"):
+            self._stop_reason = decision.stop
+            log = self.get_logger()
+            log.warning(f"STOP: {decision.stop}") if decision.stop else log.info("moving: no stop reason left")
 
+    def _check_graph(self) -> None:
+        """A second publisher on `action` (another controller, a learner) commands the same
+        robot: nobody could say which command it follows."""
+        n = self.count_publishers(self.pub.topic_name)
+        if n > 1 and self.core.gate.latch.trip("duplicate_controller", f"{n} publishers on {self.pub.topic_name}"):
+            self.get_logger().error(f"another node publishes on {self.pub.topic_name}: latched STOP")
+
+    def _operator_reset(self) -> str:
+        cleared = self.core.gate.reset()
+        return f"cleared: {'; '.join(f'{k}: {v}' for k, v in cleared.items())}" if cleared else "nothing was latched"
+
+    # -- parameters -------------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
         """All or nothing: every value is checked before any is applied."""
         updates = {}
         for p in params:
             if p.name in READ_ONLY:
-                return SetParametersResult(successful=False, reason=f"{p.name}: read-only while running")
+                return self._refuse(f"{p.name}: read-only while running")
             if p.name == "diagnostics_period_s":
                 continue
-            reason = self.core.check(p.name, p.value)
-            if reason:
-                self.get_logger().warning(f"rejected {p.name}={p.value!r}: {reason}")
-                return SetParametersResult(successful=False, reason=reason)
-            updates[p.name] = p.value
-        for name, value in updates.items():
-            self.core.set_param(name, value)
-            if name == "control_rate_hz":
-                self.timer.cancel()
-                self.timer = self.create_timer(1.0 / value, self._tick)
+            value = p.value
+            if p.name in ("control_rate_hz", "obs_timeout_s", "lagrange_multiplier", "guidance_scale",
+                          "remaining_budget") and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            updates[p.name] = value
+        reason = self.core.set_params(updates)
+        if reason:
+            return self._refuse(reason)
+        if "control_rate_hz" in updates:
+            self.timer.cancel()
+            self.timer = self.create_timer(1.0 / updates["control_rate_hz"], self._tick)
         if updates:
             self.get_logger().info(f"parameters: {updates}")
         return SetParametersResult(successful=True)
 
+    def _refuse(self, reason: str) -> SetParametersResult:
+        self.get_logger().warning(f"parameter change refused: {reason}")
+        return SetParametersResult(successful=False, reason=reason)
+
+    # -- reporting ----------------------------------------------------------------------------------
     def _diagnostics(self) -> None:
         now = time.monotonic()
-        stats = self.core.stats()
+        core = self.core
+        stats = core.stats()
         rate = (stats["ticks"] - self._ticks0) / max(now - self._t0, 1e-9)
+        errors = core.fallbacks.get("engine_error", 0) + core.fallbacks.get("nan", 0)
         self._t0, self._ticks0 = now, stats["ticks"]
-        level = DiagnosticStatus.ERROR if self.core.estop else DiagnosticStatus.OK
-        values = {"rate_hz": rate, "mode": self.core.params.mode, **stats}
-        self.diag.publish(m.diagnostics(self, "controller", level, "e-stop" if self.core.estop else "running", values))
+        new_errors, self._errors0 = errors - self._errors0, errors
+        verdict = core.gate.verdict(now)
+        stale = core._obs is not None and now - core._received > core.params.obs_timeout_s
+        problems = [f"STOP: {verdict.stop}"] if verdict.stop else []
+        if new_errors:
+            problems.append(f"{new_errors} engine errors / NaN in the last period")
+        if stale:
+            problems.append(f"observation stale ({(now - core._received) * 1e3:.0f} ms old)")
+        watch = core.gate.watch
+        if watch is not None and watch.rejected:
+            problems.append(f"{watch.rejected} heartbeats rejected ({watch.last_rejection})")
+        level = DiagnosticStatus.ERROR if problems else DiagnosticStatus.OK
+        if watch is None and not problems:
+            level, problems = DiagnosticStatus.WARN, ["monitor interlock off (require_monitor:=false)"]
+        values = {"rate_hz": rate, "mode": core.params.mode, "lease": verdict.lease,
+                  "accumulated": core.gate.account.accumulated, "limit": core.gate.account.limit,
+                  "latched": core.gate.latch.describe() or "no", **stats}
+        self.diag.publish(m.diagnostics(self, "controller", level, "; ".join(problems) or "running", values))
 
     def stop_recording(self) -> None:
         if self.recorder:
@@ -121,6 +212,7 @@ class ControllerNode(Node):
     def summarize(self) -> None:
         self.stop_recording()
         stats = self.core.stats()
+        stats["latched"] = dict(self.core.gate.latch.reasons)
         print(f"controller: {stats}")
         m.write_summary(self.get_parameter("summary_file").value, stats)
 

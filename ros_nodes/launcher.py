@@ -65,9 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--namespace", default="algd")
     p.add_argument("--params", type=Path, help="parameter YAML (default: launch/controller.yaml)")
+    p.add_argument("--key", type=Path, help="operator key file (default: $ALGD_OPERATOR_KEY or "
+                   "~/.config/algd-runtime/operator.key; create it with algd-reset --init-key)")
     args = p.parse_args(argv)
     if not (Path(args.bundle) / "manifest.yaml").is_file():
         print(f"error: --bundle: {args.bundle} holds no manifest.yaml (run algd-export first)", file=sys.stderr)
+        return 2
+    from algd_runtime.safety import OperatorKeyError, default_key_path, load_key
+
+    key = args.key or default_key_path()
+    try:
+        load_key(key)  # the controller and the monitor refuse to start without it: say so once, here
+    except OperatorKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     params = args.params or default_params()
     env = dict(os.environ)
@@ -77,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"algd-launch: {', '.join(names)} in /{args.namespace} with {params} "
           f"(ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']})",
           flush=True)
-    procs = {n: subprocess.Popen(node_command(n, args.namespace, params, args.bundle), env=env) for n in names}
+    keyed = {"operator_key_file": key}
+    procs = {n: subprocess.Popen(node_command(n, args.namespace, params, args.bundle, **(keyed if n != "sim" else {})),
+                                 env=env) for n in names}
     t0 = time.monotonic()
     try:
         while all(pr.poll() is None for pr in procs.values()):

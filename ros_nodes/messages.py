@@ -2,12 +2,19 @@
 
 | topic (under the namespace, default /algd) | type | from -> to |
 | --- | --- | --- |
-| observation | sensor_msgs/JointState (position = observation, header.stamp = when measured) | robot -> controller, monitor |
-| action | sensor_msgs/JointState (effort = action, header.stamp = the observation's) | controller -> robot, monitor |
+| observation | sensor_msgs/JointState: position = observation, effort = [episode, t, cost] (OBS_META), header.stamp = when measured | robot -> controller, monitor |
+| action | sensor_msgs/JointState: effort = action, header.stamp = the observation's, header.frame_id = the verdict ("lease=N" or "stop=why") | controller -> robot, monitor |
 | step | std_msgs/Float64MultiArray: the transition (STEP_FIELDS below) | robot -> monitor, RosEnv |
 | episode | std_msgs/String (JSON: {"event": "start" or "end", "index", "return", "cost", ...}) | robot -> monitor, RosEnv |
-| estop | std_msgs/Bool (latched) | monitor -> controller |
+| heartbeat | std_msgs/String: the monitor's signed state (safety.sign_heartbeat) | monitor -> controller |
+| estop | std_msgs/Bool (latched, re-asserted) | monitor -> robot |
+| controller/reset, monitor/reset | std_msgs/String (JSON {"nonce", "proof"}) | operator (algd-reset) -> node |
+| controller/reset_result, monitor/reset_result | std_msgs/String (JSON {"nonce", "ok", "message"}) | node -> operator |
 | /diagnostics | diagnostic_msgs/DiagnosticArray | every node |
+
+The budget contract (SAFETY.md): observation t carries the cost of the step that produced it,
+so the controller has accounted every step before it answers; an action's lease is the
+number of steps the robot may take on it past the observation it answers.
 """
 
 from __future__ import annotations
@@ -22,9 +29,14 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 
 OBSERVATION, ACTION, STEP, EPISODE, ESTOP = "observation", "action", "step", "episode", "estop"
+HEARTBEAT, RESET, RESET_RESULT, RESET_CHALLENGE = "heartbeat", "~/reset", "~/reset_result", "~/reset_challenge"
+OBS_META = ("episode", "t", "cost")  # t: steps taken in the episode; cost: step t's (0 at t = 0)
 
 # Newest only: a late observation is worth nothing to a controller.
 LATEST = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+# Observations carry the budget's costs: a short queue so that a burst is accounted, not
+# dropped (a dropped one still counts, as the worst case).
+OBSERVATIONS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 # Every step's cost and every episode event count for the budget.
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # A late joiner still sees the e-stop.
@@ -32,19 +44,46 @@ LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Relia
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def observation_msg(obs: np.ndarray, stamp) -> JointState:
+def observation_msg(obs: np.ndarray, stamp, episode: int = 0, t: int = 0, cost: float = 0.0) -> JointState:
     msg = JointState()
     msg.header.stamp = stamp
     msg.position = [float(x) for x in obs]
+    msg.effort = [float(episode), float(t), float(cost)]
     return msg
 
 
-def action_msg(action: np.ndarray, stamp) -> JointState:
+def observation_meta(msg: JointState) -> tuple[int, int, float] | None:
+    """(episode, t, cost) of an observation, or None if the robot sent none."""
+    if len(msg.effort) != len(OBS_META):
+        return None
+    episode, t, cost = msg.effort
+    return int(episode), int(t), float(cost)
+
+
+def action_msg(action: np.ndarray, stamp, lease: int = 1, stop: str | None = None) -> JointState:
     msg = JointState()
     if stamp is not None:
         msg.header.stamp = stamp
+    msg.header.frame_id = f"stop={stop}" if stop else f"lease={int(lease)}"
     msg.effort = [float(x) for x in action]
     return msg
+
+
+def action_verdict(msg: JointState) -> tuple[int, str | None]:
+    """(lease, stop reason) of an action; an action without a readable verdict is a stop."""
+    tag, _, value = msg.header.frame_id.partition("=")
+    if tag == "lease":
+        try:
+            return max(0, int(value)), None
+        except ValueError:
+            pass
+    elif tag == "stop":
+        return 0, value or "stop"
+    return 0, f"no verdict on the action ({msg.header.frame_id!r})"
+
+
+def stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 # A step message is one whole transition, so that a learner (RosEnv) or a recorded log can
@@ -109,7 +148,9 @@ def diagnostics(node, part: str, level: int, message: str, values: dict) -> Diag
 def write_summary(path: str, stats: dict) -> None:
     """Stats a node leaves behind at exit, for algd-bench loop (no file if path is empty)."""
     if path:
-        with open(path, "w") as f:
+        from algd_runtime.atomic import atomic_write
+
+        with atomic_write(path, "w") as f:
             json.dump(stats, f)
 
 

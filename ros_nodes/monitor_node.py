@@ -5,19 +5,27 @@ the exported cost critic's prediction for the newest (observation, action), and 
 the level's response on the controller:
     WARN  -> raise the controller's lagrange_multiplier and guidance_scale (within bounds)
     ERROR -> shielded best-of-N (remaining_budget = what is left of the budget)
-    STOP  -> latched e-stop on `estop`, until the `reset` service (std_srvs/Trigger) clears it
-             (or, with stop_latch:=episode, until the robot's episode ends)
+    STOP  -> latched e-stop on `estop` (re-asserted every estop_period_s) and STOP in the
+             heartbeat, until the operator's reset (algd-reset: an HMAC over a fresh nonce)
+             clears it, or with stop_latch:=episode until the robot's episode ends. A STOP
+             latched for the operator is kept in state_file: a restarted monitor starts in it.
     OK    -> the controller's original parameters again
+
+Its signed heartbeat (heartbeat_rate_hz) is the controller's interlock: no live monitor, no
+motion. A step whose sequence number skips ahead counts the missing steps as the worst case.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import secrets
 import sys
 import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
@@ -28,10 +36,16 @@ from std_srvs.srv import Trigger
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
+from algd_runtime.safety import LatchStore, default_key_path, load_key, sign_heartbeat
 
 TRANSITION = "monitor/transition"
+CONFIG_KEYS = ("cost_limit", "accounting", "window_steps", "warn_at", "error_at", "stop_at", "stop_on", "stop_latch",
+               "hysteresis", "clear_steps", "max_step_cost")
+LIVE = ("warn_at", "error_at", "stop_at", "hysteresis", "clear_steps", "warn_lambda_factor", "lambda_max",
+        "warn_guidance", "error_best_of_n")  # what a parameter set may change while running
 _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                Level.ERROR: DiagnosticStatus.ERROR, Level.STOP: DiagnosticStatus.ERROR}
 
@@ -41,41 +55,62 @@ class MonitorNode(Node):
         super().__init__("monitor", **overrides)
         p = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
              "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator",
-             "hysteresis": 0.1, "clear_steps": 20, "controller": "controller",
+             "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0, "controller": "controller",
              "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
-             "use_critic": True, "record": "", "summary_file": ""}
+             "use_critic": True, "record": "", "summary_file": "", "operator_key_file": "", "state_file": "",
+             "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0}
         for k, v in p.items():
             self.declare_parameter(k, v)
         get = lambda k: self.get_parameter(k).value  # noqa: E731
         self.runtime = PolicyRuntime.load(get("bundle"), provider="cpu") if get("bundle") else None
-        limit = get("cost_limit")
+        budget = (self.runtime.manifest.get("budget") or {}) if self.runtime else {}
+        limit = float(get("cost_limit"))
         if limit <= 0:
             if self.runtime is None:
                 raise ValueError("cost_limit: expected a value > 0, or a bundle whose manifest gives it")
-            limit = float(self.runtime.manifest["budget"]["cost_limit"])
+            limit = float(budget["cost_limit"])
+        bound = float(get("max_step_cost"))
+        bound = bound if bound > 0 else budget.get("max_step_cost")
         self.monitor = BudgetMonitor(MonitorConfig(
             cost_limit=limit, accounting=get("accounting"), window_steps=get("window_steps"), warn_at=get("warn_at"),
             error_at=get("error_at"), stop_at=get("stop_at"), stop_on=get("stop_on"),
             stop_latch=get("stop_latch"), hysteresis=get("hysteresis"),
-            clear_steps=get("clear_steps")))
+            clear_steps=get("clear_steps"), max_step_cost=float(bound) if bound else None))
+        self.key = load_key(get("operator_key_file") or default_key_path())
+        ns = self.get_namespace()
+        self.store = LatchStore(get("state_file") or default_state_file(ns))
+        self.boot, self.seq = secrets.token_hex(8), 0
         self.use_critic = bool(get("use_critic")) and self.runtime is not None
         self.base_lambda = self.runtime.lagrange_multiplier if self.runtime else 1.0
         self.cfg = {k: get(k) for k in ("warn_lambda_factor", "lambda_max", "warn_guidance", "error_best_of_n")}
         self._obs = self._act = None
+        self._robot = (None, 0)  # (episode, t) of the newest step from the robot
+        self.seen_stamp_ns: int | None = None
         self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
         self.recorder = McapRecorder(get("record")) if get("record") else None
         self.controller = AsyncParameterClient(self, get("controller"))
         self.estop_pub = self.create_publisher(Bool, m.ESTOP, m.LATCHED)
+        self.heartbeat_pub = self.create_publisher(String, m.HEARTBEAT, m.RELIABLE)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(Float64MultiArray, m.STEP, self._on_step, m.RELIABLE)
         self.create_subscription(String, m.EPISODE, self._on_episode, m.RELIABLE)
         self.create_subscription(JointState, m.OBSERVATION, self._on_obs, m.LATEST)
         self.create_subscription(JointState, m.ACTION, self._on_action, m.LATEST)
-        self.create_service(Trigger, "reset", self._on_reset)
+        self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
+        self.reset = ResetEndpoint(self, self.key, self._operator_reset)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._diagnostics)
-        self.estop_pub.publish(Bool(data=False))
-        self.get_logger().info(f"monitor: limit {limit:g} per {get('accounting')}, critic "
-                               f"{'on' if self.use_critic else 'off'}")
+        self.create_timer(1.0 / float(get("heartbeat_rate_hz")), self._heartbeat)
+        self.create_timer(float(get("estop_period_s")), self._reassert)
+        persisted = self.store.load()
+        if persisted:  # a STOP latched before this process started stays latched
+            for t in self.monitor.latch_stop("latched before restart: " + "; ".join(persisted.values())):
+                self._respond(t)
+        self._heartbeat()
+        self.get_logger().info(f"monitor: limit {limit:g} per {get('accounting')}, step-cost bound "
+                               f"{bound or 'largest seen'}, critic {'on' if self.use_critic else 'off'}, "
+                               f"stop_latch {get('stop_latch')}, state {self.store.path}"
+                               + (", STARTS IN STOP (latched before restart)" if persisted else ""))
 
     # -- inputs ------------------------------------------------------------------------------
     def _on_obs(self, msg: JointState) -> None:
@@ -98,8 +133,18 @@ class MonitorNode(Node):
 
     def _on_step(self, msg: Float64MultiArray) -> None:
         self._record(m.STEP, msg)
-        cost = float(msg.data[1]) if len(msg.data) > 1 else float("nan")
-        for t in self.monitor.update(cost, self._predicted()):
+        data = msg.data
+        cost = float(data[1]) if len(data) > 1 else float("nan")
+        out = []
+        if len(data) >= len(m.STEP_FIELDS):  # sequence-numbered: a gap is counted, not missed
+            episode, t = int(data[4]), int(data[5])
+            last_episode, last_t = self._robot
+            expected = last_t + 1 if episode == last_episode else 1
+            out += self.monitor.missed(t - expected)
+            self._robot = (episode, max(t, last_t) if episode == last_episode else t)
+            self.seen_stamp_ns = int(data[6]) * 1_000_000_000 + int(data[7])
+        out += self.monitor.update(cost, self._predicted())
+        for t in out:
             self._respond(t)
 
     def _on_episode(self, msg: String) -> None:
@@ -111,13 +156,35 @@ class MonitorNode(Node):
             for t in self.monitor.end_episode():
                 self._respond(t)
 
-    def _on_reset(self, request, response):
+    def _on_unauthenticated_reset(self, request, response):
+        """The old, unauthenticated reset service: kept so that a caller learns why it fails."""
+        self.get_logger().warning("unauthenticated reset refused")
+        response.success = False
+        response.message = ("refused: clearing a STOP needs the operator's proof; run algd-reset "
+                            "(challenge on ~/reset_challenge, proof on ~/reset)")
+        return response
+
+    def _operator_reset(self) -> str:
         out = self.monitor.reset_stop()
         for t in out:
             self._respond(t)
-        response.success = bool(out)
-        response.message = "e-stop cleared" if out else f"nothing to reset (level {self.monitor.level.name})"
-        return response
+        self.store.save({})
+        return "e-stop cleared" if out else f"nothing to reset (level {self.monitor.level.name})"
+
+    # -- the interlock ------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        mon = self.monitor
+        self.seq += 1
+        reason = mon.transitions[-1].reason if mon.level == Level.STOP and mon.transitions else ""
+        payload = {"boot": self.boot, "seq": self.seq, "level": mon.level.name, "latched": mon.level == Level.STOP,
+                   "reason": reason, "episode": self._robot[0], "t": self._robot[1],
+                   "accumulated": mon.accumulated, "limit": mon.cfg.cost_limit, "seen_stamp_ns": self.seen_stamp_ns,
+                   "missed": mon.missed_steps}
+        self.heartbeat_pub.publish(String(data=sign_heartbeat(self.key, self.get_namespace(), payload)))
+
+    def _reassert(self) -> None:
+        if self.monitor.level == Level.STOP:
+            self.estop_pub.publish(Bool(data=True))
 
     # -- responses ---------------------------------------------------------------------------
     def _respond(self, t) -> None:
@@ -128,9 +195,13 @@ class MonitorNode(Node):
         new = Level[t.new]
         if new == Level.STOP:
             self.estop_pub.publish(Bool(data=True))
+            if self.monitor.cfg.stop_latch == "operator" or t.reason.startswith("latched before restart"):
+                self.store.save({"monitor": t.reason})
+            self._heartbeat()  # the controller hears of it now, not a period later
             return
         if t.old == "STOP":
             self.estop_pub.publish(Bool(data=False))
+            self.store.save({})
         if new == Level.WARN:
             lam = min(self.cfg["lambda_max"], max(self.base_lambda, 1e-3) * self.cfg["warn_lambda_factor"])
             self._set_controller(lagrange_multiplier=float(lam), guidance_scale=float(self.cfg["warn_guidance"]))
@@ -147,13 +218,41 @@ class MonitorNode(Node):
         if not self.controller.services_are_ready():
             self.get_logger().warning(f"controller parameters unreachable; wanted {values}")
             return
-        self.controller.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        self.controller.set_parameters_atomically([Parameter(k, value=v) for k, v in values.items()])
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """All or nothing, and only what is safe to change live; the reason says why not."""
+        updates = {p.name: p.value for p in params}
+        fixed = [n for n in updates if n not in LIVE]
+        if fixed:
+            return self._refuse(f"{fixed[0]}: read-only while running (live: {', '.join(LIVE)})")
+        cfg = {k: getattr(self.monitor.cfg, k) for k in CONFIG_KEYS}
+        for k, v in updates.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return self._refuse(f"{k}: expected a finite number, got {v!r}")
+            if k in cfg:
+                cfg[k] = v
+        try:
+            new_cfg = MonitorConfig(**cfg)
+        except (ValueError, TypeError) as exc:
+            return self._refuse(str(exc))
+        for k, v in updates.items():
+            if k in self.cfg and v <= 0:
+                return self._refuse(f"{k}: expected a value > 0, got {v!r}")
+        self.monitor.cfg = new_cfg
+        self.cfg.update({k: v for k, v in updates.items() if k in self.cfg})
+        self.get_logger().info(f"parameters: {updates}")
+        return SetParametersResult(successful=True)
+
+    def _refuse(self, reason: str) -> SetParametersResult:
+        self.get_logger().warning(f"parameter change refused: {reason}")
+        return SetParametersResult(successful=False, reason=reason)
 
     def _diagnostics(self) -> None:
         mon = self.monitor
         vals = {"accumulated": mon.accumulated, "predicted": mon.predicted, "forecast": mon.forecast,
                 "limit": mon.cfg.cost_limit, "ratio": mon.ratio, "episode": mon.episode, "steps": mon.step,
-                "transitions": len(mon.transitions)}
+                "missed_steps": mon.missed_steps, "transitions": len(mon.transitions)}
         if mon.transitions:
             last = mon.transitions[-1]
             vals["last_transition"] = f"{last.old}->{last.new} at step {last.step}: {last.reason}"
@@ -169,7 +268,17 @@ class MonitorNode(Node):
             print(f"monitor: {t.old} -> {t.new} at step {t.step} ({t.reason})")
         m.write_summary(self.get_parameter("summary_file").value, {
             "limit": self.monitor.cfg.cost_limit, "level": self.monitor.level.name, "steps": self.monitor.step,
+            "missed_steps": self.monitor.missed_steps,
             "transitions": [t.as_dict() for t in self.monitor.transitions], "episodes": self.episodes})
+
+
+def default_state_file(namespace: str) -> str:
+    """Where a monitor keeps its latch by default: per user, per namespace."""
+    import os
+    from pathlib import Path
+
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "algd-runtime"
+    return str(base / f"monitor{namespace.replace('/', '_') or '_'}.json")
 
 
 def main(argv=None) -> int:

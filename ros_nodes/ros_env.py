@@ -5,7 +5,12 @@ graph (messages.py): it publishes `action` stamped with the observation it answe
 each transition from `step`, and starts episodes through the `reset_episode` service.
 Here that is algd-sim (run it with lockstep:=true lockstep_timeout_s:=0 for exact
 transitions); on hardware, the robot's driver. Do not run algd-controller at the same time:
-the learner is the controller.
+the learner is the controller (a second publisher on `action` latches a controller's STOP).
+
+Each action goes out with a lease of one step. A robot keeps the contract of SAFETY.md: when
+the learner is silent for longer than its command timeout it holds still and ends the
+episode; step() then returns that episode as truncated at its last observation, with
+info["no_transition"] = True (nothing happened: the learner must not store it).
 
 rclpy spins in a background thread in a private context, so RosEnv can live beside other
 nodes in one process and is closed cleanly with close().
@@ -39,7 +44,7 @@ class RosEnv(TaskEnv):
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import JointState
-        from std_msgs.msg import Float64MultiArray
+        from std_msgs.msg import Float64MultiArray, String
         from std_srvs.srv import Trigger
 
         from algd_runtime.ros_nodes import messages as m
@@ -56,6 +61,8 @@ class RosEnv(TaskEnv):
         self._steps: queue.Queue = queue.Queue()
         self._action_pub = self._node.create_publisher(JointState, m.ACTION, m.LATEST)
         self._node.create_subscription(Float64MultiArray, m.STEP, self._steps.put, m.RELIABLE)
+        self._ended: dict[int, str] = {}  # episode -> why the robot ended it
+        self._node.create_subscription(String, m.EPISODE, self._on_episode, m.RELIABLE)
         self._reset_client = self._node.create_client(Trigger, "reset_episode")
         self._executor = SingleThreadedExecutor(context=self._ctx)
         self._executor.add_node(self._node)
@@ -82,13 +89,13 @@ class RosEnv(TaskEnv):
             raise ValueError(f"RosEnv: {name} replied {reply.message!r}; expected JSON with index, stamp "
                              f"and observation ({exc})") from None
         self._check_obs(obs, name)
-        self._stamp, self._t = self._Time(sec=int(sec), nanosec=int(nanosec)), 0
+        self._stamp, self._t, self._last_obs = self._Time(sec=int(sec), nanosec=int(nanosec)), 0, obs
         return obs, {"episode": self._episode}
 
     def step(self, action):
         if self._stamp is None:
             raise RuntimeError("RosEnv: call reset() before step()")
-        msg = self._m.action_msg(self.clip_action(action), self._stamp)
+        msg = self._m.action_msg(self.clip_action(action), self._stamp, lease=1)
         want = (self._episode, self._t + 1)
         deadline, next_send = time.monotonic() + self.timeout_s, 0.0
         while True:
@@ -100,6 +107,10 @@ class RosEnv(TaskEnv):
             if now >= next_send:  # best-effort action topic: send again until the step arrives
                 self._action_pub.publish(msg)
                 next_send = now + self.resend_s
+            why = self._ended.get(self._episode)
+            if why is not None and self._steps.empty():  # the robot ended it without this step
+                self._stamp = None
+                return self._last_obs, 0.0, 0.0, False, True, {"no_transition": True, "ended_by": why}
             try:
                 raw = self._steps.get(timeout=min(self.resend_s, max(deadline - now, 1e-3)))
             except queue.Empty:
@@ -107,7 +118,7 @@ class RosEnv(TaskEnv):
             st = self._m.parse_step(raw, self.task_spec.act_dim, self.task_spec.obs_dim)
             if (st.episode, st.t) == want:
                 break  # anything else is an earlier episode's or a repeated message
-        self._t = st.t
+        self._t, self._last_obs = st.t, st.next_obs
         self._stamp = self._Time(sec=st.stamp[0], nanosec=st.stamp[1])
         if st.terminated or st.truncated:
             self._stamp = None
@@ -121,6 +132,11 @@ class RosEnv(TaskEnv):
         self._spin.join(timeout=2.0)
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _on_episode(self, msg) -> None:
+        event = self._m.parse_episode(msg)
+        if event.get("event") == "end" and event.get("reason") not in ("terminated", "truncated", "reset"):
+            self._ended[int(event["index"])] = str(event.get("reason"))
+
     def _wait(self, done, what: str) -> bool:
         deadline = time.monotonic() + self.timeout_s
         while not done():

@@ -8,9 +8,14 @@ arrived, or after lockstep_timeout_s, where <= 0 waits for ever: reproducible ru
 simulation), and the domain-shift parameters (mass, friction, actuator_gain, obs_noise,
 action_delay, hazard_scale).
 
-On the monitor's e-stop it does what a robot's operator would: the episode ends there
-("reason": "estop") and the robot stays still until the e-stop is cleared (the monitor's
-`reset` service, or the episode end with stop_latch:=episode); then the next episode starts.
+It keeps the robot's side of the budget contract (SAFETY.md):
+- each observation carries (episode, t, cost of step t);
+- an action is applied for at most its lease (steps past the observation it answers); with
+  the lease used up the robot waits for a newer action;
+- on a stop action, on the monitor's e-stop, or when no command has arrived for
+  cmd_timeout_s (as ros2_control's command timeout) it holds still: the episode in progress
+  ends there ("reason": the hold's) and the next one starts, but no step is taken until a
+  moving action arrives and the e-stop is clear.
 
 Service `reset_episode` (std_srvs/Trigger) ends the episode in progress (an "end" event with
 "reason": "reset") and starts the next one; on an episode with no step taken yet it changes
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import OrderedDict
 
 import numpy as np
 from rclpy.node import Node
@@ -45,6 +51,7 @@ class SimNode(Node):
         self.declare_parameter("max_episodes", 0)  # 0: run until stopped
         self.declare_parameter("lockstep", False)
         self.declare_parameter("lockstep_timeout_s", 1.0)
+        self.declare_parameter("cmd_timeout_s", 0.5)  # no command for this long: hold still
         self.declare_parameter("summary_file", "")  # JSON stats written at exit (algd-bench loop)
         for k, v in SHIFT.items():
             self.declare_parameter(k, v)
@@ -53,13 +60,21 @@ class SimNode(Node):
         self.env = make_task(self.get_parameter("task").value, seed=self.seed, **shift)
         self.spec = self.env.task_spec
         self.action = np.zeros(self.spec.act_dim, np.float32)
-        self.episode, self.returns, self.costs = 0, [], []
+        self.episode, self.returns, self.costs, self.ended_by = 0, [], [], []
         self.max_episodes = int(self.get_parameter("max_episodes").value)
         self.lockstep = bool(self.get_parameter("lockstep").value)
         self.lockstep_timeout = float(self.get_parameter("lockstep_timeout_s").value)
+        self.cmd_timeout = float(self.get_parameter("cmd_timeout_s").value)
         self._stamp = None  # stamp of the last observation published
         self._answered = False  # an action carrying that stamp has arrived
         self._published_at = 0.0
+        self._published: OrderedDict = OrderedDict()  # stamp ns -> (episode, t) of recent observations
+        self._cmd = None  # (episode, t answered, lease, stop reason) of the newest action
+        self._cmd_at: float | None = None
+        self.estop = False
+        self.holding: str | None = None
+        self.holds: list[tuple[float, str]] = []  # (monotonic time, reason) each time a hold began
+        self.lease_waits = 0
         self.steps = 0
         self.latencies: list[float] = []  # observation published -> its action received (s)
         self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, m.LATEST)
@@ -67,8 +82,6 @@ class SimNode(Node):
         self.ep_pub = self.create_publisher(String, m.EPISODE, m.RELIABLE)
         self.create_subscription(JointState, m.ACTION, self._on_action, m.LATEST)
         self.create_service(Trigger, "reset_episode", self._on_reset_episode)
-        self.halted = False  # e-stopped: no steps until it is cleared
-        self._ended_by_estop = False
         self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
         period = 1.0 / (self.get_parameter("rate_hz").value * self.get_parameter("real_time_factor").value)
         self.paused = False
@@ -80,24 +93,23 @@ class SimNode(Node):
         self.ep_return, self.ep_costs = 0.0, []
         self._publish_obs(start=True)
 
+    @property
+    def halted(self) -> bool:
+        return self.holding is not None
+
     def _end_episode(self, reason: str) -> None:
         cost = self.spec.episode_cost(self.ep_costs)
         self.returns.append(self.ep_return)
         self.costs.append(cost)
+        self.ended_by.append(reason)
         self.ep_pub.publish(m.episode_msg("end", self.episode, self.ep_return, cost, steps=len(self.ep_costs),
                                           reason=reason))
         self.episode += 1
 
     def _on_estop(self, msg: Bool) -> None:
-        if msg.data and not self.halted:
-            self.halted = True
-            self._ended_by_estop = bool(self.ep_costs)
-            if self._ended_by_estop:
-                self._end_episode("estop")
-        elif not msg.data and self.halted:
-            self.halted = False
-            if self._ended_by_estop and not (self.max_episodes and self.episode >= self.max_episodes):
-                self._start_episode()
+        self.estop = bool(msg.data)
+        if self.estop:
+            self._step()  # hold now, not a period later
 
     def _on_reset_episode(self, request, response):
         if self.ep_costs:  # an episode with steps taken: end it here
@@ -112,24 +124,62 @@ class SimNode(Node):
         self._stamp = stamp or self.get_clock().now().to_msg()
         self._answered = False
         self._published_at = time.monotonic()
+        t = len(self.ep_costs)
+        self._published[m.stamp_ns(self._stamp)] = (self.episode, t)
+        while len(self._published) > 256:
+            self._published.popitem(last=False)
         if start:  # the episode's first observation travels with its start event (for logs)
             self.ep_pub.publish(m.episode_msg("start", self.episode, stamp=m.stamp_pair(self._stamp),
                                               observation=[float(x) for x in self.obs]))
-        self.obs_pub.publish(m.observation_msg(self.obs, self._stamp))
+        self.obs_pub.publish(m.observation_msg(self.obs, self._stamp, self.episode, t,
+                                               self.ep_costs[-1] if self.ep_costs else 0.0))
 
     def _on_action(self, msg: JointState) -> None:
         if len(msg.effort) != self.spec.act_dim:
             return
-        self.action = np.asarray(msg.effort, np.float32)
+        lease, stop = m.action_verdict(msg)
+        answers = self._published.get(m.stamp_ns(msg.header.stamp))  # None: not one of ours, or too old
+        self._cmd, self._cmd_at = (answers, lease, stop), time.monotonic()
+        if stop is None:
+            self.action = np.asarray(msg.effort, np.float32)
         if self._stamp is not None and msg.header.stamp == self._stamp and not self._answered:
             self._answered = True
             self.latencies.append(time.monotonic() - self._published_at)
+        if stop and self.holding is None:
+            self._step()  # hold now, not a period later
+
+    def _hold_reason(self, now: float) -> str | None:
+        if self.estop:
+            return "estop"
+        if self._cmd is None:
+            return "no_command"
+        if now - self._cmd_at > self.cmd_timeout:
+            return "cmd_timeout"
+        if self._cmd[2]:
+            return f"stop: {self._cmd[2]}"
+        return None
 
     def _step(self) -> None:
-        if self.paused or self.halted or (self.max_episodes and self.episode >= self.max_episodes):
+        if self.paused or (self.max_episodes and self.episode >= self.max_episodes):
             return
+        now = time.monotonic()
+        hold = self._hold_reason(now)
+        if hold:
+            if self.holding is None:
+                self.holds.append((now, hold))
+            self.holding = hold
+            if self.ep_costs:  # the episode ends where the robot stopped
+                self._end_episode(hold)
+                if not (self.max_episodes and self.episode >= self.max_episodes):
+                    self._start_episode()
+            return
+        self.holding = None
+        answers, lease, _ = self._cmd
+        if answers is None or answers[0] != self.episode or len(self.ep_costs) - answers[1] >= lease:
+            self.lease_waits += 1
+            return  # no action valid for this step: wait for a newer one
         if self.lockstep and not self._answered and (
-                self.lockstep_timeout <= 0 or time.monotonic() - self._published_at < self.lockstep_timeout):
+                self.lockstep_timeout <= 0 or now - self._published_at < self.lockstep_timeout):
             return  # wait for the action that answers the last observation
         self.steps += 1
         action = self.action.copy()
@@ -150,9 +200,11 @@ class SimNode(Node):
         lat = np.asarray(self.latencies) * 1e3 if self.latencies else np.array([np.nan])
         print(f"sim: {self.episode} episodes, returns {np.round(self.returns, 2).tolist()}, "
               f"costs {np.round(self.costs, 2).tolist()}, observation->action p50 {np.percentile(lat, 50):.3f} ms "
-              f"p99 {np.percentile(lat, 99):.3f} ms over {len(self.latencies)} answered observations")
+              f"p99 {np.percentile(lat, 99):.3f} ms over {len(self.latencies)} answered observations; holds "
+              f"{[r for _, r in self.holds]}, ended by {self.ended_by}, {self.lease_waits} waits")
         m.write_summary(self.get_parameter("summary_file").value, {
             "steps": self.steps, "episodes": self.episode, "returns": self.returns, "costs": self.costs,
+            "holds": self.holds, "lease_waits": self.lease_waits, "ended_by": self.ended_by,
             "answered": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
 

@@ -64,7 +64,7 @@ class PointHazardEnv(TaskEnv):
         self.task_spec = TaskSpec(
             name=NAME, obs_dim=8, act_dim=2, act_low=(-1.0, -1.0), act_high=(1.0, 1.0),
             episode_length=EPISODE_LENGTH, cost_limit=COST_LIMIT, cost_semantics="episode",
-            cost_gamma=0.99, cost_mask_always_one=False,
+            cost_gamma=0.99, cost_mask_always_one=False, max_step_cost=1.0,  # 1 per step inside the hazard
         )
         self.observation_space = Box(-np.inf, np.inf, (8,), np.float32)
         self.action_space = Box(-1.0, 1.0, (2,), np.float32)

@@ -121,6 +121,9 @@ class SafetyGymEnv(TaskEnv):
             episode_length=budget.episode_length, cost_limit=budget.cost_limit,
             cost_semantics=budget.cost_semantics, cost_gamma=0.99,
             cost_mask_always_one=budget.cost_mask_always_one,
+            # No bound known: the velocity cost here is the speed (see velocity_cost), not
+            # Safety-Gymnasium's 0/1 indicator; navigation costs add up over hazards.
+            max_step_cost=None,
         )
         self.observation_space = Box(
             obs_space.low.reshape(-1).astype(np.float32),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class TaskSpec:
     # Safety-Gym style tasks force the cost-critic mask to 1 (costs never "end").
     cost_mask_always_one: bool = False
     shift: dict[str, float] = field(default_factory=dict)
+    # The largest cost one step can have, where the task knows it (None: unknown); a monitor
+    # can tell a real reading from a corrupted one with it.
+    max_step_cost: float | None = None
 
     def __post_init__(self) -> None:
         if self.cost_semantics not in COST_SEMANTICS:
@@ -42,6 +46,9 @@ class TaskSpec:
                 f"act_low/act_high: expected {self.act_dim} values each, "
                 f"got {len(self.act_low)} and {len(self.act_high)}"
             )
+        m = self.max_step_cost
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0):
+            raise ValueError(f"max_step_cost: expected None or a finite value > 0, got {m!r}")
 
     @property
     def target_cost(self) -> float:

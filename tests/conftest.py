@@ -1,11 +1,20 @@
 """Shared fixtures: small trained policies and their exported bundles.
 
-DDS discovery stays on this machine in every test, whoever runs pytest."""
+DDS discovery stays on this machine in every test, whoever runs pytest. The tests' nodes
+(and the processes they start) use a private operator key and keep their latches in a
+private state folder, never the user's."""
 
 import os
+import tempfile
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+_private = tempfile.mkdtemp(prefix="algd-tests-")
+os.environ["XDG_STATE_HOME"] = os.path.join(_private, "state")
+os.environ["ALGD_OPERATOR_KEY"] = os.path.join(_private, "operator.key")
+from algd_runtime.safety import create_key  # noqa: E402
+
+create_key(os.environ["ALGD_OPERATOR_KEY"])
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 
 from algd_runtime.control import ControllerParams
+from algd_runtime.ros_nodes.controller_node import SAFETY_DEFAULTS
+from algd_runtime.safety import create_key
 
 ROOT = Path(__file__).parent.parent
 
@@ -55,7 +57,8 @@ def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
     assert nodes["controller"]["parameters"][1] == {"bundle": ("arg", "bundle")}
     assert nodes["sim"]["condition"] == ("if", ("arg", "with_sim"))
     # Every controller key in the YAML is a parameter the node declares.
-    declared = set(vars(ControllerParams())) | {"provider", "diagnostics_period_s", "bundle", "record"}
+    declared = set(vars(ControllerParams())) | set(SAFETY_DEFAULTS) | {"provider", "diagnostics_period_s", "bundle",
+                                                                        "record"}
     assert set(params["/**/controller"]["ros__parameters"]) <= declared
 
 
@@ -75,13 +78,19 @@ def test_non_editable_install_registers_the_package_with_ament(tmp_path):
     assert os.access(prefix / "lib" / "algd_runtime" / "algd-controller", os.X_OK)
 
 
-def test_algd_launch_runs_the_graph_and_prints_a_summary(vesde_bundle):
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + os.getpid() % 50))
-    out = subprocess.run([str(Path(sys.executable).parent / "algd-launch"), "--with-sim", "--bundle",
-                          str(vesde_bundle), "--duration", "3"], env=env, capture_output=True, text=True, timeout=120)
+def test_algd_launch_runs_the_graph_and_prints_a_summary(vesde_bundle, tmp_path):
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + os.getpid() % 50),
+               XDG_STATE_HOME=str(tmp_path / "state"))
+    launch = str(Path(sys.executable).parent / "algd-launch")
+    cmd = [launch, "--with-sim", "--bundle", str(vesde_bundle), "--duration", "4", "--key", str(tmp_path / "op.key")]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "does not exist; create one with `algd-reset --init-key" in out.stderr
+    create_key(tmp_path / "op.key")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "all nodes exited cleanly" in text and "controller: {'ticks':" in text and "sim: " in text
+    assert "'fallback_policy'" not in text and "moving: no stop reason left" in text  # the interlock let it move
 
 
 def test_algd_launch_refuses_a_folder_without_a_bundle(tmp_path):

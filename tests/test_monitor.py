@@ -45,7 +45,7 @@ def test_budget_stop_ignores_the_forecast_but_stops_before_overspending():
     mon.update(1.0)  # 4 + 1 = 5: the next costly step would reach the limit, not exceed it
     assert mon.level == Level.ERROR
     out = mon.update(0.5)  # 4.5 + 1 > 5: one more such step would overspend
-    assert [t.new for t in out] == ["STOP"] and "budget nearly spent (4.5 + largest step cost 1 > 5)" in out[0].reason
+    assert [t.new for t in out] == ["STOP"] and "budget nearly spent (4.5 + step-cost margin 1 > 5)" in out[0].reason
     assert mon.accumulated <= 5.0
 
 

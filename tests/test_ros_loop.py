@@ -1,5 +1,6 @@
 """Real rclpy over loopback: the sim robot and the controller in one executor."""
 
+import json
 import math
 import os
 import time
@@ -20,14 +21,33 @@ from algd_runtime.ros_nodes.controller_node import ControllerNode  # noqa: E402
 from algd_runtime.ros_nodes.sim_node import SimNode  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory):
+    from algd_runtime.safety import create_key
+
+    return str(create_key(tmp_path_factory.mktemp("key") / "operator.key"))
+
+
+def controller(bundle, ns, key_file, **params):
+    params = {"bundle": str(bundle), "operator_key_file": key_file, **params}
+    return ControllerNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def monitor(bundle, ns, key_file, state_file, **params):
+    from algd_runtime.ros_nodes.monitor_node import MonitorNode
+
+    params = {"bundle": str(bundle), "operator_key_file": key_file, "state_file": str(state_file),
+              "use_critic": False, **params}
+    return MonitorNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
 @pytest.fixture
-def loop(vesde_bundle):
+def loop(vesde_bundle, key_file, tmp_path):
+    """sim + controller (its interlock off: no monitor here) in one executor."""
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     rclpy.init()
     ns = f"/algd_test_{os.getpid()}"
-    ctrl = ControllerNode(namespace=ns, parameter_overrides=[
-        Parameter("bundle", value=str(vesde_bundle)), Parameter("control_rate_hz", value=200.0),
-        Parameter("obs_timeout_s", value=0.05)])
+    ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=200.0, obs_timeout_s=0.05, require_monitor=False)
     sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=200.0)])
     ex = SingleThreadedExecutor()
     ex.add_node(ctrl)
@@ -89,7 +109,7 @@ def test_nan_observation_gives_fallback_and_is_counted(loop):
     sim.paused = True
     pub = ctrl.create_publisher(JointState, m.OBSERVATION, m.LATEST)
     spin(0.2)
-    pub.publish(m.observation_msg(np.full(8, math.nan), ctrl.get_clock().now().to_msg()))
+    pub.publish(m.observation_msg(np.full(8, math.nan), ctrl.get_clock().now().to_msg(), sim.episode + 1, 0, 0.0))
     spin(0.5, until=lambda: ctrl.core.fallbacks.get("nan", 0) > 0)
     assert ctrl.core.fallbacks["nan"] > 0
 
@@ -98,63 +118,107 @@ def test_bad_parameter_values_are_rejected_with_a_reason(loop):
     ctrl, *_ = loop
     res = ctrl.set_parameters([Parameter("mode", value="greedy")])[0]
     assert not res.successful and "mode: expected one of" in res.reason
-    res = ctrl.set_parameters([Parameter("fallback", value="1,2,3")])[0]
-    assert not res.successful and "fallback: expected 2 numbers" in res.reason
-    res = ctrl.set_parameters([Parameter("bundle", value="/elsewhere")])[0]
-    assert not res.successful and "read-only" in res.reason
+    for name, value in (("safe_action", "1,2"), ("bundle", "/elsewhere"), ("max_step_cost", 100.0),
+                        ("monitor_timeout_s", 10.0), ("require_monitor", False)):
+        res = ctrl.set_parameters([Parameter(name, value=value)])[0]
+        assert not res.successful and "read-only" in res.reason, name
+    res = ctrl.set_parameters([Parameter("remaining_budget", value=-math.inf)])[0]
+    assert not res.successful and "remaining_budget: expected a number >= 0" in res.reason
+    res = ctrl.set_parameters_atomically([Parameter("mode", value="best_of_n"), Parameter("best_of_n", value=0)])
+    assert not res.successful and ctrl.core.params.mode == "deterministic"  # all or nothing
     res = ctrl.set_parameters([Parameter("guidance_scale", value=0.5)])[0]
     assert res.successful and ctrl.core.params.guidance_scale == 0.5
 
 
-def test_injected_cost_escalates_and_the_controller_obeys_estop_until_reset(loop, vesde_bundle):
-    from std_msgs.msg import Float64MultiArray
+def test_injected_cost_escalates_stops_the_robot_and_only_the_operator_clears_it(vesde_bundle, key_file, tmp_path):
+    """Real controller, monitor and sim in one executor: the monitor's escalation reaches the
+    controller's parameters, its STOP reaches the controller (heartbeat) and the robot
+    (estop); unauthenticated resets and e-stop messages change nothing; algd-reset's proof
+    clears it; the latch survives a monitor restart."""
+    from std_msgs.msg import Bool, Float64MultiArray
     from std_srvs.srv import Trigger
 
-    from algd_runtime.ros_nodes.monitor_node import MonitorNode
+    from algd_runtime.ros_nodes.reset_cli import operator_reset
+    from algd_runtime.safety import load_key
 
-    ctrl, sim, ex, spin, ns = loop
-    mon = MonitorNode(namespace=ns, parameter_overrides=[
-        Parameter("bundle", value=str(vesde_bundle)), Parameter("use_critic", value=False)])
-    ex.add_node(mon)
-    limit = mon.monitor.cfg.cost_limit  # 5 per episode, from the bundle's manifest
-    spin(0.5, until=lambda: mon.controller.services_are_ready())
-    sim.paused = True  # the test is the only source of cost
-    pub = ctrl.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
-    spin(0.3)
-    seen = {}
-    for i in range(12):
-        pub.publish(m.step_msg(0.0, limit / 10))
-        spin(0.1)
-        seen.setdefault(mon.monitor.level.name, ctrl.core.params.mode)
-        if mon.monitor.level.name == "WARN":
-            seen["warn_lambda"] = ctrl.core.params.lagrange_multiplier
-    assert [(t.old, t.new) for t in mon.monitor.transitions] == [("OK", "WARN"), ("WARN", "ERROR"), ("ERROR", "STOP")]
-    assert seen["warn_lambda"] > 0  # raised through the controller's parameter service
-    spin(0.3, until=lambda: ctrl.core.estop and sim.halted)
-    assert ctrl.core.estop and ctrl.core.params.mode == "best_of_n"
-    # The robot stands still; the episode it was in ended there, as an operator would end it.
-    assert sim.halted and (sim.episode >= 1 or not sim.ep_costs)
-    episodes_at_stop, steps_at_stop = sim.episode, sim.steps
-    sim._publish_obs()
-    spin(0.2)
-    assert ctrl.core.fallbacks.get("estop", 0) > 0
-    client = ctrl.create_client(Trigger, f"{ns}/reset")
-    assert client.wait_for_service(timeout_sec=2.0)
-    future = client.call_async(Trigger.Request())
-    spin(2.0, until=future.done)
-    assert future.result().success and "cleared" in future.result().message
-    spin(1.0, until=lambda: not ctrl.core.estop and ctrl.core.params.mode == "deterministic" and not sim.halted)
-    assert not ctrl.core.estop and ctrl.core.params.mode == "deterministic"
-    assert not sim.halted and sim.steps == steps_at_stop  # no step was taken while e-stopped
-    assert sim.episode == episodes_at_stop
-    sim.paused = False
-    before = ctrl.core.fallbacks.get("estop", 0)
-    spin(0.3)
-    assert ctrl.core.fallbacks.get("estop", 0) == before  # obeying the policy again
-    mon.destroy_node()
+    rclpy.init()
+    ns = f"/algd_stop_{os.getpid()}"
+    state = tmp_path / "monitor_state.json"
+    ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=200.0, obs_timeout_s=0.05)
+    sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=200.0)])
+    mon = monitor(vesde_bundle, ns, key_file, state)
+    ex = SingleThreadedExecutor()
+    for n in (ctrl, sim, mon):
+        ex.add_node(n)
+
+    def spin(seconds, until=lambda: False):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not until():
+            ex.spin_once(timeout_sec=0.005)
+
+    try:
+        spin(5.0, until=lambda: mon.controller.services_are_ready() and sim.steps > 20)
+        assert sim.steps > 20 and ctrl.core.stats()["fallback_stop"] < ctrl.core.ticks  # it moved
+        limit = mon.monitor.cfg.cost_limit  # 5 per episode, from the bundle's manifest
+        sim.paused = True  # the test is the only source of cost
+        pub = ctrl.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
+        spin(0.3)
+        seen = {}
+        for i in range(12):
+            pub.publish(m.step_msg(0.0, limit / 10))
+            spin(0.1)
+            seen.setdefault(mon.monitor.level.name, ctrl.core.params.mode)
+            if mon.monitor.level.name == "WARN":
+                seen["warn_lambda"] = ctrl.core.params.lagrange_multiplier
+        assert [(t.old, t.new) for t in mon.monitor.transitions[-3:]] == [("OK", "WARN"), ("WARN", "ERROR"),
+                                                                           ("ERROR", "STOP")]
+        assert seen["warn_lambda"] > 0  # raised through the controller's parameter service
+        spin(0.3, until=lambda: sim.estop)
+        sim.paused = False
+        spin(0.3)
+        assert sim.estop and sim.halted and ctrl.core.last.stop and "monitor at STOP" in ctrl.core.last.stop
+        assert json.loads(state.read_text())["reasons"]  # the latch is on disk
+        steps_at_stop = sim.steps
+        # Nobody but the operator clears it: the old service, an e-stop message, a parameter.
+        hostile = rclpy.create_node("hostile", namespace=ns)
+        ex.add_node(hostile)
+        client = hostile.create_client(Trigger, f"{ns}/reset")
+        assert client.wait_for_service(timeout_sec=2.0)
+        future = client.call_async(Trigger.Request())
+        spin(2.0, until=future.done)
+        assert not future.result().success and "algd-reset" in future.result().message
+        hostile.create_publisher(Bool, m.ESTOP, m.LATCHED).publish(Bool(data=False))
+        assert not mon.set_parameters([Parameter("cost_limit", value=500.0)])[0].successful
+        spin(0.5)
+        assert sim.steps == steps_at_stop and mon.monitor.level.name == "STOP" and ctrl.core.last.stop
+        # A monitor restart keeps the STOP (and the controller latches on the new process).
+        mon.destroy_node()
+        mon = monitor(vesde_bundle, ns, key_file, state)
+        ex.add_node(mon)
+        assert mon.monitor.level.name == "STOP"
+        spin(0.5)
+        assert "monitor_restarted" in ctrl.core.gate.latch.reasons and sim.steps == steps_at_stop
+        # The operator's reset clears both; the robot moves again.
+        import threading
+
+        result = {}
+        th = threading.Thread(target=lambda: result.update(operator_reset(ns, ["controller", "monitor"],
+                                                                          load_key(key_file), 10.0)))
+        th.start()
+        spin(12.0, until=lambda: not th.is_alive())
+        th.join()
+        assert {k: v[0] for k, v in result.items()} == {"controller": "ok", "monitor": "ok"}, result
+        spin(2.0, until=lambda: sim.steps > steps_at_stop + 10)
+        assert sim.steps > steps_at_stop + 10 and mon.monitor.level.name == "OK"
+        assert json.loads(state.read_text())["reasons"] == {}
+    finally:
+        ex.shutdown()
+        for n in (ctrl, sim, mon):
+            n.destroy_node()
+        rclpy.shutdown()
 
 
-def test_lockstep_episode_returns_agree_with_algd_eval(vesde_bundle):
+def test_lockstep_episode_returns_agree_with_algd_eval(vesde_bundle, key_file):
     """The exported policy driving the sim node over DDS gives the returns the torch
     evaluation (algd-eval) gives on the same reset seeds: tolerance 1e-3 relative + 1e-2."""
     from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
@@ -165,9 +229,7 @@ def test_lockstep_episode_returns_agree_with_algd_eval(vesde_bundle):
     expected = evaluate(lambda o: agent.act(o, deterministic=True), make_task("PointHazard-v0"), 2, seed=7)
     rclpy.init()
     ns = f"/algd_lockstep_{os.getpid()}"
-    ctrl = ControllerNode(namespace=ns, parameter_overrides=[
-        Parameter("bundle", value=str(vesde_bundle)), Parameter("control_rate_hz", value=1000.0),
-        Parameter("obs_timeout_s", value=1.0)])
+    ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=1000.0, obs_timeout_s=1.0, require_monitor=False)
     sim = SimNode(namespace=ns, parameter_overrides=[
         Parameter("rate_hz", value=1000.0), Parameter("seed", value=7), Parameter("lockstep", value=True),
         Parameter("max_episodes", value=2)])
@@ -189,22 +251,19 @@ def test_lockstep_episode_returns_agree_with_algd_eval(vesde_bundle):
     assert sim.costs == expected.costs
 
 
-def test_controller_and_monitor_record_mcap_logs_that_read_back(vesde_bundle, tmp_path):
+def test_controller_and_monitor_record_mcap_logs_that_read_back(vesde_bundle, tmp_path, key_file):
     from mcap.reader import make_reader
     from mcap_ros2.reader import read_ros2_messages
     from std_msgs.msg import Float64MultiArray
 
-    from algd_runtime.ros_nodes.monitor_node import MonitorNode
 
     rclpy.init()
     ns = f"/algd_mcap_{os.getpid()}"
-    ctrl = ControllerNode(namespace=ns, parameter_overrides=[
-        Parameter("bundle", value=str(vesde_bundle)), Parameter("control_rate_hz", value=200.0),
-        Parameter("record", value=str(tmp_path / "controller.mcap"))])
+    ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=200.0, record=str(tmp_path / "controller.mcap"),
+                      stop_latch="episode")
     sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=200.0), Parameter("max_episodes", value=1)])
-    mon = MonitorNode(namespace=ns, parameter_overrides=[
-        Parameter("bundle", value=str(vesde_bundle)), Parameter("use_critic", value=False),
-        Parameter("cost_limit", value=1.0), Parameter("record", value=str(tmp_path / "monitor.mcap"))])
+    mon = monitor(vesde_bundle, ns, key_file, tmp_path / "state.json", cost_limit=1.0,
+                  record=str(tmp_path / "monitor.mcap"), stop_latch="episode")
     ex = SingleThreadedExecutor()
     for n in (ctrl, sim, mon):
         ex.add_node(n)
@@ -246,3 +305,16 @@ def test_controller_and_monitor_record_mcap_logs_that_read_back(vesde_bundle, tm
     assert len(obs) == ctrl_counts["observation"] and len(obs[0].position) == 8
     trans = [msg.ros_msg.data for msg in read_ros2_messages(str(tmp_path / "monitor.mcap"), topics=["monitor/transition"])]
     assert '"new": "WARN"' in trans[0] and any('"new": "STOP"' in t for t in trans)
+
+
+def test_the_controller_refuses_another_tasks_bundle_or_another_digest(vesde_bundle, key_file):
+    rclpy.init()
+    try:
+        with pytest.raises(ValueError, match="task: the bundle is for PointHazard-v0, expected SafetyPointGoal1-v0"):
+            controller(vesde_bundle, "/refuse", key_file, task="SafetyPointGoal1-v0")
+        with pytest.raises(ValueError, match="digest: expected 0000"):
+            controller(vesde_bundle, "/refuse", key_file, bundle_digest="0" * 64)
+        with pytest.raises(ValueError, match="fallback: replaced by safe_action"):
+            controller(vesde_bundle, "/refuse", key_file, fallback="hold-last")
+    finally:
+        rclpy.shutdown()

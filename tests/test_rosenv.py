@@ -40,7 +40,8 @@ def robot(tmp_path):
     """A shifted sim robot in lockstep (waits for ever for each action) and a recording monitor."""
     ns = f"algd_rosenv_{os.getpid()}"
     log = tmp_path / "monitor.mcap"
-    monitor = _start("monitor", ns, cost_limit=1000.0, use_critic="false", record=log)
+    # max_step_cost: steps missed while discovery completes count 1 each, not the whole budget
+    monitor = _start("monitor", ns, cost_limit=1000.0, max_step_cost=1.0, use_critic="false", record=log)
     time.sleep(1.0)  # the monitor listens before the first episode starts
     sim = _start("sim", ns, seed=SEED, rate_hz=2000.0, lockstep="true", lockstep_timeout_s=0.0,
                  **{k: float(v) for k, v in SHIFT.items()})
@@ -199,3 +200,20 @@ def test_a_recorded_log_feeds_fine_tuning(tmp_path):
     with pytest.raises(ValueError, match="not a readable MCAP log"):
         (tmp_path / "junk.mcap").write_bytes(b"not mcap at all")
         read_transitions(tmp_path / "junk.mcap", 8, 2)
+
+
+def test_a_silent_learner_is_stopped_by_the_robot_and_told_so(robot):
+    """The sim's command timeout (0.5 s) ends the episode when the learner is silent; RosEnv
+    reports it as truncated without a transition, and the next episode runs."""
+    ns, _, _ = robot
+    env = RosEnv(make_task("PointHazard-v0").task_spec, ns, timeout_s=20.0)
+    try:
+        env.reset()
+        env.step(np.zeros(2))
+        time.sleep(1.0)  # longer than the robot's command timeout
+        obs, r, c, term, trunc, info = env.step(np.zeros(2))
+        assert trunc and not term and info == {"no_transition": True, "ended_by": "cmd_timeout"}
+        env.reset()
+        assert not env.step(np.zeros(2))[4]  # the next episode steps again
+    finally:
+        env.close()

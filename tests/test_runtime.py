@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
-from algd_runtime.runtime import BundleError, PolicyRuntime
+from algd_runtime.runtime import BundleError, PolicyRuntime, sha256_file
 
 
 @pytest.fixture
@@ -20,10 +20,12 @@ def bundle(vesde_bundle, tmp_path):
 
 
 def edit_manifest(bundle, fn):
+    """Edit the manifest and re-seal its digest, so the check behind the digest is the one tested."""
     path = bundle / "manifest.yaml"
     m = yaml.safe_load(path.read_text())
     fn(m)
     path.write_text(yaml.safe_dump(m))
+    (bundle / "manifest.sha256").write_text(f"{sha256_file(path)}  manifest.yaml\n")
 
 
 def test_deterministic_actions_match_torch(vesde_bundle):

@@ -1,0 +1,159 @@
+"""The safety core (algd_runtime/safety.py) in plain Python: the budget rule and account,
+the latch and its file, keys, heartbeats, and the operator's reset."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from algd_runtime.safety import (BudgetAccount, HeartbeatWatch, Latch, LatchStore, OperatorKeyError, ResetAuthority,
+                                 SafetyGate, budget_verdict, create_key, lease_steps, load_key, parse_safe_action,
+                                 read_heartbeat, reset_proof, sign_heartbeat)
+
+KEY, NS = bytes(range(32)), "/algd"
+
+
+def beat(seq, boot="b1", level="OK", **kw):
+    return sign_heartbeat(KEY, NS, {"boot": boot, "seq": seq, "level": level, "latched": level == "STOP", **kw})
+
+
+@pytest.mark.parametrize("acc, margin, limit, stop, lease", [
+    (0.0, 1.0, 5.0, None, 5), (4.0, 1.0, 5.0, None, 1), (4.5, 1.0, 5.0, "nearly spent", 0),
+    (5.0, 0.0, 5.0, "spent", 0), (0.0, 0.0, 5.0, None, 1000), (2.0, 0.4, 5.0, None, 7),
+])
+def test_the_budget_rule_and_the_lease(acc, margin, limit, stop, lease):
+    v = budget_verdict(acc, margin, limit)
+    assert (v is None) if stop is None else (stop in v)
+    assert lease_steps(acc, margin, limit) == lease
+    # the lease never allows a worst-case overspend
+    assert acc + lease * margin <= limit or margin == 0
+
+
+def test_account_repeats_gaps_unknown_costs_and_episodes():
+    a = BudgetAccount(5.0, step_bound=2.0)
+    a.record(0, 0, 0.0)
+    a.record(0, 1, 1.0)
+    a.record(0, 1, 1.0)  # a repeat is not counted twice
+    assert a.accumulated == 1.0 and a.margin == 2.0
+    a.record(0, 3, 0.0)  # step 2 missing: worst case 2
+    assert a.accumulated == 3.0 and a.missed == 1
+    assert a.verdict() is None and a.lease() == 1
+    a.record(0, 4, 0.5)
+    assert "nearly spent" in a.verdict() and a.lease() == 0
+    a.record(1, 0, 0.0)
+    assert a.accumulated == 0.0 and a.verdict() is None and a.lease() == 2
+    a.record(1, 1, math.nan)  # unreadable: worst case
+    assert a.accumulated == 2.0
+
+
+def test_without_a_bound_a_gap_spends_the_budget_and_the_margin_is_the_largest_seen():
+    a = BudgetAccount(5.0)
+    a.record(0, 1, 0.5)
+    assert a.margin == 0.5 and a.lease() == 9
+    a.record(0, 3, 0.0)
+    assert "spent" in a.verdict()
+    a.record(1, 4, 0.0)  # joined an episode late: steps 1..3 unknown
+    assert "spent" in a.verdict()
+
+
+def test_account_refuses_bad_limits():
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="cost_limit: expected a finite value > 0"):
+            BudgetAccount(bad)
+    with pytest.raises(ValueError, match="max_step_cost"):
+        BudgetAccount(5.0, step_bound=-1.0)
+
+
+def test_latch_and_its_file_survive_and_an_unreadable_file_means_latched(tmp_path):
+    latch = Latch()
+    assert latch.trip("monitor_lost", "no heartbeat") and not latch.trip("monitor_lost", "again")
+    store = LatchStore(tmp_path / "state.json")
+    assert store.load() == {}
+    store.save(latch.reasons)
+    assert LatchStore(tmp_path / "state.json").load() == {"monitor_lost": "no heartbeat"}
+    (tmp_path / "state.json").write_text("{torn")
+    assert "unreadable" in store.load()["state_file"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_keys_are_created_private_never_overwritten_and_refused_when_readable_by_others(tmp_path):
+    path = create_key(tmp_path / "k" / "operator.key")
+    assert os.stat(path).st_mode & 0o777 == 0o600 and len(load_key(path)) == 32
+    with pytest.raises(FileExistsError):
+        create_key(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(OperatorKeyError, match="readable by others"):
+        load_key(path)
+    with pytest.raises(OperatorKeyError, match="does not exist; create one with `algd-reset --init-key"):
+        load_key(tmp_path / "missing.key")
+
+
+def test_heartbeats_verify_and_forgeries_are_refused():
+    assert read_heartbeat(KEY, NS, beat(1))["seq"] == 1
+    forged = json.loads(beat(1))
+    forged["body"] = forged["body"].replace('"STOP"', '"OK"').replace('"seq":1', '"seq":99')
+    for bad in (json.dumps(forged), "hello", json.dumps({"body": "{}", "mac": "00"})):
+        with pytest.raises(ValueError):
+            read_heartbeat(KEY, NS, bad)
+    with pytest.raises(ValueError, match="MAC does not verify"):
+        read_heartbeat(KEY, "/other", beat(1))  # a heartbeat is bound to its namespace
+
+
+def test_watch_no_motion_before_a_heartbeat_lost_restarted_replayed_and_lagging():
+    latch = Latch()
+    w = HeartbeatWatch(KEY, NS, deadline_s=0.05, max_lag_s=0.1)
+    assert w.check(0.0, latch) == "no heartbeat from the monitor yet" and not latch.latched
+    w.on_message(beat(1), 0.0, latch)
+    assert w.check(0.04, latch) is None
+    w.on_message(beat(1), 0.045, latch)  # a replay: ignored, counted
+    assert w.rejected == 1 and "replayed" in w.last_rejection
+    assert "monitor_lost" in latch.reasons or w.check(0.06, latch) and "monitor_lost" in latch.reasons
+    latch.clear()
+    w.on_message(beat(1, boot="b2"), 0.07, latch)  # a new process
+    assert "monitor_restarted" in latch.reasons
+    latch.clear()
+    w.on_message(beat(2, boot="b2", seen_stamp_ns=100), 0.08, latch)
+    w.on_robot_step(200, 0.08)  # a step the monitor has not shown yet
+    assert w.check(0.1, latch) is None
+    w.on_message(beat(3, boot="b2", seen_stamp_ns=100), 0.19, latch)
+    assert "monitor_lagging" in w.check(0.19, latch)
+    latch.clear()
+    w.on_message(beat(4, boot="b2", seen_stamp_ns=200), 0.2, latch)
+    assert w.check(0.2, latch) is None
+
+
+def test_operator_reset_accepts_a_fresh_proof_once_and_nothing_else():
+    auth = ResetAuthority(KEY, "/algd/monitor", ttl_s=10)
+    nonce = auth.challenge(0.0)
+    assert "wrong operator key" in auth.verify(nonce, reset_proof(b"x" * 32, "/algd/monitor", nonce), 1.0)
+    assert "wrong operator key" in auth.verify(nonce, reset_proof(KEY, "/algd/controller", nonce), 1.0)
+    assert auth.verify(nonce, reset_proof(KEY, "/algd/monitor", nonce), 1.0) is None
+    assert "unknown, used or expired" in auth.verify(nonce, reset_proof(KEY, "/algd/monitor", nonce), 1.0)
+    late = auth.challenge(2.0)
+    assert "expired" in auth.verify(late, reset_proof(KEY, "/algd/monitor", late), 13.0)
+    assert "unknown" in auth.verify("00" * 16, reset_proof(KEY, "/algd/monitor", "00" * 16), 13.0)
+
+
+def test_gate_operator_latch_holds_a_spent_budget_until_reset_episode_latch_until_the_next_episode():
+    for stop_latch, moves_next_episode in (("operator", False), ("episode", True)):
+        gate = SafetyGate(BudgetAccount(2.0, 1.0), None, stop_latch)
+        gate.on_transition(0, 1, 1.0, 0, 0.0)
+        assert gate.verdict(0.0).lease == 1
+        gate.on_transition(0, 2, 1.0, 0, 0.0)
+        assert gate.verdict(0.0).stop
+        gate.on_transition(1, 0, 0.0, 0, 0.0)
+        assert (gate.verdict(0.0).stop is None) == moves_next_episode
+        gate.reset()
+        assert gate.verdict(0.0).stop is None
+
+
+def test_safe_action_parsing():
+    low, high = np.array([-1.0, -1.0], np.float32), np.array([1.0, 1.0], np.float32)
+    assert parse_safe_action("zero", low, high).tolist() == [0.0, 0.0]
+    assert parse_safe_action("0.5,-1", low, high).tolist() == [0.5, -1.0]
+    with pytest.raises(ValueError, match="safe_action: zero is outside"):
+        parse_safe_action("zero", low + 2, high + 2)
+    with pytest.raises(ValueError, match="outside the action bounds"):
+        parse_safe_action("nan,0", low, high)
