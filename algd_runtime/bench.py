@@ -187,29 +187,34 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
 
 # -- algd-bench loop ----------------------------------------------------------------------------
 def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu") -> list[dict]:
-    """Sim robot and controller as two processes over DDS on loopback, at each rate."""
+    """Sim robot and controller as two processes over DDS on loopback, at each rate. No
+    monitor: the controller runs with require_monitor false (the interlock off), so that
+    the numbers are the loop's own; its budget account still stops spent episodes."""
     import json
     import os
     import subprocess
     import tempfile
 
     from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes
+    from algd_runtime.safety import create_key
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     print(machine_line("cpu"))
     print(f"bundle: {bundle}; sim and controller in two processes, DDS over loopback "
           f"(ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']}), {seconds:g} s per rate")
-    header = (f"{'rate Hz':>7} {'achieved':>9} {'ticks':>7} {'fallback %':>10} {'overruns':>8} "
+    header = (f"{'rate Hz':>7} {'achieved':>9} {'ticks':>7} {'stops':>6} {'fallback %':>10} {'overruns':>8} "
               f"{'ctl p50 ms':>10} {'ctl p99 ms':>10} {'o->a p50 ms':>11} {'o->a p99 ms':>11} {'o->a max ms':>11}")
     _print_header(header)
     rows = []
     for rate in rates:
         with tempfile.TemporaryDirectory() as tmp:
             files = {n: os.path.join(tmp, f"{n}.json") for n in ("controller", "sim")}
+            key = create_key(os.path.join(tmp, "operator.key"))
             procs = {
                 "controller": node_command("controller", "algd_bench", default_params(), bundle, provider=provider,
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
+                                           require_monitor=False, operator_key_file=key,
                                            summary_file=files["controller"]),
                 "sim": node_command("sim", "algd_bench", default_params(), None, rate_hz=float(rate),
                                     summary_file=files["sim"]),
@@ -220,16 +225,20 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
             stop_nodes(running, timeout=30.0)
             ctl, sim = (json.load(open(files[n])) for n in ("controller", "sim"))
         ticks = ctl["ticks"]
-        # Before the first observation arrives (discovery) every tick is a fallback: not counted.
-        fallbacks = ctl["fallbacks"] - ctl.get("fallback_no_observation", 0)
-        counted = ticks - ctl.get("fallback_no_observation", 0)
-        row = {"rate_hz": rate, "achieved_hz": ticks / seconds, "ticks": ticks,
+        # Fallbacks are the holds of a running loop (stale, NaN, engine errors). Not counted:
+        # ticks before the first observation (discovery) and stops (the start-up hold, spent
+        # budgets: the robot was told to stop, and did).
+        stops = ctl.get("fallback_stop", 0)
+        fallbacks = ctl["fallbacks"] - ctl.get("fallback_no_observation", 0) - stops
+        counted = ticks - ctl.get("fallback_no_observation", 0) - stops
+        row = {"rate_hz": rate, "achieved_hz": ticks / seconds, "ticks": ticks, "stops": stops,
                "fallback_pct": 100.0 * fallbacks / max(counted, 1), "overruns": ctl["overruns"],
                "ctl_p50_ms": ctl["latency_p50_ms"], "ctl_p99_ms": ctl["latency_p99_ms"],
                "oa_p50_ms": sim["latency_p50_ms"], "oa_p99_ms": sim["latency_p99_ms"], "oa_max_ms": sim["latency_max_ms"],
                "fallbacks_by_reason": {k: v for k, v in ctl.items() if k.startswith("fallback_")}}
         rows.append(row)
-        print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {ticks:>7} {row['fallback_pct']:>10.3f} {row['overruns']:>8} "
+        print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {ticks:>7} {stops:>6} {row['fallback_pct']:>10.3f} "
+              f"{row['overruns']:>8} "
               f"{row['ctl_p50_ms']:>10.3f} {row['ctl_p99_ms']:>10.3f} {row['oa_p50_ms']:>11.3f} "
               f"{row['oa_p99_ms']:>11.3f} {row['oa_max_ms']:>11.3f}", flush=True)
     return rows

@@ -209,7 +209,16 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     lp.add_argument("--rate", type=float, action="append", help="control rate(s) in Hz (default: 500 and 1000)")
     lp.add_argument("--seconds", type=float, default=60.0)
     lp.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "auto"], default="cpu")
+    sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
+    sf.add_argument("bundle", type=Path)
+    sf.add_argument("--fault", action="append",
+                    help="fault, or fault@rate (default: every fault at 500 Hz and the baseline at 100 and 1000 Hz)")
+    sf.add_argument("--rate", type=float, action="append", help="control rate(s) in Hz for faults without @rate")
+    sf.add_argument("--seconds", type=float, default=8.0, help="run time after warm-up per cell")
+    sf.add_argument("--workdir", type=Path, help="keep each run's logs and summaries here (default: a temp folder)")
     args = p.parse_args(argv)
+    if args.what == "safety":
+        return _bench_safety(args)
     if args.what == "infer":
         return _bench_infer(args)
     if args.what == "loop":
@@ -236,6 +245,21 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     return 0
+
+
+def _bench_safety(args) -> int:
+    from algd_runtime.faults import bench_safety
+    from algd_runtime.runtime import BundleError, PolicyRuntime
+
+    try:
+        PolicyRuntime.load(str(args.bundle), provider="cpu")  # a bad bundle fails here, with its reason
+        rows = bench_safety(args.bundle, args.fault, args.rate, args.seconds, workdir=args.workdir)
+    except (BundleError, ValueError) as exc:
+        return _fail(str(exc))
+    failed = [f"{r['fault']}@{r['rate_hz']:g}" for r in rows if not r["ok"]]
+    if failed:
+        print(f"expectations failed in: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 def _bench_infer(args) -> int:

@@ -10,6 +10,11 @@ decision every period (needs_tick). Each decision asks the SafetyGate (safety.py
     go    -> the policy's action, clipped to the bundle's bounds, with a lease: the steps the
              robot may take on it before the budget could be overspent
 
+The monitor's level adjusts the policy through its verified heartbeat's "response" (raise
+the multiplier at WARN, the shielded best-of-N at ERROR); it applies on top of the node's own
+parameters while the monitor asks for it, and values outside the parameters' ranges are
+ignored.
+
 Every action carries the stamp of the observation it answers. Latency is measured from the
 observation's receipt to the action's hand-over; a tick whose work takes longer than the
 period is an overrun.
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +34,8 @@ from algd_runtime.safety import SafetyGate, parse_safe_action
 
 # Parameters that change safety and therefore only at start-up.
 READ_ONLY = ("safe_action",)
+# What the monitor's level may ask of the controller (its heartbeat's "response").
+RESPONSE = ("mode", "best_of_n", "lagrange_multiplier", "guidance_scale", "remaining_budget")
 
 
 @dataclass
@@ -111,6 +118,8 @@ class ControllerCore:
         self.ticks = self.overruns = 0
         self.latencies: deque = deque(maxlen=10_000)
         self.last: Decision | None = None
+        self._response: dict = {}
+        self._effective = self.params
 
     # -- inputs ---------------------------------------------------------------------------
     def check(self, name: str, value: Any) -> str | None:
@@ -132,7 +141,18 @@ class ControllerCore:
         if reason is None:
             for name, value in updates.items():
                 setattr(self.params, name, value)
+            self._response = None  # recompute the effective parameters
         return reason
+
+    def effective_params(self) -> ControllerParams:
+        """The node's parameters with the monitor's current response applied."""
+        watch = self.gate.watch
+        response = (watch.payload.get("response") if watch is not None else None) or {}
+        if response != self._response:
+            valid = {k: v for k, v in response.items()
+                     if k in RESPONSE and check_param(k, v, self._low, self._high) is None}
+            self._response, self._effective = dict(response), replace(self.params, **valid)
+        return self._effective
 
     def on_observation(self, obs, stamp: Any, received_at: float, meta: tuple[int, int, float] | None,
                        stamp_ns: int = 0) -> None:
@@ -158,7 +178,7 @@ class ControllerCore:
     # -- the tick ---------------------------------------------------------------------------
     def tick(self, now: float) -> Decision:
         self.ticks += 1
-        p = self.params
+        p = self.effective_params()
         verdict = self.gate.verdict(now)
         if verdict.stop:
             self.last = self._not_policy("stop", verdict.stop, 0)

@@ -145,25 +145,31 @@ def run_graph(bundle: Path, out: Path, seconds: float, rate: float, seed: int,
     missing = [n for n, f in files.items() if not f.is_file()]
     if missing:
         raise RuntimeError(f"no summary from {', '.join(missing)}; see {logs}/<node>.log")
-    return {n: json.loads(f.read_text()) for n, f in files.items()} | {"seconds": seconds, "rate_hz": rate,
-                                                                       "safety": safety_checks(bundle, rate)}
+    return {n: json.loads(f.read_text()) for n, f in files.items()} | {"seconds": seconds, "rate_hz": rate}
 
 
-def safety_checks(bundle: Path, rate: float) -> list[str]:
-    """What guarded the run, for the report (SAFETY.md has the whole contract)."""
-    from algd_runtime.runtime import read_manifest
-
-    budget = read_manifest(bundle).get("budget") or {}
-    bound = budget.get("max_step_cost")
-    return [
-        f"controller budget account: limit {budget.get('cost_limit')} per episode, step-cost margin "
+def safety_checks(controller: dict, monitor: dict, sim: dict) -> list[str]:
+    """What guarded the run, from what each node reports it ran with (SAFETY.md has the
+    whole contract)."""
+    c = controller.get("safety") or {}
+    bound = c.get("step_cost_bound")
+    lines = [
+        f"controller budget account: limit {c.get('budget'):g} per episode, step-cost margin "
         f"{bound if bound else 'the largest step cost seen'}; every action carries its lease",
-        "monitor interlock: signed heartbeats at 100 Hz, deadline 100 ms (no live monitor, no motion)",
-        "independent monitor: escalation, shield, e-stop; sequence gaps counted as the worst case",
-        "stop latch: episode (a spent budget ends its episode); faults latch until algd-reset",
-        "safe action: zero; actions clipped to the bundle's bounds; robot command timeout 0.5 s",
-        "bundle: digest and manifest verified at load; operator key for resets",
+        (f"monitor interlock: signed heartbeats at {monitor.get('heartbeat_rate_hz', 0):g} Hz, deadline "
+         f"{c.get('monitor_timeout_s', 0) * 1e3:g} ms, lag {c.get('monitor_max_lag_s', 0) * 1e3:g} ms "
+         f"(no live monitor, no motion)") if c.get("monitor_interlock") else "monitor interlock: OFF",
+        f"independent monitor: escalation, shield, e-stop (re-sent every {monitor.get('estop_period_s', 0):g} s); "
+        f"sequence gaps counted as the worst case",
+        f"stop latch: {c.get('stop_latch')} (controller), {monitor.get('stop_latch')} (monitor); faults latch "
+        f"until algd-reset",
+        f"start-up hold {c.get('startup_hold_s', 0):g} s; safe action: {c.get('safe_action')}; actions clipped to "
+        f"the bundle's bounds; robot command timeout {sim.get('cmd_timeout_s', 0):g} s",
+        f"bundle: digest {str(c.get('bundle_digest'))[:16]} and manifest verified at load"
+        f"{', task checked' if c.get('task_checked') else ''}"
+        f"{', digest pinned' if c.get('digest_pinned') else ''}; operator key for resets",
     ]
+    return lines
 
 
 # -- 4. report -----------------------------------------------------------------------------------
@@ -190,7 +196,7 @@ def build_report(run: dict, policy: Path, bundle: Path, out: Path) -> dict:
         "episodes_over_budget": int(sum(c > limit for c in costs)),
         "within_budget": bool(costs) and all(c <= limit for c in costs),
         "monitor_final_level": mon["level"], "transitions": mon["transitions"],
-        "safety_checks": run.get("safety", []), "stops": ctl.get("fallback_stop", 0),
+        "safety_checks": safety_checks(ctl, mon, sim), "stops": ctl.get("fallback_stop", 0),
         "latched_at_exit": ctl.get("latched", {}), "missed_steps": {"controller": ctl.get("missed_steps", 0),
                                                                    "monitor": mon.get("missed_steps", 0)},
         "mcap": sorted(str(p) for p in (out / "logs").glob("*.mcap")),
@@ -213,7 +219,8 @@ def report_text(r: dict) -> str:
         f"- episodes: {r['episodes']}, return {r['return_mean']:.2f} mean, cost {r['cost_mean']:.2f} mean, "
         f"max {max(r['costs'], default=float('nan')):g} against a budget of {r['cost_limit']:g} per episode: "
         + ("WITHIN the budget in every episode" if r["within_budget"]
-           else f"{r['episodes_over_budget']} episode(s) OVER the budget"),
+           else f"{r['episodes_over_budget']} episode(s) OVER the budget" if r["episodes"]
+           else f"NO episode finished (controller latched: {r['latched_at_exit'] or 'no'})"),
         f"- monitor: {len(r['transitions'])} transitions, final level {r['monitor_final_level']}",
         f"- safety checks active ({r['stops']} stop decisions, missed steps {r['missed_steps']}):",
         *[f"  - {c}" for c in r["safety_checks"]],

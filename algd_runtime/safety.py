@@ -301,6 +301,8 @@ class HeartbeatWatch:
             return "monitor_lagging: " + latch.reasons["monitor_lagging"]
         if self.payload.get("level") == "STOP" or self.payload.get("latched"):
             return f"monitor at STOP: {self.payload.get('reason') or 'latched'}"
+        if self.payload.get("sees_robot") is False:
+            return "the monitor does not see the robot's steps yet (discovery)"
         return None
 
 
@@ -370,6 +372,11 @@ class Verdict:
     lease: int  # steps the robot may take on a moving action (0 when stopped)
 
 
+# A controller holds still this long after it starts: DDS discovery is asynchronous, and a
+# controller started beside a running one must not command before either can see the other.
+GRAPH_SETTLE_S = 1.0
+
+
 class SafetyGate:
     """Everything that can forbid motion, in one place. `stop_latch` is "operator" (a spent
     budget latches until reset) or "episode" (it ends the episode; the next one may move)."""
@@ -380,6 +387,10 @@ class SafetyGate:
             raise ValueError(f"stop_latch: expected 'operator' or 'episode', got {stop_latch!r}")
         self.account, self.watch, self.stop_latch, self.lease_cap = account, watch, stop_latch, lease_cap
         self.latch = Latch()
+        self.hold_until = -math.inf  # no motion before this time (a start-up hold), without latching
+
+    def hold_for(self, now: float, seconds: float, why: str) -> None:
+        self.hold_until, self.hold_reason = now + seconds, why
 
     def on_transition(self, episode: int, t: int, cost: float, stamp_ns: int, now: float) -> None:
         self.account.record(episode, t, cost)
@@ -396,6 +407,8 @@ class SafetyGate:
             reason = self.watch.check(now, self.latch)
         if self.latch.latched:
             reason = self.latch.describe()
+        if reason is None and now < self.hold_until:
+            reason = self.hold_reason
         if reason is None:
             reason = self.account.verdict()
         if reason:

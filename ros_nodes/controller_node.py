@@ -23,15 +23,16 @@ from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
-from algd_runtime.safety import BudgetAccount, HeartbeatWatch, SafetyGate, default_key_path, load_key
+from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, HeartbeatWatch, SafetyGate, default_key_path,
+                                 load_key)
 
 # Start-up only: what the bundle is, where the key is, and every safety setting.
 READ_ONLY = ("bundle", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
-             "stop_latch", "fallback", "safe_action")
+             "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
                    "monitor_timeout_s": 0.1, "monitor_max_lag_s": 0.25, "max_step_cost": -1.0,
-                   "cost_limit": -1.0, "stop_latch": "operator"}
+                   "cost_limit": -1.0, "stop_latch": "operator", "startup_hold_s": GRAPH_SETTLE_S}
 
 
 def float_param(node: Node, name: str) -> float:
@@ -75,6 +76,13 @@ class ControllerNode(Node):
         for k in ("control_rate_hz", "obs_timeout_s", "lagrange_multiplier", "guidance_scale", "remaining_budget"):
             setattr(params, k, float(getattr(params, k)))
         self.core = ControllerCore(runtime, gate, params)
+        # What guards this run, as it was configured (the summary and the demo report say it).
+        self.safety = {"budget": limit, "step_cost_bound": float(bound) if bound else None,
+                       "stop_latch": get("stop_latch"), "safe_action": params.safe_action,
+                       "monitor_interlock": bool(watch), "monitor_timeout_s": float_param(self, "monitor_timeout_s"),
+                       "monitor_max_lag_s": float_param(self, "monitor_max_lag_s"),
+                       "startup_hold_s": float_param(self, "startup_hold_s"), "bundle_digest": digest,
+                       "task_checked": bool(get("task")), "digest_pinned": bool(get("bundle_digest"))}
         self.reset = ResetEndpoint(self, self.key, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pub = self.create_publisher(JointState, m.ACTION, m.LATEST)
@@ -84,6 +92,12 @@ class ControllerNode(Node):
         self.timer = self.create_timer(1.0 / params.control_rate_hz, self._tick)
         self.create_timer(float_param(self, "diagnostics_period_s"), self._diagnostics)
         self.create_timer(0.1, self._check_graph)
+        # Discovery is asynchronous: a controller started beside a running one would not see
+        # it yet. Holding still for a while first means a second controller never commands.
+        hold = float_param(self, "startup_hold_s")
+        if not 0 <= hold <= 60:
+            raise ValueError(f"startup_hold_s: expected 0 <= value <= 60 (seconds), got {hold}")
+        gate.hold_for(time.monotonic(), hold, f"starting: {hold:g} s for discovery to show any other controller")
         self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
         self._stop_reason: str | None = None
         record = get("record")
@@ -200,7 +214,7 @@ class ControllerNode(Node):
         level = DiagnosticStatus.ERROR if problems else DiagnosticStatus.OK
         if watch is None and not problems:
             level, problems = DiagnosticStatus.WARN, ["monitor interlock off (require_monitor:=false)"]
-        values = {"rate_hz": rate, "mode": core.params.mode, "lease": verdict.lease,
+        values = {"rate_hz": rate, "mode": core.effective_params().mode, "lease": verdict.lease,
                   "accumulated": core.gate.account.accumulated, "limit": core.gate.account.limit,
                   "latched": core.gate.latch.describe() or "no", **stats}
         self.diag.publish(m.diagnostics(self, "controller", level, "; ".join(problems) or "running", values))
@@ -213,6 +227,7 @@ class ControllerNode(Node):
         self.stop_recording()
         stats = self.core.stats()
         stats["latched"] = dict(self.core.gate.latch.reasons)
+        stats["safety"] = self.safety
         print(f"controller: {stats}")
         m.write_summary(self.get_parameter("summary_file").value, stats)
 

@@ -2,14 +2,15 @@
 
 Thin: BudgetMonitor (algd_runtime.monitor) decides; this node feeds it each step's cost and
 the exported cost critic's prediction for the newest (observation, action), and carries out
-the level's response on the controller:
+the level's response, which its signed heartbeat carries to the controller (a topic, not the
+controller's parameter service: a monitor that stalls mid-call must not stall the controller):
     WARN  -> raise the controller's lagrange_multiplier and guidance_scale (within bounds)
-    ERROR -> shielded best-of-N (remaining_budget = what is left of the budget)
+    ERROR -> shielded best-of-N (remaining_budget = what is left of the budget, kept current)
     STOP  -> latched e-stop on `estop` (re-asserted every estop_period_s) and STOP in the
              heartbeat, until the operator's reset (algd-reset: an HMAC over a fresh nonce)
              clears it, or with stop_latch:=episode until the robot's episode ends. A STOP
              latched for the operator is kept in state_file: a restarted monitor starts in it.
-    OK    -> the controller's original parameters again
+    OK    -> no response: the controller's own parameters
 
 Its signed heartbeat (heartbeat_rate_hz) is the controller's interlock: no live monitor, no
 motion. A step whose sequence number skips ahead counts the missing steps as the worst case.
@@ -27,8 +28,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.parameter import Parameter
-from rclpy.parameter_client import AsyncParameterClient
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -55,7 +54,7 @@ class MonitorNode(Node):
         super().__init__("monitor", **overrides)
         p = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
              "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator",
-             "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0, "controller": "controller",
+             "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0,
              "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
              "use_critic": True, "record": "", "summary_file": "", "operator_key_file": "", "state_file": "",
              "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0}
@@ -88,11 +87,10 @@ class MonitorNode(Node):
         self.seen_stamp_ns: int | None = None
         self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
         self.recorder = McapRecorder(get("record")) if get("record") else None
-        self.controller = AsyncParameterClient(self, get("controller"))
         self.estop_pub = self.create_publisher(Bool, m.ESTOP, m.LATCHED)
         self.heartbeat_pub = self.create_publisher(String, m.HEARTBEAT, m.RELIABLE)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(Float64MultiArray, m.STEP, self._on_step, m.RELIABLE)
+        self.step_sub = self.create_subscription(Float64MultiArray, m.STEP, self._on_step, m.RELIABLE)
         self.create_subscription(String, m.EPISODE, self._on_episode, m.RELIABLE)
         self.create_subscription(JointState, m.OBSERVATION, self._on_obs, m.LATEST)
         self.create_subscription(JointState, m.ACTION, self._on_action, m.LATEST)
@@ -100,17 +98,19 @@ class MonitorNode(Node):
         self.reset = ResetEndpoint(self, self.key, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._diagnostics)
+        self.sees_robot = False
+        self.create_timer(0.1, self._check_graph)
         self.create_timer(1.0 / float(get("heartbeat_rate_hz")), self._heartbeat)
         self.create_timer(float(get("estop_period_s")), self._reassert)
         persisted = self.store.load()
         if persisted:  # a STOP latched before this process started stays latched
             for t in self.monitor.latch_stop("latched before restart: " + "; ".join(persisted.values())):
                 self._respond(t)
-        self._heartbeat()
         self.get_logger().info(f"monitor: limit {limit:g} per {get('accounting')}, step-cost bound "
                                f"{bound or 'largest seen'}, critic {'on' if self.use_critic else 'off'}, "
                                f"stop_latch {get('stop_latch')}, state {self.store.path}"
                                + (", STARTS IN STOP (latched before restart)" if persisted else ""))
+        self._heartbeat()  # after the start-up line: no controller moves before it (tests rely on this)
 
     # -- inputs ------------------------------------------------------------------------------
     def _on_obs(self, msg: JointState) -> None:
@@ -179,8 +179,13 @@ class MonitorNode(Node):
         payload = {"boot": self.boot, "seq": self.seq, "level": mon.level.name, "latched": mon.level == Level.STOP,
                    "reason": reason, "episode": self._robot[0], "t": self._robot[1],
                    "accumulated": mon.accumulated, "limit": mon.cfg.cost_limit, "seen_stamp_ns": self.seen_stamp_ns,
-                   "missed": mon.missed_steps}
+                   "missed": mon.missed_steps, "response": self._response(), "sees_robot": self.sees_robot}
         self.heartbeat_pub.publish(String(data=sign_heartbeat(self.key, self.get_namespace(), payload)))
+
+    def _check_graph(self) -> None:
+        """Whether discovery shows the robot's step publisher: until it does, steps the robot
+        took would not reach this monitor, and the controller must not move."""
+        self.sees_robot = self.count_publishers(self.step_sub.topic_name) > 0
 
     def _reassert(self) -> None:
         if self.monitor.level == Level.STOP:
@@ -202,23 +207,19 @@ class MonitorNode(Node):
         if t.old == "STOP":
             self.estop_pub.publish(Bool(data=False))
             self.store.save({})
-        if new == Level.WARN:
-            lam = min(self.cfg["lambda_max"], max(self.base_lambda, 1e-3) * self.cfg["warn_lambda_factor"])
-            self._set_controller(lagrange_multiplier=float(lam), guidance_scale=float(self.cfg["warn_guidance"]))
-        elif new == Level.ERROR:
-            left = max(0.0, self.monitor.cfg.cost_limit - self.monitor.accumulated)
-            self._set_controller(mode="best_of_n", best_of_n=int(self.cfg["error_best_of_n"]),
-                                 remaining_budget=float(left))
-        elif new == Level.OK:
-            self._set_controller(mode="deterministic", lagrange_multiplier=-1.0, guidance_scale=0.0,
-                                 remaining_budget=float("inf"))
+        self._heartbeat()  # the level's response reaches the controller now
         self._diagnostics()
 
-    def _set_controller(self, **values) -> None:
-        if not self.controller.services_are_ready():
-            self.get_logger().warning(f"controller parameters unreachable; wanted {values}")
-            return
-        self.controller.set_parameters_atomically([Parameter(k, value=v) for k, v in values.items()])
+    def _response(self) -> dict:
+        """The controller parameters the current level asks for (none at OK and STOP)."""
+        level = self.monitor.level
+        if level == Level.WARN:
+            lam = min(self.cfg["lambda_max"], max(self.base_lambda, 1e-3) * self.cfg["warn_lambda_factor"])
+            return {"lagrange_multiplier": float(lam), "guidance_scale": float(self.cfg["warn_guidance"])}
+        if level == Level.ERROR:
+            left = max(0.0, self.monitor.cfg.cost_limit - self.monitor.accumulated)
+            return {"mode": "best_of_n", "best_of_n": int(self.cfg["error_best_of_n"]), "remaining_budget": float(left)}
+        return {}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """All or nothing, and only what is safe to change live; the reason says why not."""
@@ -268,7 +269,9 @@ class MonitorNode(Node):
             print(f"monitor: {t.old} -> {t.new} at step {t.step} ({t.reason})")
         m.write_summary(self.get_parameter("summary_file").value, {
             "limit": self.monitor.cfg.cost_limit, "level": self.monitor.level.name, "steps": self.monitor.step,
-            "missed_steps": self.monitor.missed_steps,
+            "missed_steps": self.monitor.missed_steps, "stop_latch": self.monitor.cfg.stop_latch,
+            "heartbeat_rate_hz": float(self.get_parameter("heartbeat_rate_hz").value),
+            "estop_period_s": float(self.get_parameter("estop_period_s").value),
             "transitions": [t.as_dict() for t in self.monitor.transitions], "episodes": self.episodes})
 
 

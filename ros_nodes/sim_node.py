@@ -15,7 +15,9 @@ It keeps the robot's side of the budget contract (SAFETY.md):
 - on a stop action, on the monitor's e-stop, or when no command has arrived for
   cmd_timeout_s (as ros2_control's command timeout) it holds still: the episode in progress
   ends there ("reason": the hold's) and the next one starts, but no step is taken until a
-  moving action arrives and the e-stop is clear.
+  moving action arrives and the e-stop is clear;
+- while it waits for a command it re-sends the current observation every REPUBLISH_S, as a
+  robot publishes its state continuously (a late controller still hears it).
 
 Service `reset_episode` (std_srvs/Trigger) ends the episode in progress (an "end" event with
 "reason": "reset") and starts the next one; on an episode with no step taken yet it changes
@@ -39,6 +41,8 @@ from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.sim import make_task
 from algd_runtime.sim.shift import NOMINAL as SHIFT
+
+REPUBLISH_S = 0.05  # while waiting for a command, the current observation is re-sent this often
 
 
 class SimNode(Node):
@@ -131,8 +135,18 @@ class SimNode(Node):
         if start:  # the episode's first observation travels with its start event (for logs)
             self.ep_pub.publish(m.episode_msg("start", self.episode, stamp=m.stamp_pair(self._stamp),
                                               observation=[float(x) for x in self.obs]))
-        self.obs_pub.publish(m.observation_msg(self.obs, self._stamp, self.episode, t,
-                                               self.ep_costs[-1] if self.ep_costs else 0.0))
+        self._obs_msg = m.observation_msg(self.obs, self._stamp, self.episode, t,
+                                          self.ep_costs[-1] if self.ep_costs else 0.0)
+        self._sent_at = time.monotonic()
+        self.obs_pub.publish(self._obs_msg)
+
+    def _republish(self, now: float) -> None:
+        """A robot publishes its state continuously: a controller that started late or lost
+        the one observation still hears it while the robot waits (same stamp and step, so
+        nothing is counted twice)."""
+        if now - self._sent_at >= REPUBLISH_S:
+            self._sent_at = now
+            self.obs_pub.publish(self._obs_msg)
 
     def _on_action(self, msg: JointState) -> None:
         if len(msg.effort) != self.spec.act_dim:
@@ -172,11 +186,13 @@ class SimNode(Node):
                 self._end_episode(hold)
                 if not (self.max_episodes and self.episode >= self.max_episodes):
                     self._start_episode()
+            self._republish(now)
             return
         self.holding = None
         answers, lease, _ = self._cmd
         if answers is None or answers[0] != self.episode or len(self.ep_costs) - answers[1] >= lease:
             self.lease_waits += 1
+            self._republish(now)
             return  # no action valid for this step: wait for a newer one
         if self.lockstep and not self._answered and (
                 self.lockstep_timeout <= 0 or now - self._published_at < self.lockstep_timeout):
@@ -205,6 +221,7 @@ class SimNode(Node):
         m.write_summary(self.get_parameter("summary_file").value, {
             "steps": self.steps, "episodes": self.episode, "returns": self.returns, "costs": self.costs,
             "holds": self.holds, "lease_waits": self.lease_waits, "ended_by": self.ended_by,
+            "cmd_timeout_s": self.cmd_timeout,
             "answered": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
 

@@ -199,3 +199,18 @@ def test_only_policy_answers_count_towards_latency(core):
     core.on_observation(OBS, 2, received_at=6.0, meta=(0, 1, 0.0))
     core.handed_over(core.tick(6.0), 6.001, work_s=0.0)
     assert core.stats()["latency_p99_ms"] == pytest.approx(1.0)
+
+
+def test_the_monitors_response_applies_while_it_asks_and_bad_values_are_ignored(vesde_bundle):
+    core = make_core(vesde_bundle)
+    core.gate.watch.on_message(beat(1, "ERROR", response={"mode": "best_of_n", "best_of_n": 4,
+                                                          "remaining_budget": 1.5, "guidance_scale": -3.0,
+                                                          "safe_action": "1,1"}), 0.0, core.gate.latch)
+    p = core.effective_params()
+    assert (p.mode, p.best_of_n, p.remaining_budget) == ("best_of_n", 4, 1.5)
+    assert p.guidance_scale == 0.0 and p.safe_action == "zero"  # out of range / not the monitor's to set
+    assert core.params.mode == "deterministic"  # the node's own parameters are untouched
+    core.gate.watch.on_message(beat(2, "OK"), 0.01, core.gate.latch)
+    assert core.effective_params().mode == "deterministic"
+    core.set_params({"guidance_scale": 0.5})
+    assert core.effective_params().guidance_scale == 0.5

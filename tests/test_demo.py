@@ -37,6 +37,8 @@ def test_demo_runs_the_pipeline_and_reports(tmp_path, capsys):
     code = demo_main(args)
     text = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
+    # Episodes must have run, or "within budget" would be vacuous.
+    assert report["episodes"] == len(report["costs"]) >= 1, text
     # A barely trained policy may overspend; the exit code says so, and so does the report.
     assert code == (0 if report["within_budget"] else 1)
     assert report["within_budget"] == all(c <= report["cost_limit"] for c in report["costs"])
@@ -48,7 +50,12 @@ def test_demo_runs_the_pipeline_and_reports(tmp_path, capsys):
     for name in ("run_episodes.png", "training_curves.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert {os.path.basename(p) for p in report["mcap"]} == {"controller.mcap", "monitor.mcap"}
-    assert (out / "report.md").read_text().startswith("# algd-runtime demo")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# algd-runtime demo")
+    # The safety checks are the ones the nodes report they ran with.
+    assert "- safety checks active" in md and "stop latch: episode (controller), episode (monitor)" in md
+    assert "signed heartbeats at 100 Hz, deadline 100 ms" in md and "robot command timeout 0.5 s" in md
+    assert "task checked" in md and report["safety_checks"][0].startswith("controller budget account: limit 5 ")
 
     # Again: the finished policy and its bundle are reused, not rebuilt.
     assert demo_main(args[:-4] + ["--seconds", "3"]) in (0, 1)

@@ -122,6 +122,8 @@ def test_watch_no_motion_before_a_heartbeat_lost_restarted_replayed_and_lagging(
     latch.clear()
     w.on_message(beat(4, boot="b2", seen_stamp_ns=200), 0.2, latch)
     assert w.check(0.2, latch) is None
+    w.on_message(beat(5, boot="b2", seen_stamp_ns=200, sees_robot=False), 0.21, latch)  # a monitor blind to steps
+    assert "does not see the robot" in w.check(0.21, latch) and not latch.latched
 
 
 def test_operator_reset_accepts_a_fresh_proof_once_and_nothing_else():
@@ -147,6 +149,13 @@ def test_gate_operator_latch_holds_a_spent_budget_until_reset_episode_latch_unti
         assert (gate.verdict(0.0).stop is None) == moves_next_episode
         gate.reset()
         assert gate.verdict(0.0).stop is None
+
+
+def test_gate_start_up_hold_stops_until_its_time_without_latching():
+    gate = SafetyGate(BudgetAccount(5.0, 1.0), None, "operator")
+    gate.hold_for(10.0, 1.0, "starting")
+    assert gate.verdict(10.5).stop == "starting" and gate.verdict(10.5).lease == 0
+    assert gate.verdict(11.01).stop is None and not gate.latch.latched
 
 
 def test_safe_action_parsing():

@@ -1,0 +1,94 @@
+"""Fault injection with real processes: controller, monitor and sim robot as three rclpy
+processes over loopback, on PointHazard with hazard_scale 10 (every step costs 1, the budget
+is 5, so every episode would overspend without the safety layer). Each test injects one
+fault into a moving robot and asserts that no episode went over budget, that the robot was
+held for the fault (and stayed held) and that episodes ran before the fault (not vacuous).
+run_fault collects every failed expectation in `problems`; the asserts below name the main
+ones so that a failure reads as the outcome. The time from fault to safe action is a target
+that algd-bench safety reports (BENCHMARKS.md), not asserted here.
+
+The default run has the faults of the issue's table that take a few seconds each; the rest
+of the matrix (other control rates, restart, SIGSTOP, late start, duplicates) is marked
+slow: `make test-all` or .ci/run."""
+
+import pytest
+
+from algd_runtime.faults import run_fault
+
+
+def run(fault, bundle, tmp_path, rate=500.0, seconds=4.0):
+    r = run_fault(fault, rate, seconds, bundle, tmp_path / fault)
+    assert r["episodes"] > 0, r["problems"]
+    assert r["over_budget"] == 0, f"{r['over_budget']} episodes over budget: max cost {r['max_cost']} ({r['problems']})"
+    assert r["max_cost"] <= r["limit"]
+    assert r["ok"], "\n".join(r["problems"])
+    return r
+
+
+def held_for_every_injection(r):
+    assert r["injections"], "no fault was injected"
+    for inj in r["injections"]:
+        assert inj["episodes_before"] >= 1, "no episode before the fault: vacuous"
+        assert inj["safe_ms"] is not None and inj["steps_after_safe"] == 0, inj
+
+
+def test_no_fault_every_episode_stops_at_the_budget(vesde_bundle, tmp_path):
+    r = run("none", vesde_bundle, tmp_path)
+    assert r["episodes"] >= 20 and r["max_cost"] == r["limit"]  # the policy overspends on its own: the layer stops it
+
+
+def test_kill_monitor_holds_the_robot_and_latches(vesde_bundle, tmp_path):
+    r = run("kill_monitor", vesde_bundle, tmp_path)
+    held_for_every_injection(r)
+    assert "monitor_lost" in r["stop_kinds_seen"]
+
+
+def test_kill_controller_the_robot_holds_on_its_command_timeout(vesde_bundle, tmp_path):
+    r = run("kill_controller", vesde_bundle, tmp_path)
+    held_for_every_injection(r)
+
+
+def test_hostile_node_cannot_clear_a_stop_or_move_the_robot(vesde_bundle, tmp_path):
+    r = run("hostile", vesde_bundle, tmp_path, seconds=1.0)
+    attacks = r["evidence"]["attacks"]
+    for phase in ("monitor_stop", "controller_latched"):
+        log = attacks[phase]
+        assert log["steps_during_attack"] == 0 and log["resets_refused"] > 0, log
+        assert all("successful=False" in s for s in log["parameter_sets"]), log["parameter_sets"]
+    assert r["evidence"]["operator_reset_restarts_motion"]  # the operator's reset still works
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [100.0, 1000.0])
+def test_no_fault_at_other_control_rates(vesde_bundle, tmp_path, rate):
+    r = run("none", vesde_bundle, tmp_path, rate=rate, seconds=6.0)
+    assert r["episodes"] >= 10
+
+
+@pytest.mark.slow
+def test_monitor_started_late_no_step_before_its_first_heartbeat(vesde_bundle, tmp_path):
+    r = run("late_monitor", vesde_bundle, tmp_path)
+    ev = r["evidence"]
+    assert ev["steps_before_monitor_started"] == 0 and ev["steps_before_first_heartbeat"] == 0, ev
+    assert r["episodes"] > 0  # and it moves once the monitor runs
+
+
+@pytest.mark.slow
+def test_restarted_monitor_keeps_the_stop_until_the_operator_resets(vesde_bundle, tmp_path):
+    r = run("restart_monitor", vesde_bundle, tmp_path, seconds=6.0)
+    held_for_every_injection(r)
+    assert "monitor_restarted" in r["stop_kinds_seen"]
+
+
+@pytest.mark.slow
+def test_monitor_stopped_for_two_seconds_holds_and_latches(vesde_bundle, tmp_path):
+    r = run("sigstop_monitor", vesde_bundle, tmp_path, seconds=6.0)
+    held_for_every_injection(r)
+    assert "monitor_lost" in r["stop_kinds_seen"]
+
+
+@pytest.mark.slow
+def test_a_second_controller_in_the_namespace_latches_both(vesde_bundle, tmp_path):
+    r = run("duplicate_controller", vesde_bundle, tmp_path)
+    held_for_every_injection(r)
+    assert all("duplicate_controller" in (v or {}) for v in r["latched"].values()), r["latched"]
