@@ -41,8 +41,10 @@ def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) ->
 class ALGDAgent:
     """Networks, optimisers and the multiplier of one ALGD learner."""
 
-    def __init__(self, spec: TaskSpec, algo: AlgoConfig, device: str | torch.device = "cpu"):
+    def __init__(self, spec: TaskSpec, algo: AlgoConfig, device: str | torch.device = "cpu",
+                 conventions: str = "robot"):
         self.spec, self.cfg, self.device = spec, algo, torch.device(device)
+        self.conventions = conventions
         # The budget h follows the cost discount the critics are trained with.
         self.h = dataclasses.replace(spec, cost_gamma=algo.cost_gamma).target_cost
         o, a = spec.obs_dim, spec.act_dim
@@ -51,6 +53,8 @@ class ALGDAgent:
             algo.diffusion_steps, algo.time_embed_dim, algo.ddpm_guidance_scale).to(self.device)
         self.critic = TwinQ(o, a, algo.critic_hidden).to(self.device)
         self.cost_critics = CostEnsemble(o, a, algo.qc_ensemble, algo.critic_hidden).to(self.device)
+        if conventions == "reference":
+            self.cost_critics.reference_init()
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.cost_critics_target = copy.deepcopy(self.cost_critics).requires_grad_(False)
         self.log_lambda = torch.tensor(math.log(algo.init_lambda), device=self.device, requires_grad=True)
@@ -104,7 +108,9 @@ class ALGDAgent:
         return (-(weights[:, :, None] * grad.view(b, n, act_dim)).sum(dim=1) / beta).detach()
 
     # -- one gradient step ----------------------------------------------------------------
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def update(self, batch: dict[str, np.ndarray], repeat_index: int | None = None) -> dict[str, float]:
+        """One gradient step. repeat_index: which of this env step's updates it is; the
+        reference conventions time the target updates by it, ours by the global count."""
         t = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
         obs, action, next_obs = t["obs"], t["action"], t["next_obs"]
         reward, cost = t["reward"][:, None], t["cost"][:, None]
@@ -112,7 +118,8 @@ class ALGDAgent:
         stats = self.update_critics(obs, action, reward, cost, next_obs, mask)
         stats.update(self.update_actor(obs))
         stats.update(self.update_dual(obs, action))
-        if self.grad_steps % self.cfg.target_update_every == 0:
+        phase = repeat_index if self.conventions == "reference" and repeat_index is not None else self.grad_steps
+        if phase % self.cfg.target_update_every == 0:
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             soft_update(self.cost_critics_target, self.cost_critics, self.cfg.tau)
         self.grad_steps += 1

@@ -215,6 +215,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                 "controller": node_command("controller", "algd_bench", default_params(), bundle, provider=provider,
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
                                            require_monitor=False, operator_key_file=key,
+                                           stop_latch="episode",  # a spent budget ends the episode, not the run
                                            summary_file=files["controller"]),
                 "sim": node_command("sim", "algd_bench", default_params(), None, rate_hz=float(rate),
                                     summary_file=files["sim"]),

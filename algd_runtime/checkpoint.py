@@ -160,7 +160,7 @@ def agent_from_checkpoint(ckpt: dict[str, Any], device: str = "cpu",
         check_finite(ckpt["agent"])
     except (KeyError, AttributeError, TypeError) as exc:
         raise CheckpointError(f"agent: not a stored agent ({type(exc).__name__}: {exc})") from None
-    agent = ALGDAgent(spec, cfg.algo, device)
+    agent = ALGDAgent(spec, cfg.algo, device, cfg.conventions)
     try:
         agent.load_state_dict(ckpt["agent"], with_optimizers=with_optimizers)
     except (RuntimeError, KeyError) as exc:

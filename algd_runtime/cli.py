@@ -104,6 +104,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
     from algd_runtime.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
     from algd_runtime.sim import make_task
+    from algd_runtime.sim.conventions import apply_conventions
     from algd_runtime.trainer import evaluate
 
     try:
@@ -112,7 +113,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         spec = agent.spec
         shift = dict(spec.shift)
         shift.update(_parse_shift(args.shift))
-        env = make_task(args.task or spec.name, seed=args.seed, **shift)
+        conventions = ckpt["config"].get("conventions", "robot")
+        env = apply_conventions(make_task(args.task or spec.name, seed=args.seed, **shift), conventions,
+                                ckpt["config"].get("seed"))
     except (CheckpointError, ValueError) as exc:
         return _fail(str(exc))
     es = env.task_spec

@@ -67,6 +67,8 @@ class TrainConfig:
     save_replay: bool = True
     log_every: int = 1000  # env steps between training-loss log rows
     num_threads: int = 0  # torch intra-op threads; 0: leave torch's default
+    # "robot" (default) or "reference": the authors' code's conventions (docs/CONVENTIONS.md)
+    conventions: str = "robot"
     algo: AlgoConfig = field(default_factory=AlgoConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class TrainConfig:
 _CHOICES = {
     "algo.variant": ("vesde", "ddpm"),
     "device": ("cpu", "cuda"),
+    "conventions": ("robot", "reference"),
 }
 _POSITIVE = {
     "algo.diffusion_steps", "algo.score_hidden", "algo.time_embed_dim", "algo.critic_hidden",

@@ -30,7 +30,8 @@ held for the fault: the first sim hold (CLOCK_MONOTONIC, from its summary) whose
 shows the fault, or the controller's first STOP decision for it (its log, wall clock turned
 into monotonic), whichever is first (the latter when the robot was already holding between
 episodes, so that no new hold began). A robot that was holding when its controller died and
-never stepped again counts as safe at the injection. The expectation is
+never stepped again counts as safe at the injection; one that took its leased steps and then
+never stepped again (for at least QUIET_S, until the recovery) is safe from its last step. The expectation is
     p99 <= deadline (monitor_timeout_s, cmd_timeout_s, the controller's 0.1 s graph check)
            + one control period + SCHED_ALLOWANCE_S
 where SCHED_ALLOWANCE_S covers the scheduling of four Python processes (three nodes and this
@@ -73,7 +74,9 @@ WARMUP_TIMEOUT_S = 60.0
 BUDGET_HOLDS = ("stop: budget", "stop: monitor at STOP: budget", "estop", "no_command",
                 "stop: no heartbeat from the monitor yet")
 QUIET_S = 0.5  # no step for this long: the robot is not moving
-REVIVE_AFTER_S = 1.5  # no episode for this long without a fault: revive the graph (a warning)
+REVIVE_AFTER_S = 2.5  # no episode for this long without a fault: look at why (discovery or a latch)
+# Decisions that only wait for DDS discovery: more time, never a revival.
+DISCOVERY_WAITS = ("no heartbeat from the monitor yet", "does not see the robot", "starting: ")
 LOG_FORMAT = "[{severity}] [{time}] [{name}]: {message}"
 _LOG_LINE = re.compile(r"^\[(\w+)\] \[(\d+(?:\.\d+)?)\] \[[^\]]*\]: (.*)$")
 
@@ -167,7 +170,12 @@ class Probe:
 
     # -- queries -----------------------------------------------------------------------------
     def ends_since(self, t: float) -> int:
-        return sum(1 for at, _ in list(self.ends) if at >= t)
+        """Episodes that ended after t having moved after t (an episode ended by a hold, with
+        no step since t, is not motion)."""
+        first_step = next((s for s in list(self.steps) if s > t), None)
+        if first_step is None:
+            return 0
+        return sum(1 for at, _ in list(self.ends) if at > first_step)
 
     def steps_between(self, t0: float, t1: float = math.inf) -> int:
         return sum(1 for s in list(self.steps) if t0 < s <= t1)
@@ -322,7 +330,6 @@ class Injection:
     deadline_s: float  # the mechanism's deadline
     episodes_before: int
     log_labels: tuple[str, ...] = ()  # controllers whose STOP decisions count
-    already_held_ok: bool = False  # a robot holding at the injection that never steps again is safe
     until: float | None = None  # when the fault was cleared (a reset, a new process); None: the run's end
     early_s: float = 0.0  # a STOP this long before `at` still counts (at is known only approximately)
 
@@ -396,29 +403,23 @@ class Run:
         return time.monotonic() - self.probe.last_step() < quiet_s
 
     def ensure_motion(self, why: str, episodes: int = 1, attempts: int = 4) -> None:
-        """Until `episodes` more episodes ended, reviving a graph that does not move without a
-        fault: a latch the controller tripped by itself (an operator reset) or a sim whose first
-        observation no controller heard (a new sim). Each revival is a warning."""
+        """Until `episodes` more episodes ended. A graph still in discovery (no heartbeat yet,
+        the monitor not seeing the robot yet, the start-up hold) is given more time; a latch the
+        controller tripped by itself without a fault is cleared by the operator (a warning)."""
         since = time.monotonic()
         for _ in range(attempts):
             if self.wait(lambda: self.probe.ends_since(since) >= episodes, REVIVE_AFTER_S, None):
                 return
-            since = time.monotonic()  # before the revival: an episode may end as soon as it is done
             label = self.graph.current("controller")
-            decisions = [(t, m) for t, m in self.graph.log_lines(label, self.probe.offset)
+            decisions = [m for _, m in self.graph.log_lines(label, self.probe.offset)
                          if m.startswith(("STOP: ", "moving", "operator reset: cleared"))]
-            last = decisions[-1][1] if decisions else ""
-            if last.startswith("STOP: ") and "no heartbeat from the monitor yet" not in last:
+            last = decisions[-1] if decisions else ""
+            if last.startswith("STOP: ") and not any(k in last for k in DISCOVERY_WAITS):
+                since = time.monotonic()  # before the reset: an episode may end as soon as it is done
                 self.warnings.append(f"{why}: no motion, the controller holds without a fault ({last[6:90]}); "
                                      f"operator reset")
                 self.evidence["revivals"] = self.evidence.get("revivals", 0) + 1
                 self.operator_reset()
-            else:
-                self.warnings.append(f"{why}: no motion and no stop: the controller never heard the sim's first "
-                                     f"observation; a new sim")
-                self.evidence["revivals"] = self.evidence.get("revivals", 0) + 1
-                self.graph.end(self.graph.current("sim"))
-                self.start_node("sim")
         raise _Abort(f"{why}: the graph does not move (see {self.graph.workdir}/<node>.log)")
 
     def warm_up(self, episodes: int = 2) -> None:
@@ -559,7 +560,7 @@ def _fault_kill_controller(run: Run) -> None:
         before = len(run.probe.ends)
         at = time.monotonic()
         run.graph.send(run.graph.current("controller"), signal.SIGKILL)
-        return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before, already_held_ok=True)
+        return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before)
 
     def recover(inj: Injection) -> bool:
         inj.until = time.monotonic()
@@ -838,11 +839,15 @@ def _analyze(inj: Injection, run: Run, holds: list, stop_lines: dict, end: float
     if any(firsts):
         t, r = min(f for f in firsts if f)
         cands.append((max(t, inj.at), f"controller stop ({r[:60]})"))
-    if not cands and inj.already_held_ok:
-        last_step = max((s for s in steps if s <= inj.at), default=-math.inf)
-        last_hold = max((t for t, _ in holds if t <= inj.at), default=-math.inf)
-        if last_hold > last_step and not any(inj.at < s <= until for s in steps):
-            cands.append((inj.at, "already holding; never stepped again"))
+    last_step = max((s for s in steps if s <= inj.at), default=-math.inf)
+    last_hold = max((t for t, _ in holds if t <= inj.at), default=-math.inf)
+    after = [s for s in steps if inj.at < s <= until]
+    if last_hold > last_step and not after:
+        cands.append((inj.at, "already holding; never stepped again"))
+    elif not cands and after and until - max(after) >= QUIET_S:
+        # No new hold began (the robot was between holds), but it stopped stepping: it is
+        # safe from its last step on.
+        cands.append((max(after), "the robot's last step; it never stepped again"))
     out = {"at_s": round(inj.at - run.t_fault, 3) if run.t_fault else None, "episodes_before": inj.episodes_before,
            "deadline_ms": (inj.deadline_s + run.period + SCHED_ALLOWANCE_S) * 1e3, "recovered": inj.until is not None,
            "steps_after_fault": sum(1 for s in steps if inj.at < s <= until)}

@@ -74,9 +74,12 @@ class EnsembleLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(members, out_features))
-        # Truncated normal, std 1 / (2 sqrt(in)), cut at 2 std (the reference init).
-        std = 1.0 / (2.0 * math.sqrt(in_features))
-        nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
+        # Normal, std 1 / (2 sqrt(in)), cut at 2 std: what the reference's init intends.
+        nn.init.trunc_normal_(self.weight, std=self.init_std, a=-2 * self.init_std, b=2 * self.init_std)
+
+    @property
+    def init_std(self) -> float:
+        return 1.0 / (2.0 * math.sqrt(self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, in] (shared input) or [M, B, in]; out: [M, B, out]
@@ -96,3 +99,11 @@ class CostEnsemble(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         xu = torch.cat([obs, action], dim=-1)
         return self.nn3(F.silu(self.nn2(F.silu(self.nn1(xu)))))
+
+    @torch.no_grad()
+    def reference_init(self) -> None:
+        """What the reference code does: its truncation loop rebinds a local name and never
+        writes back, so its weights are an untruncated normal with the same std."""
+        for layer in (self.nn1, self.nn2, self.nn3):
+            nn.init.normal_(layer.weight, std=layer.init_std)
+            layer.bias.zero_()

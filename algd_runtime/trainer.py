@@ -27,6 +27,7 @@ from algd_runtime.config import TrainConfig, config_from_dict
 from algd_runtime.guard import BudgetGuard, GuardConfig
 from algd_runtime.replay import ReplayBuffer
 from algd_runtime.sim import make_task
+from algd_runtime.sim.conventions import apply_conventions
 from algd_runtime.sim.spec import TaskSpec
 
 POLICY_FILE = "policy.pt"
@@ -170,8 +171,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         if env is None:
-            env, eval_env = (make_task(cfg.task, seed=cfg.seed, **cfg.shift),
-                             make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift))
+            # Under the reference conventions training and evaluation share one layout.
+            env, eval_env = (apply_conventions(make_task(cfg.task, seed=cfg.seed, **cfg.shift), cfg.conventions,
+                                               cfg.seed),
+                             apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift),
+                                               cfg.conventions, cfg.seed))
         self.env, self.eval_env = env, eval_env
         self.spec: TaskSpec = self.env.task_spec
         self.eval_seed = 1_000_000 + cfg.seed * 1000
@@ -184,7 +188,7 @@ class Trainer:
         self._stop_requested = False
 
         if ckpt is None:
-            self.agent = agent or ALGDAgent(self.spec, cfg.algo, device)
+            self.agent = agent or ALGDAgent(self.spec, cfg.algo, device, cfg.conventions)
             self.guard = BudgetGuard(self.agent, guard) if guard else None
             self.episode = self._new_episode()
         else:
@@ -302,8 +306,8 @@ class Trainer:
         # The reference schedule: in the first epoch at most `cap` updates per env step.
         if self.updates_this_epoch > cfg.first_epoch_update_cap * since:
             return
-        for _ in range(cfg.updates_per_step):
-            stats = self.agent.update(self.replay.sample(cfg.algo.batch_size, self.rng))
+        for i in range(cfg.updates_per_step):
+            stats = self.agent.update(self.replay.sample(cfg.algo.batch_size, self.rng), repeat_index=i)
             for k, v in stats.items():
                 acc.setdefault(k, []).append(v)
         self.updates_this_epoch += cfg.updates_per_step
