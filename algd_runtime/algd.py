@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from algd_runtime.config import AlgoConfig
 from algd_runtime.diffusion import DiffusionPolicy, make_policy
+from algd_runtime.fastpath import EnergyGrad, energy_of_action
 from algd_runtime.networks import CostEnsemble, TwinQ
 from algd_runtime.sim.spec import TaskSpec
 
@@ -63,6 +64,7 @@ class ALGDAgent:
         self.cost_opt = torch.optim.Adam(self.cost_critics.parameters(), lr=algo.qc_lr)
         self.lambda_opt = torch.optim.Adam([self.log_lambda], lr=algo.lambda_lr)
         self.grad_steps = 0
+        self.energy_grad = EnergyGrad(self)
 
     @property
     def lam(self) -> float:
@@ -100,6 +102,10 @@ class ALGDAgent:
         n = noise.shape[1]
         sigma = self.policy.score_target_sigma(tau).view(b, 1, 1)
         samples = a_tau.detach()[:, None, :] + sigma * noise
+        if self.cfg.fast_update:
+            la, _, _, grad = self.energy_grad(obs.detach(), samples, self.log_lambda.detach().exp())
+            weights = torch.softmax(-la / beta, dim=1)
+            return -(weights[:, :, None] * grad).sum(dim=1) / beta
         samples = samples.reshape(b * n, act_dim).requires_grad_(True)
         obs_rep = obs[:, None, :].expand(b, n, obs.shape[-1]).reshape(b * n, -1)
         la, _, _ = self.energy(obs_rep, samples)
@@ -145,7 +151,10 @@ class ALGDAgent:
 
     def update_actor(self, obs) -> dict[str, float]:
         a0, a_tau, tau = self.policy.sample_with_tau(obs)
-        la, q_min, qc = self.energy(obs, a0)
+        if self.cfg.fast_update:
+            la, q_min, qc = energy_of_action(self.energy_grad, obs, a0, self.log_lambda.detach().exp())
+        else:
+            la, q_min, qc = self.energy(obs, a0)
         actor_loss = la.mean()
         phi_star = self.score_target(obs, a_tau, tau)
         score_loss = F.mse_loss(self.policy.score(obs, a_tau, tau), phi_star)

@@ -55,7 +55,7 @@ def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu
     print(f"networks: {algo.variant}, K={algo.diffusion_steps}, denoiser width {algo.score_hidden}, "
           f"critic width {algo.critic_hidden}, {algo.qc_ensemble} cost critics, N={algo.score_mc_samples}")
     header = (f"{'task':<28} {'obs':>4} {'act':>4} {'env steps/s':>12} {'act+step/s':>11} "
-              f"{'updates/s':>10} {'batch':>6}")
+              f"{'eager upd/s':>11} {'fast upd/s':>10} {'fast/eager':>10} {'batch':>6}")
     _print_header(header)
     rows = []
     for name in tasks:
@@ -82,21 +82,39 @@ def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu
             replay.add(rng.normal(size=spec.obs_dim), rng.uniform(low, high), rng.normal(),
                        float(rng.random() < 0.1), rng.normal(size=spec.obs_dim), False)
 
-        def updates(n: int = 5) -> int:
-            for _ in range(n):
-                agent.update(replay.sample(batch, rng))
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return n
-
-        ups = _rate(updates, seconds)
+        eager, fast = _update_rates(spec, algo, device, lambda: replay.sample(batch, rng), seconds)
         env.close()
         row = {"task": name, "obs": spec.obs_dim, "act": spec.act_dim, "env_steps_per_s": raw,
-               "act_step_per_s": acting, "updates_per_s": ups, "batch": batch}
+               "act_step_per_s": acting, "updates_per_s": fast, "eager_updates_per_s": eager,
+               "fast_over_eager": fast / eager, "batch": batch}
         rows.append(row)
         print(f"{name:<28} {spec.obs_dim:>4} {spec.act_dim:>4} {raw:>12.0f} {acting:>11.0f} "
-              f"{ups:>10.1f} {batch:>6}", flush=True)
+              f"{eager:>11.1f} {fast:>10.1f} {fast / eager:>9.2f}x {batch:>6}", flush=True)
     return rows
+
+
+def _update_rates(spec, algo, device: str, sample: Callable[[], dict], seconds: float) -> tuple[float, float]:
+    """Gradient updates/s of the eager update (autograd for grad_a L_A) and of the fast one,
+    from the same weights, in alternating rounds so that both see the same machine load."""
+    import dataclasses
+
+    from algd_runtime.algd import ALGDAgent
+
+    agents = [ALGDAgent(spec, dataclasses.replace(algo, fast_update=fast), device) for fast in (False, True)]
+    agents[1].load_state_dict(agents[0].state_dict())
+    done, spent = [0, 0], [0.0, 0.0]
+    for agent in agents:  # warm-up
+        agent.update(sample())
+    while sum(spent) < 2 * seconds:
+        for i, agent in enumerate(agents):
+            t0 = time.perf_counter()
+            for _ in range(3):
+                agent.update(sample())
+            if device == "cuda":
+                torch.cuda.synchronize()
+            spent[i] += time.perf_counter() - t0
+            done[i] += 3
+    return done[0] / spent[0], done[1] / spent[1]
 
 
 # -- algd-bench infer -------------------------------------------------------------------------

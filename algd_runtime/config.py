@@ -44,6 +44,8 @@ class AlgoConfig:
     lambda_lr: float = 3e-4
     init_lambda: float = 0.6931
     batch_size: int = 256
+    # grad_a L_A by hand (fastpath.py) instead of by autograd: the same update, faster
+    fast_update: bool = True
 
 
 @dataclass

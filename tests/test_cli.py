@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -51,6 +53,8 @@ def test_bench_train_prints_a_table_with_rates():
     out = cli("algd-bench", "train", "--task", "PointHazard-v0", "--seconds", "0.5", "--batch", "32")
     assert out.returncode == 0, out.stderr
     row = next(line for line in out.stdout.splitlines() if line.startswith("PointHazard-v0"))
-    env_rate, act_rate, updates = (float(x) for x in row.split()[3:6])
-    assert env_rate > 100 and act_rate > 10 and updates > 1
+    env_rate, act_rate, eager, fast = (float(x) for x in row.split()[3:7])
+    assert env_rate > 100 and act_rate > 10 and eager > 1 and fast > 1
+    ratio = row.split()[7]  # the ratio of the two paths, measured in one run
+    assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(fast / eager, abs=0.05)
     assert out.stdout.startswith("machine:") and "critic width 256" in out.stdout
