@@ -64,7 +64,7 @@ class ALGDAgent:
         self.cost_opt = torch.optim.Adam(self.cost_critics.parameters(), lr=algo.qc_lr)
         self.lambda_opt = torch.optim.Adam([self.log_lambda], lr=algo.lambda_lr)
         self.grad_steps = 0
-        self.energy_grad = EnergyGrad(self)
+        self.fast_energy = EnergyGrad(self)  # the fast update's L_A and grad_a L_A
 
     @property
     def lam(self) -> float:
@@ -103,7 +103,7 @@ class ALGDAgent:
         sigma = self.policy.score_target_sigma(tau).view(b, 1, 1)
         samples = a_tau.detach()[:, None, :] + sigma * noise
         if self.cfg.fast_update:
-            la, _, _, grad = self.energy_grad(obs.detach(), samples, self.log_lambda.detach().exp())
+            la, _, _, grad = self.fast_energy(obs.detach(), samples, self.log_lambda.detach().exp())
             weights = torch.softmax(-la / beta, dim=1)
             return -(weights[:, :, None] * grad).sum(dim=1) / beta
         samples = samples.reshape(b * n, act_dim).requires_grad_(True)
@@ -152,7 +152,7 @@ class ALGDAgent:
     def update_actor(self, obs) -> dict[str, float]:
         a0, a_tau, tau = self.policy.sample_with_tau(obs)
         if self.cfg.fast_update:
-            la, q_min, qc = energy_of_action(self.energy_grad, obs, a0, self.log_lambda.detach().exp())
+            la, q_min, qc = energy_of_action(self.fast_energy, obs, a0, self.log_lambda.detach().exp())
         else:
             la, q_min, qc = self.energy(obs, a0)
         actor_loss = la.mean()

@@ -64,7 +64,7 @@ def test_agent_energy_uses_min_q_and_risk_of_the_ensemble():
 @pytest.mark.parametrize("beta", [1.0, 0.5])
 def test_score_target_sign_and_softmax_weights(beta):
     """With L_A(a) = |a - c|^2 / 2, phi* = -(1/beta) sum_i w_i (a_i - c), w = softmax(-L_i/beta)."""
-    agent = make_agent(beta=beta, score_mc_samples=4)
+    agent = make_agent(beta=beta, score_mc_samples=4, fast_update=False)  # a stand-in energy: the eager path
     c = torch.tensor([0.3, -0.4])
 
     def quadratic_energy(obs, action, lam=None):
