@@ -33,6 +33,9 @@ def risk_adjusted(qcs: torch.Tensor, k: float) -> torch.Tensor:
     return mean + k * std
 
 
+LAMBDA_FLOOR = 1e-8  # lambda is kept as log lambda: 0 is stored as this
+
+
 def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
     with torch.no_grad():
         for t, s in zip(target.parameters(), source.parameters()):
@@ -123,7 +126,7 @@ class ALGDAgent:
         mask = 1.0 - t["done"][:, None]
         stats = self.update_critics(obs, action, reward, cost, next_obs, mask)
         stats.update(self.update_actor(obs))
-        stats.update(self.update_dual(obs, action))
+        stats.update(self.update_dual(obs, action, step=self.cfg.dual == "critic"))
         phase = repeat_index if self.conventions == "reference" and repeat_index is not None else self.grad_steps
         if phase % self.cfg.target_update_every == 0:
             soft_update(self.critic_target, self.critic, self.cfg.tau)
@@ -168,14 +171,26 @@ class ALGDAgent:
         return {"actor_loss": actor_loss.item(), "score_loss": score_loss.item(),
                 "q_policy": q_min.mean().item(), "qc_policy": qc.mean().item()}
 
-    def update_dual(self, obs, action) -> dict[str, float]:
+    def update_dual(self, obs, action, step: bool = True) -> dict[str, float]:
+        """The paper's dual step (step=False: only measure Qc_risk at the replay actions)."""
         with torch.no_grad():
             qc = self.qc_risk(obs, action)
         lam_loss = (self.log_lambda.exp() * (self.h - qc)).mean()
-        self.lambda_opt.zero_grad(set_to_none=True)
-        lam_loss.backward()
-        self.lambda_opt.step()
+        if step:
+            self.lambda_opt.zero_grad(set_to_none=True)
+            lam_loss.backward()
+            self.lambda_opt.step()
         return {"lambda": self.lam, "lambda_loss": lam_loss.item(), "qc_replay": qc.mean().item()}
+
+    def dual_from_episode(self, episode_cost: float, limit: float) -> float:
+        """The "episode_cost" dual step: projected ascent on lambda itself from a measured
+        episode cost. Unlike Adam on log lambda it moves by the size of the violation, and it
+        does not wait for the cost critic to learn the cost (which lags the truth by tens of
+        thousands of updates early in training)."""
+        lam = max(LAMBDA_FLOOR, self.lam + self.cfg.episode_dual_lr * (episode_cost - limit) / limit)
+        with torch.no_grad():
+            self.log_lambda.fill_(math.log(lam))
+        return lam
 
     # -- acting -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -43,6 +43,11 @@ class AlgoConfig:
     qc_lr: float = 3e-4
     lambda_lr: float = 3e-4
     init_lambda: float = 0.6931
+    # How the multiplier learns. "critic" (the paper): Adam on log lambda against Qc_risk at
+    # replay actions, every update. "episode_cost": lambda += episode_dual_lr * (J - d) / d
+    # after each finished episode, J its measured cost and d the limit (projected at 0).
+    dual: str = "critic"
+    episode_dual_lr: float = 0.05
     batch_size: int = 256
     # grad_a L_A by hand (fastpath.py) instead of by autograd: the same update, faster
     fast_update: bool = True
@@ -81,6 +86,7 @@ _CHOICES = {
     "algo.variant": ("vesde", "ddpm"),
     "device": ("cpu", "cuda"),
     "conventions": ("robot", "reference"),
+    "algo.dual": ("critic", "episode_cost"),
 }
 _POSITIVE = {
     "algo.diffusion_steps", "algo.score_hidden", "algo.time_embed_dim", "algo.critic_hidden",
@@ -90,7 +96,7 @@ _POSITIVE = {
     "eval_episodes", "first_epoch_update_cap",
 }
 _NON_NEGATIVE = {
-    "algo.qc_risk_k", "algo.score_loss_weight", "algo.ddpm_guidance_scale", "warmup_steps",
+    "algo.qc_risk_k", "algo.score_loss_weight", "algo.episode_dual_lr", "algo.ddpm_guidance_scale", "warmup_steps",
     "min_replay", "epoch_length", "eval_every", "checkpoint_every", "log_every", "num_threads",
     "seed",
 }

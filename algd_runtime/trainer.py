@@ -396,6 +396,8 @@ class Trainer:
 
     def _end_episode(self, ep: _Episode, ended_by_guard: bool) -> None:
         cost = self.spec.episode_cost(ep.costs)
+        if self.agent.cfg.dual == "episode_cost" and self.agent.grad_steps > 0:
+            self.agent.dual_from_episode(cost, self.spec.cost_limit)
         self.recent = (self.recent + [(ep.ret, cost)])[-20:]
         self.episode_log.write({"step": self.env_steps, "episode": self.episodes, "return": ep.ret, "cost": cost,
                                 "cost_limit": self.spec.cost_limit, "length": len(ep.costs),

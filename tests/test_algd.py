@@ -191,3 +191,35 @@ def test_one_update_changes_every_trained_network_and_stays_finite(variant):
     targets = [p.clone() for p in agent.critic_target.parameters()]
     agent.update(batch)
     assert all(torch.equal(a, b) for a, b in zip(agent.critic_target.parameters(), targets))
+
+
+def test_episode_cost_dual_moves_lambda_by_the_size_of_the_violation():
+    agent = make_agent(dual="episode_cost", episode_dual_lr=0.1, init_lambda=0.5)
+    assert agent.dual_from_episode(20.0, 10.0) == pytest.approx(0.6)  # over by 100 %: +0.1
+    assert agent.dual_from_episode(5.0, 10.0) == pytest.approx(0.55)  # under by 50 %: -0.05
+    for _ in range(20):
+        agent.dual_from_episode(0.0, 10.0)
+    assert agent.lam == pytest.approx(1e-8)  # projected at 0 (stored as log lambda)
+    assert agent.dual_from_episode(30.0, 10.0) == pytest.approx(0.2, abs=1e-6)  # and back at once
+
+
+def test_episode_cost_dual_leaves_lambda_to_the_episodes_not_to_the_updates():
+    rng = np.random.default_rng(0)
+    b = {"obs": rng.normal(size=(32, SPEC.obs_dim)).astype(np.float32),
+         "action": rng.uniform(-1, 1, (32, SPEC.act_dim)).astype(np.float32),
+         "reward": rng.normal(size=32).astype(np.float32), "cost": np.ones(32, np.float32),
+         "next_obs": rng.normal(size=(32, SPEC.obs_dim)).astype(np.float32), "done": np.zeros(32, np.float32)}
+    by_episode, by_critic = make_agent(dual="episode_cost"), make_agent()
+    for _ in range(3):
+        stats = by_episode.update(b)
+        by_critic.update(b)
+    assert by_episode.lam == pytest.approx(0.6931) and "qc_replay" in stats
+    assert by_critic.lam != pytest.approx(0.6931)
+
+
+def test_the_dual_rule_is_checked_by_name():
+    from algd_runtime.config import ConfigError, config_from_dict
+
+    assert config_from_dict({"algo": {"dual": "episode_cost"}}).algo.dual == "episode_cost"
+    with pytest.raises(ConfigError, match="algo.dual"):
+        config_from_dict({"algo": {"dual": "pid"}})
