@@ -117,6 +117,55 @@ def _update_rates(spec, algo, device: str, sample: Callable[[], dict], seconds: 
     return done[0] / spent[0], done[1] / spent[1]
 
 
+# -- algd-bench envs ----------------------------------------------------------------------------
+def bench_envs(task: str, counts: list[int], algo, seconds: float = 5.0, asynchronous: bool = True) -> list[dict]:
+    """Collection throughput with n copies of a task stepping together (gymnasium vector
+    envs), with uniform random actions and with one batched policy call per vector step."""
+    import functools
+
+    from algd_runtime.algd import ALGDAgent
+    from algd_runtime.sim import make_task
+    from algd_runtime.sim.vector import make_vector_task
+
+    print(machine_line("cpu"))
+    print(f"task {task}; {'AsyncVectorEnv (one process per copy)' if asynchronous else 'SyncVectorEnv'}; "
+          f"policy: denoiser width {algo.score_hidden}, K={algo.diffusion_steps}, one batched call per step")
+    header = f"{'copies':>6} {'env steps/s':>12} {'act+step/s':>11} {'act+step vs 1 copy':>19}"
+    _print_header(header)
+    rows: list[dict] = []
+    for n in counts:
+        vec = make_vector_task(functools.partial(make_task, task, seed=0), n, run_seed=0, asynchronous=asynchronous)
+        try:
+            obs, _ = vec.reset()
+            spec_env = make_task(task, seed=0)
+            agent = ALGDAgent(spec_env.task_spec, algo)
+            spec_env.close()
+            rng = np.random.default_rng(0)
+            low, high = vec.single_action_space.low, vec.single_action_space.high
+            state = {"obs": obs}
+
+            def random_steps(k: int = 20) -> int:
+                for _ in range(k):
+                    state["obs"] = vec.step(rng.uniform(low, high, (n, len(low))).astype(np.float32))[0]
+                return k * n
+
+            def policy_steps(k: int = 10) -> int:
+                for _ in range(k):
+                    with torch.no_grad():
+                        actions = agent.policy.sample(torch.as_tensor(state["obs"], dtype=torch.float32)).numpy()
+                    state["obs"] = vec.step(actions)[0]
+                return k * n
+
+            raw, acting = _rate(random_steps, seconds), _rate(policy_steps, seconds)
+        finally:
+            vec.close()
+        row = {"copies": n, "env_steps_per_s": raw, "act_step_per_s": acting}
+        row["speedup"] = acting / rows[0]["act_step_per_s"] if rows else 1.0
+        rows.append(row)
+        print(f"{n:>6} {raw:>12.0f} {acting:>11.0f} {row['speedup']:>18.2f}x", flush=True)
+    return rows
+
+
 # -- algd-bench infer -------------------------------------------------------------------------
 def _latency(fn: Callable[[], object], iters: int, warmup: int = 200) -> dict[str, float]:
     for _ in range(warmup):

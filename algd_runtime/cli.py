@@ -200,6 +200,12 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--config", type=Path, help="take network sizes from this config (default: the paper's)")
     t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    e = sub.add_parser("envs", help="collection steps/s with 1, 4, 8 copies of a task (gymnasium vector envs)")
+    e.add_argument("--task", default="SafetyPointGoal1-v0")
+    e.add_argument("--num-envs", type=int, action="append", help="copies (default: 1, 4 and 8)")
+    e.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
+    e.add_argument("--config", type=Path, help="take the denoiser's size from this config (default: the paper's)")
+    e.add_argument("--sync", action="store_true", help="step the copies in this process (default: one process each)")
     i = sub.add_parser("infer", help="inference latency of a bundle, against torch eager")
     i.add_argument("bundle", type=Path)
     i.add_argument("--policy", type=Path, help="policy.pt for the torch baseline (default: beside the bundle)")
@@ -224,6 +230,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         return _bench_safety(args)
     if args.what == "infer":
         return _bench_infer(args)
+    if args.what == "envs":
+        return _bench_envs(args)
     if args.what == "loop":
         from algd_runtime.bench import bench_loop
 
@@ -247,6 +255,24 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         bench_train(tasks, algo, seconds=args.seconds, device=args.device)
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
+    return 0
+
+
+def _bench_envs(args) -> int:
+    from algd_runtime.bench import bench_envs
+    from algd_runtime.config import AlgoConfig, ConfigError, load_config
+    from algd_runtime.sim import TASK_NAMES
+
+    counts = args.num_envs or [1, 4, 8]
+    if args.task not in TASK_NAMES:
+        return _fail(f"--task: expected one of {sorted(TASK_NAMES)}, got {args.task!r}")
+    if any(n < 1 for n in counts):
+        return _fail(f"--num-envs: expected values >= 1, got {counts}")
+    try:
+        algo = load_config(args.config).algo if args.config else AlgoConfig()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    bench_envs(args.task, counts, algo, args.seconds, asynchronous=not args.sync)
     return 0
 
 
