@@ -139,8 +139,7 @@ class ALGDAgent:
             next_action = self.policy.sample(next_obs)
             q1_t, q2_t = self.critic_target(next_obs, next_action)
             q_target = reward + self.cfg.gamma * mask * torch.min(q1_t, q2_t)
-            cost_mask = torch.ones_like(mask) if self.spec.cost_mask_always_one else mask
-            qc_target = cost + self.cfg.cost_gamma * cost_mask * self.cost_critics_target(next_obs, next_action)
+            qc_target = self.cost_target(cost, next_obs, next_action, mask)
         q1, q2 = self.critic(obs, action)
         critic_loss = F.mse_loss(q1, q_target) + F.mse_loss(q2, q_target)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -151,6 +150,16 @@ class ALGDAgent:
         cost_loss.backward()
         self.cost_opt.step()
         return {"critic_loss": critic_loss.item(), "cost_critic_loss": cost_loss.item()}
+
+    @torch.no_grad()
+    def cost_target(self, cost, next_obs, next_action, mask) -> torch.Tensor:
+        """The cost critics' TD target, [M, B, 1]. Costs are >= 0, so is their discounted sum:
+        the target is held at >= 0, or an actor that seeks low Qc drags the critics below 0
+        through its next actions (seen on SafetyPointGoal1: Qc -1.2 where the truth was 5.6).
+        The reference code does not clamp (docs/CONVENTIONS.md)."""
+        cost_mask = torch.ones_like(mask) if self.spec.cost_mask_always_one else mask
+        target = cost + self.cfg.cost_gamma * cost_mask * self.cost_critics_target(next_obs, next_action)
+        return target if self.conventions == "reference" else target.clamp(min=0.0)
 
     def update_actor(self, obs) -> dict[str, float]:
         a0, a_tau, tau = self.policy.sample_with_tau(obs)

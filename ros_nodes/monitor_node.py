@@ -106,6 +106,7 @@ class MonitorNode(Node):
         if persisted:  # a STOP latched before this process started stays latched
             for t in self.monitor.latch_stop("latched before restart: " + "; ".join(persisted.values())):
                 self._respond(t)
+        self._reassert()
         self.get_logger().info(f"monitor: limit {limit:g} per {get('accounting')}, step-cost bound "
                                f"{bound or 'largest seen'}, critic {'on' if self.use_critic else 'off'}, "
                                f"stop_latch {get('stop_latch')}, state {self.store.path}"
@@ -188,8 +189,10 @@ class MonitorNode(Node):
         self.sees_robot = self.count_publishers(self.step_sub.topic_name) > 0
 
     def _reassert(self) -> None:
-        if self.monitor.level == Level.STOP:
-            self.estop_pub.publish(Bool(data=True))
+        """The e-stop's state, true or false, every period (and at start): a robot that missed
+        the last change (its sender killed right after publishing it) is told again. Seen: a
+        monitor killed within a millisecond of its STOP -> OK left the robot on e-stop for good."""
+        self.estop_pub.publish(Bool(data=self.monitor.level == Level.STOP))
 
     # -- responses ---------------------------------------------------------------------------
     def _respond(self, t) -> None:

@@ -2,8 +2,8 @@
 config). The defaults (`robot`) are what a robot needs; `reference` reproduces the paper's
 setting where a user wants to compare with it. docs/CONVENTIONS.md has the whole table.
 
-What this wrapper changes on the task side (the agent side, the target-update phase and the
-cost-ensemble initialisation, is in algd.py):
+What this wrapper changes on the task side (the agent side, the target-update phase, the
+cost-ensemble initialisation and the unclamped cost target, is in algd.py):
 - navigation: one fixed layout (every reset uses the run's first seed), and reaching the
   goal ends the episode as a terminal state;
 - velocity: the time limit is a terminal state too (done = terminated or truncated), where

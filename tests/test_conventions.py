@@ -127,3 +127,17 @@ def test_cost_ensemble_init_is_untruncated_only_under_the_reference():
 
     assert largest_in_std("robot") <= 2.0
     assert largest_in_std("reference") > 3.0  # 262 144 normal draws: some beyond 3 std
+
+
+def test_cost_targets_are_held_at_zero_or_above_except_under_the_reference():
+    spec = make_task("PointHazard-v0").task_spec
+    out = {}
+    for conventions in ("robot", "reference"):
+        torch.manual_seed(0)
+        agent = ALGDAgent(spec, AlgoConfig(score_hidden=16, critic_hidden=16), conventions=conventions)
+        with torch.no_grad():
+            agent.cost_critics_target.nn3.bias.fill_(-5.0)  # a critic that went below zero
+        b = 8
+        out[conventions] = agent.cost_target(torch.zeros(b, 1), torch.randn(b, 8), torch.rand(b, 2), torch.ones(b, 1))
+    assert (out["robot"] == 0).all()
+    assert (out["reference"] < -4).all()

@@ -321,3 +321,30 @@ def test_the_controller_refuses_another_tasks_bundle_or_another_digest(vesde_bun
             controller(vesde_bundle, "/refuse", key_file, fallback="hold-last")
     finally:
         rclpy.shutdown()
+
+
+def test_the_monitor_tells_its_estop_state_at_start_and_again_every_period(vesde_bundle, key_file, tmp_path):
+    """A robot that missed the e-stop's last change (its sender was killed just after sending
+    it) is told again: the state, true or false, at start and every estop_period_s."""
+    from std_msgs.msg import Bool
+
+    rclpy.init()
+    ns = f"/algd_estop_{os.getpid()}"
+    mon = monitor(vesde_bundle, ns, key_file, tmp_path / "state.json", estop_period_s=0.2)
+    listener = rclpy.create_node("estop_listener", namespace=ns)
+    heard = []
+    listener.create_subscription(Bool, m.ESTOP, lambda msg: heard.append(msg.data), m.LATCHED)
+    ex = SingleThreadedExecutor()
+    ex.add_node(mon)
+    ex.add_node(listener)
+    try:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.01)
+    finally:
+        ex.shutdown()
+        mon.destroy_node()
+        listener.destroy_node()
+        rclpy.shutdown()
+    assert heard and not any(heard), heard  # at OK: false, never true
+    assert len(heard) >= 4, f"re-published every period: heard {len(heard)} in 1.5 s"
