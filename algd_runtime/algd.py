@@ -208,6 +208,12 @@ class ALGDAgent:
         a = self.policy.act_deterministic(o) if deterministic else self.policy.sample(o)
         return a[0].cpu().numpy()
 
+    @torch.no_grad()
+    def act_batch(self, obs: np.ndarray) -> np.ndarray:
+        """One stochastic action per row of obs [n, obs_dim], in one call."""
+        o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
+        return self.policy.sample(o).cpu().numpy()
+
     # -- state ----------------------------------------------------------------------------------
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy, "critic": self.critic, "critic_target": self.critic_target,

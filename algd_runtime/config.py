@@ -76,6 +76,9 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads; 0: leave torch's default
     # "robot" (default) or "reference": the authors' code's conventions (docs/CONVENTIONS.md)
     conventions: str = "robot"
+    # Copies of the task stepping together (gymnasium AsyncVectorEnv, one process each) with
+    # one batched policy call per step; updates_per_step stays per env step.
+    num_envs: int = 1
     algo: AlgoConfig = field(default_factory=AlgoConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +96,7 @@ _POSITIVE = {
     "algo.qc_ensemble", "algo.rho", "algo.beta", "algo.score_mc_samples", "algo.lr",
     "algo.qc_lr", "algo.lambda_lr", "algo.init_lambda", "algo.batch_size",
     "algo.target_update_every", "total_steps", "updates_per_step", "replay_size",
-    "eval_episodes", "first_epoch_update_cap",
+    "eval_episodes", "first_epoch_update_cap", "num_envs",
 }
 _NON_NEGATIVE = {
     "algo.qc_risk_k", "algo.score_loss_weight", "algo.episode_dual_lr", "algo.ddpm_guidance_scale", "warmup_steps",

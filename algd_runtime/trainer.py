@@ -9,6 +9,7 @@ which rebuilds the simulator state exactly, so a resumed run continues bit for b
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import signal
 import threading
@@ -31,6 +32,11 @@ from algd_runtime.sim.conventions import apply_conventions
 from algd_runtime.sim.spec import TaskSpec
 
 POLICY_FILE = "policy.pt"
+
+
+def _make_training_task(cfg: TrainConfig):
+    """One copy of the training task (module level: worker processes unpickle it)."""
+    return apply_conventions(make_task(cfg.task, seed=cfg.seed, **cfg.shift), cfg.conventions, cfg.seed)
 
 
 def episode_seed(run_seed: int, episode: int) -> int:
@@ -178,6 +184,15 @@ class Trainer:
                                                cfg.conventions, cfg.seed))
         self.env, self.eval_env = env, eval_env
         self.spec: TaskSpec = self.env.task_spec
+        self.vec = None  # copies of the task stepping together (cfg.num_envs > 1)
+        if cfg.num_envs > 1:
+            if guard is not None:
+                raise ValueError("num_envs: the budget guard steps one task; expected 1 with a guard")
+            if not getattr(self.env, "replayable", True):
+                raise ValueError("num_envs: a robot is one task; expected 1")
+            from algd_runtime.sim.vector import make_vector_task
+
+            self.vec = make_vector_task(functools.partial(_make_training_task, cfg), cfg.num_envs, cfg.seed)
         self.eval_seed = 1_000_000 + cfg.seed * 1000
         self.epoch_length = cfg.epoch_length or self.spec.episode_length
         self.replay = replay if replay is not None else ReplayBuffer(cfg.replay_size, self.spec.obs_dim,
@@ -190,7 +205,11 @@ class Trainer:
         if ckpt is None:
             self.agent = agent or ALGDAgent(self.spec, cfg.algo, device, cfg.conventions)
             self.guard = BudgetGuard(self.agent, guard) if guard else None
-            self.episode = self._new_episode()
+            if self.vec is None:
+                self.episode = self._new_episode()
+            else:
+                self.running = [_Episode(seed=s["seed"], obs=o)
+                                for s, o in zip(self.vec.get_attr("episode_state"), self.vec.reset()[0])]
         else:
             self.agent = agent_from_checkpoint(ckpt, device)
             self.guard = BudgetGuard(self.agent, guard) if guard else None
@@ -230,6 +249,14 @@ class Trainer:
         if torch.cuda.is_available() and ts.get("cuda_rng"):
             torch.cuda.set_rng_state_all(ts["cuda_rng"])
         self.rng.bit_generator.state = ts["numpy_rng"]
+        if self.vec is not None:  # each copy replays its episode in its own process
+            copies = ts["copies"]
+            self.vec.set_attr("episode_state", [{"episodes": c["episodes"], "seed": c["seed"],
+                                                 "actions": c["actions"].numpy()} for c in copies])
+            self.running = [_Episode(seed=c["seed"], obs=c["obs"].numpy(), actions=list(c["actions"].numpy()),
+                                     ret=c["ret"], costs=list(c["costs"])) for c in copies]
+            self.echo(f"resumed from {self.policy_path} at step {self.env_steps} ({len(copies)} copies)")
+            return
         # Rebuild the episode in progress by replaying its actions from its reset seed.
         ep = ts["episode"]
         if not getattr(self.env, "replayable", True):  # a robot: start a fresh episode instead
@@ -250,19 +277,29 @@ class Trainer:
         self.echo(f"resumed from {self.policy_path} at step {self.env_steps}")
 
     def _train_state(self) -> dict[str, Any]:
-        ep = self.episode
-        return {
+        state = {
             "env_steps": self.env_steps, "episodes": self.episodes,
             "updates_this_epoch": self.updates_this_epoch, "elapsed": self.elapsed,
             "recent": [list(x) for x in self.recent], "replay_size": self.replay.size,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy_rng": self.rng.bit_generator.state,
-            # Tensors, not numpy arrays: policy.pt is read with weights_only=True.
-            "episode": {"seed": ep.seed, "obs": torch.from_numpy(ep.obs.copy()),
-                        "actions": torch.from_numpy(np.array(ep.actions, np.float32).reshape(-1, self.spec.act_dim)),
-                        "ret": ep.ret, "costs": list(ep.costs)},
         }
+        # Tensors, not numpy arrays: policy.pt is read with weights_only=True.
+        if self.vec is None:
+            ep = self.episode
+            state["episode"] = {"seed": ep.seed, "obs": torch.from_numpy(ep.obs.copy()),
+                                "actions": torch.from_numpy(self._actions(ep.actions)), "ret": ep.ret,
+                                "costs": list(ep.costs)}
+        else:
+            state["copies"] = [{"episodes": s["episodes"], "seed": s["seed"], "obs": torch.from_numpy(ep.obs.copy()),
+                                "actions": torch.from_numpy(self._actions(s["actions"])), "ret": ep.ret,
+                                "costs": list(ep.costs)}
+                               for s, ep in zip(self.vec.get_attr("episode_state"), self.running)]
+        return state
+
+    def _actions(self, actions) -> np.ndarray:
+        return np.array(actions, np.float32).reshape(-1, self.spec.act_dim)
 
     def save(self) -> Path:
         """Replay first, under a name that carries the step, then policy.pt (which names it):
@@ -344,23 +381,13 @@ class Trainer:
         next_log = self._next_multiple(cfg.log_every)
         try:
             while self.env_steps < cfg.total_steps and not self._stop_requested:
-                ep = self.episode
-                action = self.agent.act(ep.obs)
-                if self.guard is not None:
-                    action = self.guard.act(ep.obs, action)
-                next_obs, r, c, term, trunc, info = self.env.step(action)
-                if not info.get("no_transition"):  # a robot that ended the episode itself: nothing to learn
-                    self.replay.add(ep.obs, action, r, c, next_obs, term)
-                ep.actions.append(action)
-                ep.obs, ep.ret = next_obs, ep.ret + r
-                ep.costs.append(c)
-                self.env_steps += 1
-                guard_ends = self.guard is not None and not (term or trunc) and self.guard.after_step(c)
-                self._maybe_update(acc)
-                if term or trunc or guard_ends:
-                    self._end_episode(ep, guard_ends)
+                before = self.env_steps
+                if self.vec is None:
+                    self._step_one(acc)
+                else:
+                    self._step_copies(acc)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(self.env_steps - before)
                 self.elapsed = now = elapsed0 + time.perf_counter() - t0
                 if self.env_steps >= next_log:
                     next_log += cfg.log_every
@@ -388,13 +415,53 @@ class Trainer:
         self.save()
         if self.tb is not None:
             self.tb.close()
+        if self.vec is not None:
+            self.vec.close()
         if interrupted:
             self.echo(f"interrupted at step {self.env_steps}: saved {self.policy_path}; "
                       f"continue with --resume")
         return {"policy": str(self.policy_path), "env_steps": self.env_steps, "interrupted": interrupted,
                 "elapsed_s": self.elapsed, "lambda": self.agent.lam, "eval": last_eval}
 
-    def _end_episode(self, ep: _Episode, ended_by_guard: bool) -> None:
+    def _step_one(self, acc: dict[str, list[float]]) -> None:
+        ep = self.episode
+        action = self.agent.act(ep.obs)
+        if self.guard is not None:
+            action = self.guard.act(ep.obs, action)
+        next_obs, r, c, term, trunc, info = self.env.step(action)
+        if not info.get("no_transition"):  # a robot that ended the episode itself: nothing to learn
+            self.replay.add(ep.obs, action, r, c, next_obs, term)
+        ep.actions.append(action)
+        ep.obs, ep.ret = next_obs, ep.ret + r
+        ep.costs.append(c)
+        self.env_steps += 1
+        guard_ends = self.guard is not None and not (term or trunc) and self.guard.after_step(c)
+        self._maybe_update(acc)
+        if term or trunc or guard_ends:
+            self._log_episode(ep, guard_ends)
+            self.episode = self._new_episode()
+
+    def _step_copies(self, acc: dict[str, list[float]]) -> None:
+        """One step of every copy: one batched policy call, then each copy's transition in
+        turn (its replay entry, its share of the updates, its episode's end)."""
+        actions = self.agent.act_batch(np.stack([ep.obs for ep in self.running]))
+        next_obs, rewards, terms, truncs, info = self.vec.step(actions)
+        for i, ep in enumerate(self.running):
+            done = bool(terms[i] or truncs[i])
+            # A finished copy has already reset: its last observation and cost are in final_*.
+            last_obs = info["final_observation"][i] if done else next_obs[i]
+            cost = float(info["final_info"][i]["cost"] if done else info["cost"][i])
+            self.replay.add(ep.obs, actions[i], float(rewards[i]), cost, last_obs, bool(terms[i]))
+            ep.actions.append(actions[i])
+            ep.obs, ep.ret = next_obs[i], ep.ret + float(rewards[i])
+            ep.costs.append(cost)
+            self.env_steps += 1
+            self._maybe_update(acc)
+            if done:
+                self._log_episode(ep, False)
+                self.running[i] = _Episode(seed=-1, obs=next_obs[i])
+
+    def _log_episode(self, ep: _Episode, ended_by_guard: bool) -> None:
         cost = self.spec.episode_cost(ep.costs)
         if self.agent.cfg.dual == "episode_cost" and self.agent.grad_steps > 0:
             self.agent.dual_from_episode(cost, self.spec.cost_limit)
@@ -404,7 +471,6 @@ class Trainer:
                                 "ended_by_guard": int(ended_by_guard),
                                 "shielded_steps": self.guard.shielded_in_episode if self.guard else 0})
         self.episodes += 1
-        self.episode = self._new_episode()
 
     def _next_multiple(self, every: int) -> int:
         if every <= 0:

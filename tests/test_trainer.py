@@ -107,3 +107,23 @@ def test_safety_gymnasium_tasks_train_and_resume_exactly(tmp_path, task):
     resumed, _ = go(tmp_path / "b", 140, resume=True)
     for (k, a), b in zip(straight.agent.policy.state_dict().items(), resumed.agent.policy.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_copies_of_the_task_train_and_resume_exactly(tmp_path):
+    """num_envs: 2 (two worker processes, one batched policy call per step) stops mid-episode
+    and resumes to the same parameters as the uninterrupted run."""
+    def run2(run_dir, steps, resume=False):
+        cfg = config_from_dict({**TINY, "total_steps": steps, "num_envs": 2})
+        trainer = Trainer(cfg, run_dir, resume=resume, progress=False, echo=lambda m: None)
+        return trainer, trainer.run()
+
+    straight, summary = run2(tmp_path / "straight", 400)
+    assert summary["env_steps"] == 400 and straight.replay.size == 400
+    first, _ = run2(tmp_path / "split", 210)
+    assert any(ep.actions for ep in first.running), "the checkpoint should fall inside an episode"
+    resumed, _ = run2(tmp_path / "split", 400, resume=True)
+    assert resumed.agent.grad_steps == straight.agent.grad_steps > 0
+    for p, q in zip(straight.agent.policy.parameters(), resumed.agent.policy.parameters()):
+        assert torch.equal(p, q)
+    rows = list(csv.DictReader((tmp_path / "straight" / "episodes.csv").open()))
+    assert rows, "episodes of both copies are logged"
