@@ -1,0 +1,51 @@
+"""algd-sweep on an embedded local Ray: a tiny sweep (toy task, 2 seeds), run twice."""
+
+import pytest
+
+pytest.importorskip("ray")
+
+from algd_runtime.sweep import main, parse_set  # noqa: E402
+
+TINY = """\
+task: PointHazard-v0
+warmup_steps: 100
+min_replay: 64
+updates_per_step: 1
+eval_every: 150
+eval_episodes: 1
+checkpoint_every: 0
+log_every: 100
+algo:
+  score_hidden: 16
+  critic_hidden: 16
+  batch_size: 32
+"""
+
+
+@pytest.mark.slow  # Ray's start-up and two trials: about a minute, more on a busy machine
+def test_a_tiny_sweep_runs_on_local_ray_aggregates_and_skips_finished_trials(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "sweep"
+    args = ["--task", "PointHazard-v0", "--seeds", "1", "2", "--steps", "300", "--config", str(config),
+            "--out", str(out), "--num-cpus", "2"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "2 trials, 0 finished before, 2 to run" in text and "[2/2]" in text
+    assert "| PointHazard-v0 | defaults | 2 | 300 |" in (out / "sweep.md").read_text()
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    policies = sorted(out.glob("*/policy.pt"))
+    assert len(policies) == 2 and all((p.parent / "tb").is_dir() for p in policies)
+    stamps = [p.stat().st_mtime_ns for p in policies]
+
+    assert main(args) == 0  # again: nothing re-runs
+    assert "2 finished before, 0 to run" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in policies] == stamps
+
+
+def test_override_sets_are_checked_before_anything_runs(tmp_path, capsys):
+    assert parse_set("algo.dual=episode_cost,algo.lr=0.001") == {"algo.dual": "episode_cost", "algo.lr": 0.001}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_set("algo.dual")
+    assert main(["--task", "PointHazard-v0", "--set", "algo.dual=pid", "--out", str(tmp_path)]) == 2
+    assert "algo.dual" in capsys.readouterr().err
