@@ -117,7 +117,8 @@ class ALGDAgent:
         return (-(weights[:, :, None] * grad.view(b, n, act_dim)).sum(dim=1) / beta).detach()
 
     # -- one gradient step ----------------------------------------------------------------
-    def update(self, batch: dict[str, np.ndarray], repeat_index: int | None = None) -> dict[str, float]:
+    def update(self, batch: dict[str, np.ndarray], repeat_index: int | None = None,
+               actor: bool = True) -> dict[str, float]:
         """One gradient step. repeat_index: which of this env step's updates it is; the
         reference conventions time the target updates by it, ours by the global count."""
         t = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
@@ -125,7 +126,8 @@ class ALGDAgent:
         reward, cost = t["reward"][:, None], t["cost"][:, None]
         mask = 1.0 - t["done"][:, None]
         stats = self.update_critics(obs, action, reward, cost, next_obs, mask)
-        stats.update(self.update_actor(obs))
+        if actor:  # False while the critics warm up (fine-tuning)
+            stats.update(self.update_actor(obs))
         stats.update(self.update_dual(obs, action, step=self.cfg.dual == "critic"))
         phase = repeat_index if self.conventions == "reference" and repeat_index is not None else self.grad_steps
         if phase % self.cfg.target_update_every == 0:

@@ -152,6 +152,10 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-guard", action="store_true", help="no budget guard (simulation only!)")
     p.add_argument("--eval-episodes", type=int, default=20, help="episodes before and after (default 20)")
     p.add_argument("--warmup", type=int, default=400, help="target steps before the first update (default 400)")
+    p.add_argument("--critic-warmup", type=int, default=2000,
+                   help="target steps after --warmup in which only the critics and lambda learn (default 2000)")
+    p.add_argument("--actor-lr-scale", type=float, default=0.3,
+                   help="the actor's learning rate as a fraction of training's (default 0.3)")
     p.add_argument("--timeout", type=float, default=10.0, help="ros: seconds to wait for the robot")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning run in --out")
@@ -169,7 +173,8 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
         opts = FinetuneOptions(target, steps=args.steps, seed=args.seed, reset=tuple(dict.fromkeys(args.reset)),
                                keep_replay=args.keep_replay, data=tuple(args.data),
                                guard=None if args.no_guard else GuardConfig(), eval_episodes=args.eval_episodes,
-                               warmup_steps=args.warmup, device=args.device, timeout_s=args.timeout)
+                               warmup_steps=args.warmup, critic_warmup_steps=args.critic_warmup,
+                               actor_lr_scale=args.actor_lr_scale, device=args.device, timeout_s=args.timeout)
         for path in opts.data:
             if not path.is_file():
                 return _fail(f"--data: no such file {path}")

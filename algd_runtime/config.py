@@ -79,6 +79,9 @@ class TrainConfig:
     # Copies of the task stepping together (gymnasium AsyncVectorEnv, one process each) with
     # one batched policy call per step; updates_per_step stays per env step.
     num_envs: int = 1
+    # Env steps before the first actor update: the critics (and lambda) learn the system
+    # first. 0 for training from scratch; fine-tuning delays the actor (finetune.py).
+    actor_delay_steps: int = 0
     algo: AlgoConfig = field(default_factory=AlgoConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +103,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "algo.qc_risk_k", "algo.score_loss_weight", "algo.episode_dual_lr", "algo.ddpm_guidance_scale", "warmup_steps",
-    "min_replay", "epoch_length", "eval_every", "checkpoint_every", "log_every", "num_threads",
+    "min_replay", "actor_delay_steps", "epoch_length", "eval_every", "checkpoint_every", "log_every", "num_threads",
     "seed",
 }
 _UNIT_INTERVAL = {"algo.gamma", "algo.cost_gamma", "algo.tau"}

@@ -29,7 +29,7 @@ from algd_runtime.replay import ReplayBuffer
 from algd_runtime.trainer import EvalResult, Trainer, evaluate
 
 RESETTABLE = ("critics", "lambda")
-REPORT_JSON, REPORT_MD, BEFORE_JSON = "report.json", "report.md", "before.json"
+REPORT_JSON, REPORT_MD, BEFORE_JSON, BEST_FILE = "report.json", "report.md", "before.json", "best.pt"
 
 
 @dataclass
@@ -70,6 +70,10 @@ class FinetuneOptions:
     guard: GuardConfig | None = field(default_factory=GuardConfig)
     eval_episodes: int = 20
     warmup_steps: int = 400  # target steps before the first update
+    # Conservative by default: the critics (and lambda) learn the new system first, and the
+    # actor then moves at a fraction of its training learning rate.
+    critic_warmup_steps: int = 2000  # target steps after warmup_steps before the first actor update
+    actor_lr_scale: float = 0.3
     device: str = "cpu"
     timeout_s: float = 10.0  # ros: how long to wait for the robot
 
@@ -83,6 +87,10 @@ class FinetuneOptions:
             raise ValueError(f"--eval-episodes: expected >= 1, got {self.eval_episodes}")
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup: expected >= 0, got {self.warmup_steps}")
+        if self.critic_warmup_steps < 0:
+            raise ValueError(f"--critic-warmup: expected >= 0, got {self.critic_warmup_steps}")
+        if not 0 < self.actor_lr_scale <= 1:
+            raise ValueError(f"--actor-lr-scale: expected 0 < value <= 1, got {self.actor_lr_scale}")
         if not self.timeout_s > 0:
             raise ValueError(f"--timeout: expected a number of seconds > 0, got {self.timeout_s}")
 
@@ -161,6 +169,7 @@ def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions
         cfg = dataclasses.replace(
             cfg, task=spec.name, shift=dict(target.shift), seed=opts.seed, device=opts.device,
             total_steps=opts.steps, warmup_steps=opts.warmup_steps,
+            actor_delay_steps=opts.warmup_steps + opts.critic_warmup_steps,
             min_replay=min(cfg.min_replay, opts.warmup_steps),
             eval_every=max(opts.steps // 5, 1) if target.kind == "sim" else 0,
             checkpoint_every=max(opts.steps // 3, 1))
@@ -181,11 +190,15 @@ def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions
         echo(_eval_line("before", before))
 
         agent = start_agent(ckpt, spec, tuple(opts.reset), opts.device)
+        for group in agent.actor_opt.param_groups:
+            group["lr"] = cfg.algo.lr * opts.actor_lr_scale
+        best = BestPolicy(out_dir, policy_path, before, echo)
         replay = None if resume else start_replay(ckpt, policy_path, cfg.replay_size, spec, opts.keep_replay,
                                                   tuple(opts.data), echo)
         trainer = Trainer(cfg, out_dir, resume=resume, progress=progress, echo=echo, env=env,
                           eval_env=eval_env if target.kind == "sim" else None, agent=agent, replay=replay,
-                          guard=opts.guard, origin="finetune")
+                          guard=opts.guard, origin="finetune", on_evaluation=best.consider)
+        trainer.eval_seed = eval_seed  # evaluations during training see the same start states as before/after
         kept = {part: "reset" if part in opts.reset else "kept" for part in RESETTABLE}
         echo(f"fine-tuning on {target.describe()} for {opts.steps} steps (critics {kept['critics']}, lambda "
              f"{kept['lambda']} = {trainer.agent.lam:.3f}, replay {len(trainer.replay)} transitions, guard "
@@ -199,16 +212,80 @@ def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions
         after = evaluate(lambda o: tuned.act(o, deterministic=True), eval_env, opts.eval_episodes, eval_seed,
                          eval_guard(tuned))
         echo(_eval_line("after", after))
+        best.consider(after, trainer)
     finally:
         env.close()
         if eval_env is not env:
             eval_env.close()
     report = _report(policy_path, out_dir, dataclasses.replace(opts, target=target), before, after, trainer,
                      elapsed)
+    report["best"] = best.describe()
+    report["comparison"] = compare(before, after)
+    if report["comparison"]["worse"]:
+        echo(f"WARNING: fine-tuning made the policy WORSE on {target.describe()}: "
+             f"{report['comparison']['why']}. Deploy {report['best']['path']} ({report['best']['from']}) instead.")
     report["plots"] = write_plots(out_dir, report, echo)
     write_report(out_dir, report)
     echo(f"wrote {trainer.policy_path}, {out_dir / REPORT_MD} and {len(report['plots'])} plots")
     return report
+
+
+class BestPolicy:
+    """best.pt: the best policy by evaluation within the budget among the source, every
+    evaluation while fine-tuning and the final one (same start states each time)."""
+
+    def __init__(self, out_dir: Path, source: Path, before: EvalResult, echo: Callable[[str], None]) -> None:
+        self.path, self.echo = out_dir / BEST_FILE, echo
+        self.score, self.origin = -math.inf, "none within the budget"
+        if before.within_limit and not self.path.exists():
+            self._write(lambda f: f.write(source.read_bytes()))
+        if before.within_limit:
+            self.score, self.origin = before.return_mean, "the source policy"
+
+    def consider(self, res: EvalResult, trainer) -> None:
+        if res.within_limit and res.return_mean > self.score:
+            from algd_runtime.checkpoint import save_checkpoint
+
+            save_checkpoint(self.path, trainer.agent, trainer.cfg.to_dict(), origin="finetune")
+            self.score, self.origin = res.return_mean, f"fine-tuned, step {trainer.env_steps}"
+
+    def _write(self, fill) -> None:
+        from algd_runtime.atomic import atomic_write
+
+        with atomic_write(self.path, "wb") as f:
+            fill(f)
+
+    def describe(self) -> dict:
+        return {"path": str(self.path) if math.isfinite(self.score) else None, "from": self.origin,
+                "return": self.score if math.isfinite(self.score) else None}
+
+
+def mean_ci(values, seed: int = 0, level: float = 0.95, resamples: int = 4000) -> tuple[float, float, float]:
+    """Mean and its percentile-bootstrap confidence interval."""
+    import numpy as np
+
+    x = np.asarray(values, float)
+    if len(x) < 2:
+        return float(x.mean()), float(x.mean()), float(x.mean())
+    means = np.random.default_rng(seed).choice(x, (resamples, len(x))).mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def compare(before: EvalResult, after: EvalResult) -> dict:
+    """After vs before on the same start states: paired differences with 95 % intervals.
+    Worse: the return's interval lies below 0, or the cost went over the limit."""
+    d_ret = [a - b for a, b in zip(after.returns, before.returns)]
+    d_cost = [a - b for a, b in zip(after.costs, before.costs)]
+    ret, cost = mean_ci(d_ret), mean_ci(d_cost)
+    why = []
+    if ret[2] < 0:
+        why.append(f"return {ret[0]:+.2f} (95 % CI {ret[1]:+.2f} .. {ret[2]:+.2f})")
+    if before.within_limit and not after.within_limit:
+        why.append(f"cost {after.cost_mean:.2f} is over the limit {after.cost_limit:g} (it was {before.cost_mean:.2f})")
+    return {"return_change": ret, "cost_change": cost, "before_return_ci": mean_ci(before.returns),
+            "after_return_ci": mean_ci(after.returns), "before_cost_ci": mean_ci(before.costs),
+            "after_cost_ci": mean_ci(after.costs), "worse": bool(why), "why": "; ".join(why)}
 
 
 def write_plots(out_dir: Path, report: dict, echo: Callable[[str], None]) -> list[str]:
@@ -286,9 +363,20 @@ def write_report(out_dir: Path, report: dict) -> None:
     with atomic_write(out_dir / REPORT_JSON, "w") as f:
         json.dump(report, f, indent=1)
     b, a, t = report["before"], report["after"], report["training_episodes"]
+    cmp, best = report["comparison"], report["best"]
+
+    def ci(key):
+        m, lo, hi = cmp[key]
+        return f"{m:+.2f} (95 % CI {lo:+.2f} .. {hi:+.2f})"
+
     lines = [
         f"# Fine-tuning report: {report['target']}",
         "",
+    ]
+    if cmp["worse"]:
+        lines += [f"**WARNING: fine-tuning made the policy worse: {cmp['why']}.** "
+                  f"Deploy `{best['path']}` ({best['from']}), not the fine-tuned policy.", ""]
+    lines += [
         f"- source policy: `{report['source']}`",
         f"- fine-tuned policy: `{report['policy']}` ({report['steps']} steps in {report['elapsed_s']:.0f} s, "
         f"seed {report['seed']}, lambda now {report['lambda']:.3f})",
@@ -304,6 +392,12 @@ def write_report(out_dir: Path, report: dict) -> None:
         f"| {b['violations']}/{b['episodes']} |",
         f"| after | {a['return_mean']:.2f} ± {a['return_std']:.2f} | {a['cost_mean']:.2f} ± {a['cost_std']:.2f} "
         f"| {a['violations']}/{a['episodes']} |",
+        "",
+        f"Change on the same start states (after - before, paired): return {ci('return_change')}, "
+        f"cost {ci('cost_change')} (bootstrap intervals).",
+        "",
+        f"Best within the budget: {best['from']}" + (f", `{best['path']}` (return {best['return']:.2f})"
+                                                      if best["path"] else "") + ".",
         "",
         f"While fine-tuning: {t['episodes']} episodes, {t['over_limit']} over the limit (worst {t['max_cost']:g}), "
         f"{t['ended_by_guard']} ended by the guard, {t['shielded_steps']} shielded steps.",

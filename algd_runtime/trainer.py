@@ -157,9 +157,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                  progress: bool = True, echo: Callable[[str], None] = print, *, env=None, eval_env=None,
                  agent: ALGDAgent | None = None, replay: ReplayBuffer | None = None,
-                 guard: GuardConfig | None = None, origin: str = "trained"):
+                 guard: GuardConfig | None = None, origin: str = "trained",
+                 on_evaluation: Callable[[EvalResult, "Trainer"], None] | None = None):
         self.cfg, self.run_dir, self.echo, self.progress = cfg, Path(run_dir), echo, progress
         self.origin = origin
+        self.on_evaluation = on_evaluation  # called after each evaluation (fine-tuning keeps its best)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy_path = self.run_dir / POLICY_FILE
         device = cfg.device
@@ -344,7 +346,8 @@ class Trainer:
         if self.updates_this_epoch > cfg.first_epoch_update_cap * since:
             return
         for i in range(cfg.updates_per_step):
-            stats = self.agent.update(self.replay.sample(cfg.algo.batch_size, self.rng), repeat_index=i)
+            stats = self.agent.update(self.replay.sample(cfg.algo.batch_size, self.rng), repeat_index=i,
+                                      actor=self.env_steps > cfg.actor_delay_steps)
             for k, v in stats.items():
                 acc.setdefault(k, []).append(v)
         self.updates_this_epoch += cfg.updates_per_step
@@ -507,4 +510,6 @@ class Trainer:
                f"cost {res.cost_mean:.2f} ± {res.cost_std:.2f} (limit {res.cost_limit:g}), "
                f"lambda {agent.lam:.3f}")
         (bar.write if bar is not None else self.echo)(msg)
+        if self.on_evaluation is not None:
+            self.on_evaluation(res, self)
         return res

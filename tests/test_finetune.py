@@ -162,3 +162,40 @@ def test_cli_names_bad_input(tmp_path, capsys):
     assert "no such policy file" in capsys.readouterr().err
     assert finetune_main([str(tmp_path / "p.pt"), "--target", "sim", "--data", str(tmp_path / "x.mcap")]) == 2
     assert "--data: no such file" in capsys.readouterr().err
+
+
+def test_the_actor_waits_for_the_critics_and_moves_at_a_fraction_of_its_rate(tmp_path):
+    small_policy(tmp_path / "p.pt")
+    source = load_checkpoint(tmp_path / "p.pt")
+    opts = FinetuneOptions(parse_target("sim", ENGULFED), steps=250, seed=3, eval_episodes=2, warmup_steps=100)
+    report = finetune(tmp_path / "p.pt", tmp_path / "ft", opts, progress=False, echo=lambda s: None)
+    tuned = load_checkpoint(tmp_path / "ft" / "policy.pt")
+    # 250 steps < warmup 100 + critic warm-up 2000: the critics learned, the actor did not move.
+    src, out = source["agent"], tuned["agent"]
+    for k, v in src["networks"]["policy"].items():
+        assert torch.equal(out["networks"]["policy"][k], v), k
+    assert any(not torch.equal(out["networks"]["critic"][k], v) for k, v in src["networks"]["critic"].items())
+    assert out["optimizers"]["actor"]["param_groups"][0]["lr"] == pytest.approx(0.3 * tuned["config"]["algo"]["lr"])
+    assert {"worse", "return_change", "why"} <= set(report["comparison"]) and "best" in report
+    assert "95 % CI" in (tmp_path / "ft" / "report.md").read_text()
+
+
+def test_worse_after_fine_tuning_is_said_and_the_best_policy_within_budget_kept(tmp_path):
+    from algd_runtime.finetune import BestPolicy, compare
+    from algd_runtime.trainer import EvalResult
+
+    before = EvalResult(returns=[10.0, 11.0, 9.5, 10.5], costs=[1.0, 2.0, 0.0, 1.0], cost_limit=5.0)
+    worse = EvalResult(returns=[4.0, 5.0, 3.0, 4.5], costs=[1.0, 1.0, 0.0, 2.0], cost_limit=5.0)
+    over = EvalResult(returns=[10.0, 11.0, 9.5, 10.5], costs=[9.0, 8.0, 7.0, 9.0], cost_limit=5.0)
+    assert compare(before, worse)["worse"] and "return -6.12" in compare(before, worse)["why"]
+    assert compare(before, over)["worse"] and "over the limit" in compare(before, over)["why"]
+    assert not compare(before, before)["worse"]
+
+    agent = small_policy(tmp_path / "p.pt")
+    best = BestPolicy(tmp_path, tmp_path / "p.pt", before, echo=lambda s: None)
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "p.pt").read_bytes()  # the source, so far
+    trainer = type("T", (), {"agent": agent, "cfg": TrainConfig(task="PointHazard-v0"), "env_steps": 200})()
+    best.consider(over, trainer)  # a higher return over the budget is not "best"
+    assert best.describe()["from"] == "the source policy"
+    best.consider(EvalResult(returns=[12.0] * 4, costs=[1.0] * 4, cost_limit=5.0), trainer)
+    assert best.describe()["from"] == "fine-tuned, step 200" and load_checkpoint(tmp_path / "best.pt")["origin"] == "finetune"
