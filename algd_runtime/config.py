@@ -79,6 +79,9 @@ class TrainConfig:
     # Copies of the task stepping together (gymnasium AsyncVectorEnv, one process each) with
     # one batched policy call per step; updates_per_step stays per env step.
     num_envs: int = 1
+    # "sync": the copies step in this process (fastest on a few cores, BENCHMARKS.md);
+    # "async": one process per copy (AsyncVectorEnv), for machines with a core per copy.
+    vector_envs: str = "sync"
     # Env steps before the first actor update: the critics (and lambda) learn the system
     # first. 0 for training from scratch; fine-tuning delays the actor (finetune.py).
     actor_delay_steps: int = 0
@@ -92,6 +95,7 @@ _CHOICES = {
     "algo.variant": ("vesde", "ddpm"),
     "device": ("cpu", "cuda"),
     "conventions": ("robot", "reference"),
+    "vector_envs": ("sync", "async"),
     "algo.dual": ("critic", "episode_cost"),
 }
 _POSITIVE = {

@@ -194,7 +194,8 @@ class Trainer:
                 raise ValueError("num_envs: a robot is one task; expected 1")
             from algd_runtime.sim.vector import make_vector_task
 
-            self.vec = make_vector_task(functools.partial(_make_training_task, cfg), cfg.num_envs, cfg.seed)
+            self.vec = make_vector_task(functools.partial(_make_training_task, cfg), cfg.num_envs, cfg.seed,
+                                        asynchronous=cfg.vector_envs == "async")
         self.eval_seed = 1_000_000 + cfg.seed * 1000
         self.epoch_length = cfg.epoch_length or self.spec.episode_length
         self.replay = replay if replay is not None else ReplayBuffer(cfg.replay_size, self.spec.obs_dim,

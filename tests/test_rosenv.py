@@ -98,10 +98,11 @@ def test_rosenv_episodes_equal_the_local_task_and_the_log_rebuilds_them(robot):
         env.reset()
         end = time.monotonic() + 30
         while poll(0.3) < 1 and time.monotonic() < end:
-            env.step(np.zeros(2))
+            if any(env.step(np.zeros(2))[3:5]):  # slow polling under load: the robot may end it
+                env.reset()
         assert poll(0.1) >= 1, "the monitor never heard the sim"
         first = env.reset()[1]["episode"]
-        assert first == 1  # the warm-up was episode 0, ended by reset()
+        assert first >= 1  # the warm-up episode(s) came first, ended by reset()
         for episode in range(first, first + 2):
             obs, info = env.reset()
             assert info["episode"] == episode

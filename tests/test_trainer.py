@@ -109,11 +109,12 @@ def test_safety_gymnasium_tasks_train_and_resume_exactly(tmp_path, task):
         assert torch.equal(a, b), k
 
 
-def test_copies_of_the_task_train_and_resume_exactly(tmp_path):
-    """num_envs: 2 (two worker processes, one batched policy call per step) stops mid-episode
-    and resumes to the same parameters as the uninterrupted run."""
+@pytest.mark.parametrize("vector_envs", ["sync", "async"])
+def test_copies_of_the_task_train_and_resume_exactly(tmp_path, vector_envs):
+    """num_envs: 2 (in this process, or two worker processes; one batched policy call per
+    step) stops mid-episode and resumes to the same parameters as the uninterrupted run."""
     def run2(run_dir, steps, resume=False):
-        cfg = config_from_dict({**TINY, "total_steps": steps, "num_envs": 2})
+        cfg = config_from_dict({**TINY, "total_steps": steps, "num_envs": 2, "vector_envs": vector_envs})
         trainer = Trainer(cfg, run_dir, resume=resume, progress=False, echo=lambda m: None)
         return trainer, trainer.run()
 
