@@ -132,7 +132,7 @@ class ALGDAgent:
         phase = repeat_index if self.conventions == "reference" and repeat_index is not None else self.grad_steps
         if phase % self.cfg.target_update_every == 0:
             soft_update(self.critic_target, self.critic, self.cfg.tau)
-            soft_update(self.cost_critics_target, self.cost_critics, self.cfg.tau)
+            soft_update(self.cost_critics_target, self.cost_critics, self.cfg.qc_tau)
         self.grad_steps += 1
         return stats
 

@@ -47,6 +47,9 @@ class AlgoConfig:
     # replay actions, every update. "episode_cost": lambda += episode_dual_lr * (J - d) / d
     # after each finished episode, J its measured cost and d the limit (projected at 0).
     dual: str = "critic"
+    # Soft-update rate of the cost critics' targets (the paper: tau). Their values reach the
+    # cost scale in about 2 / (qc_tau (1 - cost_gamma)) updates (BENCHMARKS.md).
+    qc_tau: float = 0.005
     episode_dual_lr: float = 0.05
     batch_size: int = 256
     # grad_a L_A by hand (fastpath.py) instead of by autograd: the same update, faster
@@ -110,7 +113,7 @@ _NON_NEGATIVE = {
     "min_replay", "actor_delay_steps", "epoch_length", "eval_every", "checkpoint_every", "log_every", "num_threads",
     "seed",
 }
-_UNIT_INTERVAL = {"algo.gamma", "algo.cost_gamma", "algo.tau"}
+_UNIT_INTERVAL = {"algo.gamma", "algo.cost_gamma", "algo.tau", "algo.qc_tau"}
 
 
 def _type_name(tp: Any) -> str:

@@ -223,3 +223,16 @@ def test_the_dual_rule_is_checked_by_name():
     assert config_from_dict({"algo": {"dual": "episode_cost"}}).algo.dual == "episode_cost"
     with pytest.raises(ConfigError, match="algo.dual"):
         config_from_dict({"algo": {"dual": "pid"}})
+
+
+def test_cost_critic_targets_follow_at_their_own_rate():
+    rng = np.random.default_rng(0)
+    b = {"obs": rng.normal(size=(8, SPEC.obs_dim)).astype(np.float32),
+         "action": rng.uniform(-1, 1, (8, SPEC.act_dim)).astype(np.float32),
+         "reward": rng.normal(size=8).astype(np.float32), "cost": np.ones(8, np.float32),
+         "next_obs": rng.normal(size=(8, SPEC.obs_dim)).astype(np.float32), "done": np.zeros(8, np.float32)}
+    agent = make_agent(qc_tau=1.0, tau=0.005)
+    agent.update(b)  # grad step 0: the targets move
+    for p, q in zip(agent.cost_critics.parameters(), agent.cost_critics_target.parameters()):
+        assert torch.equal(p, q)  # qc_tau = 1: the cost targets are the critics
+    assert any(not torch.equal(p, q) for p, q in zip(agent.critic.parameters(), agent.critic_target.parameters()))
