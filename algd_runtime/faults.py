@@ -490,14 +490,20 @@ def _kill_monitor(run: Run, reasons=("monitor_lost",)) -> Injection:
     return Injection(at, reasons, run.monitor_timeout_s, before, log_labels=(run.graph.current("controller"),))
 
 
-def _new_monitor_and_reset(run: Run, inj: Injection, quiet_s: float) -> bool:
+def _new_monitor_and_reset(run: Run, inj: Injection, quiet_s: float, controller_sees: str | None = None) -> bool:
     """A new monitor process (same state_file), its first heartbeat, `quiet_s` in which the
-    robot must stay held, then the operator's reset and episodes again."""
+    robot must stay held (and, if given, until the controller logged `controller_sees`: it
+    may discover the new monitor later than the probe does), then the operator's reset and
+    episodes again."""
     old = set(run.probe.boots())
     label = run.start_node("monitor")
     if not run.wait(lambda: bool(set(run.probe.boots()) - old), 30.0, f"a heartbeat from the new monitor ({label})"):
         return False
     run.sleep_until(time.monotonic() + quiet_s)
+    if controller_sees:
+        ctl = run.graph.current("controller")
+        run.wait(lambda: any(controller_sees in r for t, r in run.graph.stop_lines(ctl, run.probe.offset)
+                             if t >= inj.at), 10.0, None)
     inj.until = time.monotonic()
     run.operator_reset()
     return run.wait_motion(inj.until, "episodes after the operator's reset")
@@ -517,7 +523,7 @@ def _fault_restart_monitor(run: Run) -> None:
     run.sleep_until(run.t_fault + 0.5)
 
     def recover(inj: Injection) -> bool:
-        ok = _new_monitor_and_reset(run, inj, 1.0)
+        ok = _new_monitor_and_reset(run, inj, 1.0, controller_sees="monitor_restarted")
         ctl = run.graph.current("controller")
         lines = [r for t, r in run.graph.stop_lines(ctl, run.probe.offset) if inj.at <= t <= (inj.until or math.inf)]
         if not any("monitor_restarted" in r for r in lines):

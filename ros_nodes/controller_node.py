@@ -31,7 +31,7 @@ READ_ONLY = ("bundle", "provider", "summary_file", "record", "task", "bundle_dig
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
-                   "monitor_timeout_s": 0.1, "monitor_max_lag_s": 0.25, "max_step_cost": -1.0,
+                   "monitor_timeout_s": 0.25, "monitor_max_lag_s": 0.25, "max_step_cost": -1.0,
                    "cost_limit": -1.0, "stop_latch": "operator", "startup_hold_s": GRAPH_SETTLE_S}
 
 

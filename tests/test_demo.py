@@ -54,7 +54,7 @@ def test_demo_runs_the_pipeline_and_reports(tmp_path, capsys):
     assert md.startswith("# algd-runtime demo")
     # The safety checks are the ones the nodes report they ran with.
     assert "- safety checks active" in md and "stop latch: episode (controller), episode (monitor)" in md
-    assert "signed heartbeats at 100 Hz, deadline 100 ms" in md and "robot command timeout 0.5 s" in md
+    assert "signed heartbeats at 100 Hz, deadline 250 ms" in md and "robot command timeout 0.5 s" in md
     assert "task checked" in md and report["safety_checks"][0].startswith("controller budget account: limit 5 ")
 
     # Again: the finished policy and its bundle are reused, not rebuilt.
