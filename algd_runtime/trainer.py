@@ -180,8 +180,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         if env is None:
             # Under the reference conventions training and evaluation share one layout.
-            env, eval_env = (apply_conventions(make_task(cfg.task, seed=cfg.seed, **cfg.shift), cfg.conventions,
-                                               cfg.seed),
+            env, eval_env = (_make_training_task(cfg),
                              apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift),
                                                cfg.conventions, cfg.seed))
         self.env, self.eval_env = env, eval_env

@@ -203,12 +203,17 @@ def test_episode_cost_dual_moves_lambda_by_the_size_of_the_violation():
     assert agent.dual_from_episode(30.0, 10.0) == pytest.approx(0.2, abs=1e-6)  # and back at once
 
 
-def test_episode_cost_dual_leaves_lambda_to_the_episodes_not_to_the_updates():
+def costly_batch(n: int) -> dict:
+    """n random transitions of SPEC, every one with cost 1."""
     rng = np.random.default_rng(0)
-    b = {"obs": rng.normal(size=(32, SPEC.obs_dim)).astype(np.float32),
-         "action": rng.uniform(-1, 1, (32, SPEC.act_dim)).astype(np.float32),
-         "reward": rng.normal(size=32).astype(np.float32), "cost": np.ones(32, np.float32),
-         "next_obs": rng.normal(size=(32, SPEC.obs_dim)).astype(np.float32), "done": np.zeros(32, np.float32)}
+    return {"obs": rng.normal(size=(n, SPEC.obs_dim)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (n, SPEC.act_dim)).astype(np.float32),
+            "reward": rng.normal(size=n).astype(np.float32), "cost": np.ones(n, np.float32),
+            "next_obs": rng.normal(size=(n, SPEC.obs_dim)).astype(np.float32), "done": np.zeros(n, np.float32)}
+
+
+def test_episode_cost_dual_leaves_lambda_to_the_episodes_not_to_the_updates():
+    b = costly_batch(32)
     by_episode, by_critic = make_agent(dual="episode_cost"), make_agent()
     for _ in range(3):
         stats = by_episode.update(b)
@@ -226,11 +231,7 @@ def test_the_dual_rule_is_checked_by_name():
 
 
 def test_cost_critic_targets_follow_at_their_own_rate():
-    rng = np.random.default_rng(0)
-    b = {"obs": rng.normal(size=(8, SPEC.obs_dim)).astype(np.float32),
-         "action": rng.uniform(-1, 1, (8, SPEC.act_dim)).astype(np.float32),
-         "reward": rng.normal(size=8).astype(np.float32), "cost": np.ones(8, np.float32),
-         "next_obs": rng.normal(size=(8, SPEC.obs_dim)).astype(np.float32), "done": np.zeros(8, np.float32)}
+    b = costly_batch(8)
     agent = make_agent(qc_tau=1.0, tau=0.005)
     agent.update(b)  # grad step 0: the targets move
     for p, q in zip(agent.cost_critics.parameters(), agent.cost_critics_target.parameters()):
