@@ -10,6 +10,12 @@ unfinished ones exactly (the trainer's resume). At the end (and with --report al
 trials are aggregated into OUT/sweep.md, sweep.csv and sweep.png: the last evaluation's
 return and cost, mean +- std over seeds, per task and override set, and the curves.
 `tensorboard --logdir OUT` shows every trial.
+
+With --baseline saclag each task and seed also gets an OmniSafe SACLag trial (its own
+environment, scripts/baseline-venv.sh), scheduled with the ALGD trials so that both run at
+the same time on the same machine, and evaluated with ALGD's evaluator at the same limit
+(algd_runtime/baseline.py). The report then compares them at equal steps and at equal
+wall-clock.
 """
 
 from __future__ import annotations
@@ -58,12 +64,19 @@ def trial_config(base: dict, task: str, seed: int, overrides: dict[str, Any], st
     return data
 
 
-def trial_name(task: str, seed: int, index: int) -> str:
-    return f"{task}-set{index}-seed{seed}"
+BASELINE_LABEL = {"saclag": "SACLag (OmniSafe 0.5.0)"}
 
 
-def finished(run_dir: Path, total_steps: int) -> bool:
-    """The trial's policy.pt says it ran all its steps."""
+def trial_name(task: str, seed: int, index: int | str) -> str:
+    return f"{task}-set{index}-seed{seed}" if isinstance(index, int) else f"{task}-{index}-seed{seed}"
+
+
+def finished(run_dir: Path, total_steps: int, system: str = "algd") -> bool:
+    """ALGD: the trial's policy.pt says it ran all its steps. A baseline: its evaluated
+    progress.csv (written once, at the end) reaches them."""
+    if system != "algd":
+        rows = _read_progress(run_dir)
+        return bool(rows) and rows[-1]["step"] >= total_steps
     policy = run_dir / "policy.pt"
     if not policy.exists():
         return False
@@ -73,18 +86,35 @@ def finished(run_dir: Path, total_steps: int) -> bool:
     return int(state.get("env_steps", 0)) >= total_steps
 
 
-def run_trial(config: dict, run_dir: str, threads: int) -> dict:
+def run_trial(config: dict, run_dir: str, threads: int, system: str = "algd") -> dict:
     """One training run (resumed if its folder holds one); runs inside a Ray worker."""
     from algd_runtime.config import config_from_dict
-    from algd_runtime.trainer import Trainer
 
     cfg = config_from_dict(config)
     cfg.num_threads = threads
+    if system == "saclag":
+        return _run_saclag(cfg, config, Path(run_dir), threads)
+    from algd_runtime.trainer import Trainer
+
     trainer = Trainer(cfg, run_dir, resume=True, progress=False, echo=lambda m: None)
     summary = trainer.run()
     ev = summary["eval"]
     return {"env_steps": summary["env_steps"], "elapsed_s": summary["elapsed_s"],
             "return": ev.return_mean if ev else math.nan, "cost": ev.cost_mean if ev else math.nan}
+
+
+def _run_saclag(cfg, config: dict, run_dir: Path, threads: int) -> dict:
+    from algd_runtime import baseline
+    from algd_runtime.sim import make_task
+
+    spec = make_task(cfg.task, seed=cfg.seed).task_spec
+    limit = baseline.native_cost_limit(spec.cost_limit, spec.episode_length, spec.cost_semantics)
+    folder = baseline.train_saclag(cfg.task, cfg.seed, cfg.total_steps, cfg.eval_every, limit,
+                                   run_dir / "omnisafe", threads)
+    baseline.evaluate_saclag(folder, config, run_dir)
+    last = _read_progress(run_dir)[-1]
+    return {"env_steps": int(last["step"]), "elapsed_s": last["time_s"], "return": last["return_mean"],
+            "cost": last["cost_mean"]}
 
 
 # -- aggregation -------------------------------------------------------------------------------
@@ -104,66 +134,92 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
 
+def _summary(task: str, label: str, rows: list[dict]) -> dict:
+    ret, ret_sd = _mean_std([r["return_mean"] for r in rows])
+    cost, cost_sd = _mean_std([r["cost_mean"] for r in rows])
+    time_s, _ = _mean_std([r.get("time_s", math.nan) for r in rows])
+    return {"task": task, "set": label, "seeds": len(rows), "steps": int(min((r["step"] for r in rows), default=0)),
+            "time_s": time_s, "return_mean": ret, "return_std": ret_sd, "cost_mean": cost, "cost_std": cost_sd,
+            "cost_limit": rows[0]["cost_limit"] if rows else math.nan}
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = ["| task | trials | seeds | steps | wall-clock (s) | return | cost | limit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return lines + [f"| {r['task']} | {r['set']} | {r['seeds']} | {r['steps']} | {r['time_s']:.0f} "
+                    f"| {r['return_mean']:.2f} ± {r['return_std']:.2f} | {r['cost_mean']:.2f} ± {r['cost_std']:.2f} "
+                    f"| {r['cost_limit']:g} |" for r in rows]
+
+
 def aggregate(out: Path, trials: list[dict]) -> list[dict]:
-    """OUT/sweep.csv, sweep.md and sweep.png from the trials' progress.csv files."""
+    """OUT/sweep.csv, sweep.md and sweep.png from the trials' progress.csv files: the last
+    evaluation of each group (equal steps) and, where groups took different times, each
+    one's last evaluation within the fastest group's wall-clock (equal wall-clock)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for t in trials:
         groups.setdefault((t["task"], t["set"]), []).append(t)
-    rows = []
-    for (task, label), members in groups.items():
-        finals = [p[-1] for p in (_read_progress(out / m["name"]) for m in members) if p]
-        ret, ret_sd = _mean_std([f["return_mean"] for f in finals])
-        cost, cost_sd = _mean_std([f["cost_mean"] for f in finals])
-        limit = finals[0]["cost_limit"] if finals else math.nan
-        rows.append({"task": task, "set": label, "seeds": len(finals), "steps": int(min((f["step"] for f in finals),
-                                                                                          default=0)),
-                     "return_mean": ret, "return_std": ret_sd, "cost_mean": cost, "cost_std": cost_sd,
-                     "cost_limit": limit})
+    curves = {key: [p for p in (_read_progress(out / m["name"]) for m in members) if p]
+              for key, members in groups.items()}
+    rows = [_summary(task, label, [c[-1] for c in cs]) for (task, label), cs in curves.items()]
     with (out / "sweep.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
         w.writeheader()
         w.writerows(rows)
-    lines = ["# algd-sweep", "", "Last evaluation of each trial; mean ± std over seeds.", "",
-             "| task | overrides | seeds | steps | return | cost | limit |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['task']} | {r['set']} | {r['seeds']} | {r['steps']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} "
-              f"| {r['cost_mean']:.2f} ± {r['cost_std']:.2f} | {r['cost_limit']:g} |" for r in rows]
+    lines = ["# algd-sweep", "", "## At equal steps", "",
+             "Last evaluation of each trial; mean ± std over seeds; wall-clock is the trials' own.", ""]
+    lines += _table(rows)
+    timed = []
+    for task in sorted({task for task, _ in curves}):
+        finals = [r["time_s"] for r in rows if r["task"] == task and r["seeds"] and not math.isnan(r["time_s"])]
+        if len(finals) < 2:
+            continue
+        budget = min(finals)
+        for (t, label), cs in curves.items():
+            within = [[row for row in c if row.get("time_s", math.inf) <= budget] for c in cs if t == task]
+            if within and all(within):
+                timed.append(_summary(task, label, [w[-1] for w in within]))
+    if timed:
+        lines += ["", "## At equal wall-clock", "",
+                  "Each trial's last evaluation within the fastest group's mean wall-clock on the task.", ""]
+        lines += _table(timed)
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
-    _plot(out, groups)
+    _plot(out, curves)
     return rows
 
 
-def _plot(out: Path, groups: dict) -> None:
+def _plot(out: Path, curves: dict) -> None:
+    """Return and cost against environment steps and against wall-clock, mean +- std over
+    seeds (a group's curves are cut to its shortest), the limit drawn on the cost panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = sorted({task for task, _ in groups})
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.4 * len(tasks)), squeeze=False)
+    tasks = sorted({task for task, _ in curves})
+    fig, axes = plt.subplots(len(tasks), 4, figsize=(20, 3.6 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        ax_r, ax_c = axes[row]
         limit = None
-        for (t, label), members in sorted(groups.items()):
-            if t != task:
+        for (t, label), cs in sorted(curves.items()):
+            if t != task or not cs:
                 continue
-            curves = [p for p in (_read_progress(out / m["name"]) for m in members) if p]
-            if not curves:
-                continue
-            n = min(len(c) for c in curves)
-            steps = np.array([curves[0][i]["step"] for i in range(n)])
-            for ax, key in ((ax_r, "return_mean"), (ax_c, "cost_mean")):
-                values = np.array([[c[i][key] for i in range(n)] for c in curves])
+            n = min(len(c) for c in cs)
+            steps = np.array([cs[0][i]["step"] for i in range(n)])
+            times = np.array([[c[i].get("time_s", np.nan) for i in range(n)] for c in cs]).mean(0) / 60
+            for col, (key, x) in enumerate((("return_mean", steps), ("cost_mean", steps),
+                                            ("return_mean", times), ("cost_mean", times))):
+                values = np.array([[c[i][key] for i in range(n)] for c in cs])
                 mean, sd = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(n)
-                ax.plot(steps, mean, label=f"{label} ({len(values)} seeds)")
-                ax.fill_between(steps, mean - sd, mean + sd, alpha=0.2)
-            limit = curves[0][0].get("cost_limit", limit)
-        if limit is not None:
-            ax_c.axhline(limit, color="red", linestyle="--", label=f"limit {limit:g}")
-        ax_r.set_title(f"{task}: evaluation return")
-        ax_c.set_title(f"{task}: evaluation cost")
-        for ax in (ax_r, ax_c):
-            ax.set_xlabel("environment steps")
+                axes[row][col].plot(x, mean, label=f"{label} ({len(values)} seeds)")
+                axes[row][col].fill_between(x, mean - sd, mean + sd, alpha=0.2)
+            limit = cs[0][0].get("cost_limit", limit)
+        for col, (what, xlabel) in enumerate((("return", "environment steps"), ("cost", "environment steps"),
+                                              ("return", "wall-clock (min)"), ("cost", "wall-clock (min)"))):
+            ax = axes[row][col]
+            if what == "cost" and limit is not None:
+                ax.axhline(limit, color="red", linestyle="--", label=f"limit {limit:g}")
+            ax.set_title(f"{task}: evaluation {what}")
+            ax.set_xlabel(xlabel)
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "sweep.png", dpi=90)
@@ -184,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
     p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs Ray reserves for a trial (its torch threads)")
     p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use (default: all)")
+    p.add_argument("--baseline", choices=sorted(BASELINE_LABEL), action="append", default=[],
+                   help="also run this baseline on each task and seed, beside the ALGD trials")
     p.add_argument("--report", action="store_true", help="only aggregate the trials already in OUT")
     args = p.parse_args(argv)
 
@@ -205,7 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     config = trial_config(base, task, seed, overrides, args.steps)
                     cfg = config_from_dict(config)  # a bad key or value stops here, naming it
                     trials.append({"task": task, "seed": seed, "set": set_label(overrides), "config": config,
-                                   "total_steps": cfg.total_steps, "name": trial_name(task, seed, index)})
+                                   "total_steps": cfg.total_steps, "name": trial_name(task, seed, index),
+                                   "system": "algd"})
+            for system in args.baseline:
+                for seed in args.seeds:
+                    # the baseline is judged like the first ALGD set: steps, evaluation, limit
+                    config = trial_config(base, task, seed, sets[0], args.steps)
+                    trials.append({"task": task, "seed": seed, "set": BASELINE_LABEL[system], "config": config,
+                                   "total_steps": config_from_dict(config).total_steps,
+                                   "name": trial_name(task, seed, system), "system": system})
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -221,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args, trials: list[dict]) -> None:
     import ray
 
-    todo = [t for t in trials if not finished(args.out / t["name"], t["total_steps"])]
+    todo = [t for t in trials if not finished(args.out / t["name"], t["total_steps"], t["system"])]
+    # Interleave systems so that each baseline trial runs beside an ALGD trial (same load).
+    todo.sort(key=lambda t: (t["task"], t["seed"]))
     print(f"algd-sweep: {len(trials)} trials, {len(trials) - len(todo)} finished before, {len(todo)} to run "
           f"-> {args.out}", flush=True)
     if not todo:
@@ -232,8 +300,8 @@ def _run(args, trials: list[dict]) -> None:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=args.cpus_per_trial, max_retries=0)(run_trial)
-        pending = {remote.remote(t["config"], str((args.out / t["name"]).resolve()), args.cpus_per_trial): t
-                   for t in todo}
+        pending = {remote.remote(t["config"], str((args.out / t["name"]).resolve()), args.cpus_per_trial,
+                                 t["system"]): t for t in todo}
         t0, done = time.monotonic(), 0
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -39,6 +39,11 @@ def _make_training_task(cfg: TrainConfig):
     return apply_conventions(make_task(cfg.task, seed=cfg.seed, **cfg.shift), cfg.conventions, cfg.seed)
 
 
+def eval_seed_of(run_seed: int) -> int:
+    """First reset seed of a run's evaluations (episode i resets with it + i)."""
+    return 1_000_000 + run_seed * 1000
+
+
 def episode_seed(run_seed: int, episode: int) -> int:
     """Reset seed of training episode `episode`: independent streams per run seed."""
     return int(np.random.SeedSequence([run_seed, episode]).generate_state(1)[0])
@@ -139,7 +144,7 @@ class _CsvLog:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
 
 
-_EVAL_FIELDS = ["step", "time_s", "return_mean", "return_std", "cost_mean", "cost_std", "cost_limit",
+EVAL_FIELDS = ["step", "time_s", "return_mean", "return_std", "cost_mean", "cost_std", "cost_limit",
                 "violations", "episodes", "lambda", "grad_steps"]
 _TRAIN_FIELDS = ["step", "time_s", "episodes", "train_return", "train_cost", "lambda", "critic_loss",
                  "cost_critic_loss", "actor_loss", "score_loss", "lambda_loss", "q_policy",
@@ -195,7 +200,7 @@ class Trainer:
 
             self.vec = make_vector_task(functools.partial(_make_training_task, cfg), cfg.num_envs, cfg.seed,
                                         asynchronous=cfg.vector_envs == "async")
-        self.eval_seed = 1_000_000 + cfg.seed * 1000
+        self.eval_seed = eval_seed_of(cfg.seed)
         self.epoch_length = cfg.epoch_length or self.spec.episode_length
         self.replay = replay if replay is not None else ReplayBuffer(cfg.replay_size, self.spec.obs_dim,
                                                                      self.spec.act_dim)
@@ -217,7 +222,7 @@ class Trainer:
             self.guard = BudgetGuard(self.agent, guard) if guard else None
             self._restore(ckpt)
         resume_step = self.env_steps if ckpt is not None else None
-        self.eval_log = _CsvLog(self.run_dir / "progress.csv", _EVAL_FIELDS, resume_step)
+        self.eval_log = _CsvLog(self.run_dir / "progress.csv", EVAL_FIELDS, resume_step)
         self.train_log = _CsvLog(self.run_dir / "train.csv", _TRAIN_FIELDS, resume_step)
         self.episode_log = _CsvLog(self.run_dir / "episodes.csv", _EPISODE_FIELDS, resume_step)
         self.tb = self._tensorboard()

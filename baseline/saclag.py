@@ -5,7 +5,9 @@
         --steps 100000 --cost-limit 25 --out runs/baseline
 
 The multiplier learns from the first epoch (OmniSafe's default waits 100 epochs, 200k
-steps, so its runs would be unconstrained for our whole budget). Safety-Gymnasium's own
+steps, so its runs would be unconstrained for our whole budget), from 0.001 at an Adam rate
+of 1e-4 per update: OmniSafe's own PointGoal1 rate (5e-7, from 0) moves it by at most ~0.05
+in 100k updates, which would leave it unconstrained all the same. Safety-Gymnasium's own
 episodes are used (PointGoal1: 1000 steps; ALGD's 400-step episodes with a limit of 10 spend
 the same 0.025 per step as 25 per 1000 steps).
 """
@@ -29,11 +31,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--epoch-steps", type=int, default=2000, help="env steps per OmniSafe epoch (a log row)")
     p.add_argument("--start-learning", type=int, default=10_000, help="random-action steps before learning")
+    p.add_argument("--lambda-lr", type=float, default=1e-4, help="Adam rate of the Lagrange multiplier")
+    p.add_argument("--lambda-init", type=float, default=0.001, help="initial Lagrange multiplier")
+    p.add_argument("--save-every-epoch", action="store_true",
+                   help="save the actor after every epoch (algd-sweep evaluates each one)")
     p.add_argument("--out", type=Path, default=Path("runs/baseline"))
     args = p.parse_args(argv)
     for name in ("steps", "epoch_steps", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected a value >= 1, got {getattr(args, name)}")
+    if args.lambda_lr <= 0 or args.lambda_init < 0:
+        p.error(f"--lambda-lr / --lambda-init: expected > 0 / >= 0, got {args.lambda_lr} / {args.lambda_init}")
     if args.cost_limit <= 0:
         p.error(f"--cost-limit: expected a value > 0, got {args.cost_limit}")
 
@@ -51,8 +59,10 @@ def main(argv=None) -> int:
                        "vector_env_nums": 1},
         "algo_cfgs": {"steps_per_epoch": args.epoch_steps, "warmup_epochs": 0,
                       "start_learning_steps": args.start_learning},
-        "lagrange_cfgs": {"cost_limit": args.cost_limit},
-        "logger_cfgs": {"log_dir": str(args.out.resolve()), "use_wandb": False, "use_tensorboard": True},
+        "lagrange_cfgs": {"cost_limit": args.cost_limit, "lambda_lr": args.lambda_lr,
+                          "lagrangian_multiplier_init": args.lambda_init},
+        "logger_cfgs": {"log_dir": str(args.out.resolve()), "use_wandb": False, "use_tensorboard": True,
+                        **({"save_model_freq": 1} if args.save_every_epoch else {})},
     }
     omnisafe.Agent("SACLag", args.task, custom_cfgs=cfgs).learn()
     return 0

@@ -33,6 +33,9 @@ class RosEnvTimeout(TimeoutError):
     """The robot did not answer in time; the message says what was awaited, on which name."""
 
 
+RESET_RETRY_S = 1.0
+
+
 class RosEnv(TaskEnv):
     replayable = False  # a robot cannot replay an episode's actions to rebuild its state
 
@@ -78,8 +81,7 @@ class RosEnv(TaskEnv):
         if not self._reset_client.wait_for_service(timeout_sec=self.timeout_s):
             raise RosEnvTimeout(f"RosEnv: no service {name} within {self.timeout_s:g} s "
                                 f"(is the robot, e.g. algd-sim, running in namespace {self.namespace}?)")
-        future = self._reset_client.call_async(self._Trigger.Request())
-        reply = self._wait(future.done, f"a reply from {name}") and future.result()
+        reply = self._call_reset(name)
         try:
             start = json.loads(reply.message)
             obs = np.asarray(start["observation"], np.float32)
@@ -132,18 +134,27 @@ class RosEnv(TaskEnv):
         self._spin.join(timeout=2.0)
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _call_reset(self, name: str):
+        """The request again every RESET_RETRY_S until a reply comes: a service is "ready"
+        once it sees our requests, but rmw_fastrtps drops a reply when our reply reader has
+        not matched within ~100 ms (ros2/rmw_fastrtps#467), which a loaded machine shows.
+        Asking again is safe: a reset of an episode with no step taken changes nothing."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            future = self._reset_client.call_async(self._Trigger.Request())
+            retry_at = min(deadline, time.monotonic() + RESET_RETRY_S)
+            while not future.done() and time.monotonic() < retry_at:
+                time.sleep(0.001)
+            if future.done():
+                return future.result()
+            self._reset_client.remove_pending_request(future)
+            if time.monotonic() >= deadline:
+                raise RosEnvTimeout(f"RosEnv: no reply from {name} within {self.timeout_s:g} s")
+
     def _on_episode(self, msg) -> None:
         event = self._m.parse_episode(msg)
         if event.get("event") == "end" and event.get("reason") not in ("terminated", "truncated", "reset"):
             self._ended[int(event["index"])] = str(event.get("reason"))
-
-    def _wait(self, done, what: str) -> bool:
-        deadline = time.monotonic() + self.timeout_s
-        while not done():
-            if time.monotonic() >= deadline:
-                raise RosEnvTimeout(f"RosEnv: no {what} within {self.timeout_s:g} s")
-            time.sleep(0.001)
-        return True
 
     def _check_obs(self, obs: np.ndarray, where: str) -> None:
         if obs.shape != (self.task_spec.obs_dim,):

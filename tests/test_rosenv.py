@@ -218,3 +218,49 @@ def test_a_silent_learner_is_stopped_by_the_robot_and_told_so(robot):
         assert not env.step(np.zeros(2))[4]  # the next episode steps again
     finally:
         env.close()
+
+
+def test_reset_asks_again_when_a_reply_is_lost(monkeypatch):
+    """rmw_fastrtps drops a reply whose reader has not matched yet: reset() must ask again."""
+    import json
+    from types import SimpleNamespace
+
+    from algd_runtime.ros_nodes import ros_env
+
+    spec = make_task("PointHazard-v0").task_spec
+    env = RosEnv(spec, f"algd_lost_reply_{os.getpid()}", timeout_s=5.0)
+    obs = [0.5] * spec.obs_dim
+
+    class Future:
+        def __init__(self, reply):
+            self.reply = reply
+
+        def done(self):
+            return self.reply is not None
+
+        def result(self):
+            return self.reply
+
+    class LosesFirstReply:
+        def __init__(self):
+            self.calls, self.dropped = 0, []
+
+        def wait_for_service(self, timeout_sec):
+            return True
+
+        def call_async(self, request):
+            self.calls += 1
+            message = json.dumps({"index": 4, "stamp": [1, 2], "observation": obs})
+            return Future(None if self.calls == 1 else SimpleNamespace(message=message))
+
+        def remove_pending_request(self, future):
+            self.dropped.append(future)
+
+    monkeypatch.setattr(ros_env, "RESET_RETRY_S", 0.05)
+    client = env._reset_client = LosesFirstReply()
+    try:
+        got, info = env.reset()
+    finally:
+        env.close()
+    assert client.calls == 2 and len(client.dropped) == 1
+    assert info["episode"] == 4 and np.allclose(got, obs)
