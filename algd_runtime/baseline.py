@@ -129,7 +129,7 @@ def evaluate_saclag(folder: Path, config: dict, run_dir: Path) -> Path:
     from algd_runtime.trainer import EVAL_FIELDS, eval_seed_of, evaluate
 
     cfg = config_from_dict(config)
-    env = apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift), cfg.conventions, cfg.seed)
+    env = apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, budget=cfg.budget, **cfg.shift), cfg.conventions, cfg.seed)
     rows = []
     for epoch_row in _read_csv(folder / "progress.csv"):
         epoch = int(float(epoch_row["Train/Epoch"]))

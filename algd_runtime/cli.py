@@ -114,7 +114,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         shift = dict(spec.shift)
         shift.update(_parse_shift(args.shift))
         conventions = ckpt["config"].get("conventions", "robot")
-        env = apply_conventions(make_task(args.task or spec.name, seed=args.seed, **shift), conventions,
+        env = apply_conventions(make_task(args.task or spec.name, seed=args.seed, budget=spec.budget, **shift), conventions,
                                 ckpt["config"].get("seed"))
     except (CheckpointError, ValueError) as exc:
         return _fail(str(exc))

@@ -79,6 +79,9 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads; 0: leave torch's default
     # "robot" (default) or "reference": the authors' code's conventions (docs/CONVENTIONS.md)
     conventions: str = "robot"
+    # Whose safety budget a Safety-Gymnasium task keeps: "algd" (the paper's, default) or
+    # "safety_gymnasium" (native costs, 1000-step episodes, 25 per episode; sim/safety_gym.py)
+    budget: str = "algd"
     # Copies of the task stepping together (gymnasium AsyncVectorEnv, one process each) with
     # one batched policy call per step; updates_per_step stays per env step.
     num_envs: int = 1
@@ -98,6 +101,7 @@ _CHOICES = {
     "algo.variant": ("vesde", "ddpm"),
     "device": ("cpu", "cuda"),
     "conventions": ("robot", "reference"),
+    "budget": ("algd", "safety_gymnasium"),
     "vector_envs": ("sync", "async"),
     "algo.dual": ("critic", "episode_cost"),
 }

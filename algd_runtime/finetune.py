@@ -145,12 +145,12 @@ def target_envs(target: Target, spec, seed: int, timeout_s: float):
     from algd_runtime.sim import make_task
 
     task = target.task or spec.name
-    env = make_task(task, seed=seed, **target.shift)
+    env = make_task(task, seed=seed, budget=spec.budget, **target.shift)
     es = env.task_spec
     if (es.obs_dim, es.act_dim) != (spec.obs_dim, spec.act_dim):
         raise ValueError(f"--target {target.describe()}: observation/action sizes {es.obs_dim}/{es.act_dim} do "
                          f"not match the policy's {spec.obs_dim}/{spec.act_dim}")
-    return env, make_task(task, seed=seed + 1, **target.shift)
+    return env, make_task(task, seed=seed + 1, budget=spec.budget, **target.shift)
 
 
 # -- the run -----------------------------------------------------------------------------------

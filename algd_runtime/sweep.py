@@ -107,7 +107,7 @@ def _run_saclag(cfg, config: dict, run_dir: Path, threads: int) -> dict:
     from algd_runtime import baseline
     from algd_runtime.sim import make_task
 
-    spec = make_task(cfg.task, seed=cfg.seed).task_spec
+    spec = make_task(cfg.task, seed=cfg.seed, budget=cfg.budget).task_spec
     limit = baseline.native_cost_limit(spec.cost_limit, spec.episode_length, spec.cost_semantics)
     folder = baseline.train_saclag(cfg.task, cfg.seed, cfg.total_steps, cfg.eval_every, limit,
                                    run_dir / "omnisafe", threads)

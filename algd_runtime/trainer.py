@@ -36,7 +36,8 @@ POLICY_FILE = "policy.pt"
 
 def _make_training_task(cfg: TrainConfig):
     """One copy of the training task (module level: worker processes unpickle it)."""
-    return apply_conventions(make_task(cfg.task, seed=cfg.seed, **cfg.shift), cfg.conventions, cfg.seed)
+    return apply_conventions(make_task(cfg.task, seed=cfg.seed, budget=cfg.budget, **cfg.shift), cfg.conventions,
+                             cfg.seed)
 
 
 def eval_seed_of(run_seed: int) -> int:
@@ -186,7 +187,7 @@ class Trainer:
         if env is None:
             # Under the reference conventions training and evaluation share one layout.
             env, eval_env = (_make_training_task(cfg),
-                             apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, **cfg.shift),
+                             apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, budget=cfg.budget, **cfg.shift),
                                                cfg.conventions, cfg.seed))
         self.env, self.eval_env = env, eval_env
         self.spec: TaskSpec = self.env.task_spec

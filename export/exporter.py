@@ -129,7 +129,7 @@ def random_observations(spec, n: int, seed: int = 0, steps: int = 2000) -> tuple
     try:
         from algd_runtime.sim import make_task
 
-        env = make_task(spec.name, seed=seed, **spec.shift)
+        env = make_task(spec.name, seed=seed, budget=spec.budget, **spec.shift)
     except Exception:  # a task not available on this machine
         return rng.standard_normal((n, spec.obs_dim)).astype(np.float32), "standard normal"
     seen, (obs, _) = [], env.reset(seed=seed)

@@ -9,6 +9,11 @@ also moves in y). Safety-Gymnasium's v1 tasks instead return an indicator (speed
 threshold), whose discounted sum never exceeds 100 and would make Hopper's 82.748 almost
 free; so the velocity cost is recomputed from info as the authors define it, and the native
 indicator is kept in info["cost_indicator"].
+
+`budget="safety_gymnasium"` keeps the benchmark's own budget instead, the one OmniSafe and
+most safe-RL papers report: native costs (the velocity indicator), Safety-Gymnasium's
+1000-step episodes and at most 25 cost per episode. The side-by-side with OmniSafe's SACLag
+uses it, so that both learners are held to one limit on one cost.
 """
 
 from __future__ import annotations
@@ -50,6 +55,17 @@ BUDGETS: dict[str, _Budget] = {
     "SafetyAntVelocity-v1": _vel(103.115),
     "SafetyHumanoidVelocity-v1": _vel(20.140),
 }
+
+BUDGET_SOURCES = ("algd", "safety_gymnasium")
+
+
+def budget_of(name: str, source: str = "algd") -> _Budget:
+    if source not in BUDGET_SOURCES:
+        raise ValueError(f"budget: expected one of {BUDGET_SOURCES}, got {source!r}")
+    if source == "algd":
+        return BUDGETS[name]
+    return _Budget(1000, 25.0, "episode", BUDGETS[name].cost_mask_always_one, velocity=False)
+
 
 _SKYBOX = re.compile(r'<texture[^>]*type="skybox"[^>]*?(/>|>\s*</texture>)')
 
@@ -102,11 +118,11 @@ class SafetyGymEnv(TaskEnv):
     """One Safety-Gymnasium task: float32 observations, float reward/cost, clipped actions."""
 
     def __init__(self, name: str, seed: int | None = 0, mass=1.0, friction=1.0,
-                 actuator_gain=1.0) -> None:
+                 actuator_gain=1.0, budget: str = "algd") -> None:
         from gymnasium.spaces import Box
 
+        source, budget = budget, budget_of(name, budget)
         sg = _import_safety_gymnasium()
-        budget = BUDGETS[name]
         self._budget = budget
         self._env = sg.make(name, max_episode_steps=budget.episode_length,
                             disable_env_checker=True)
@@ -123,7 +139,7 @@ class SafetyGymEnv(TaskEnv):
             cost_mask_always_one=budget.cost_mask_always_one,
             # No bound known: the velocity cost here is the speed (see velocity_cost), not
             # Safety-Gymnasium's 0/1 indicator; navigation costs add up over hazards.
-            max_step_cost=None,
+            max_step_cost=None, budget=source,
         )
         self.observation_space = Box(
             obs_space.low.reshape(-1).astype(np.float32),
@@ -174,11 +190,11 @@ def supported_shift(name: str) -> tuple[str, ...]:
     return (MODEL_KEYS + WRAPPER_KEYS) if BUDGETS[name].velocity else WRAPPER_KEYS
 
 
-def make_safety_gym(name: str, seed: int | None = 0, **shift) -> TaskEnv:
+def make_safety_gym(name: str, seed: int | None = 0, budget: str = "algd", **shift) -> TaskEnv:
     from dataclasses import replace
 
     shift = validate_shift(shift, supported_shift(name), name)
     model_kw = {k: shift.get(k, NOMINAL[k]) for k in MODEL_KEYS if k in shift}
-    env = SafetyGymEnv(name, seed=seed, **model_kw)
+    env = SafetyGymEnv(name, seed=seed, budget=budget, **model_kw)
     env.task_spec = replace(env.task_spec, shift=dict(shift))
     return wrap_shift(env, shift, seed)

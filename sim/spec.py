@@ -35,6 +35,9 @@ class TaskSpec:
     # The largest cost one step can have, where the task knows it (None: unknown); a monitor
     # can tell a real reading from a corrupted one with it.
     max_step_cost: float | None = None
+    # Whose budget the task keeps: "algd" (the ALGD authors') or "safety_gymnasium" (the
+    # benchmark's own: native costs, 1000-step episodes, 25 per episode). sim/safety_gym.py
+    budget: str = "algd"
 
     def __post_init__(self) -> None:
         if self.cost_semantics not in COST_SEMANTICS:

@@ -32,17 +32,21 @@ class UnknownTaskError(ValueError):
         self.name = name
 
 
-def make_task(name: str, seed: int | None = 0, **shift) -> TaskEnv:
-    """Make a task. `seed` seeds the first reset (and the noise stream); `shift` holds
-    domain-shift parameters: mass, friction, actuator_gain, obs_noise, action_delay."""
+def make_task(name: str, seed: int | None = 0, budget: str = "algd", **shift) -> TaskEnv:
+    """Make a task. `seed` seeds the first reset (and the noise stream); `budget` says whose
+    safety budget it keeps (Safety-Gymnasium tasks: "algd" or "safety_gymnasium", see
+    sim/safety_gym.py); `shift` holds domain-shift parameters: mass, friction,
+    actuator_gain, obs_noise, action_delay."""
     if name in HAZARD_TASKS:
         from .hazard_task import make_point_hazard
 
+        if budget != "algd":
+            raise ValueError(f"budget: {name} has one budget; expected 'algd', got {budget!r}")
         return make_point_hazard(seed=seed, **shift)
     if name in SAFETY_GYM_TASKS:
         from .safety_gym import make_safety_gym
 
-        return make_safety_gym(name, seed=seed, **shift)
+        return make_safety_gym(name, seed=seed, budget=budget, **shift)
     raise UnknownTaskError(name)
 
 

@@ -99,3 +99,27 @@ def test_velocity_task_model_shift_scales_the_model():
     m0, m1 = nominal.unwrapped._env.unwrapped.model, heavy.unwrapped._env.unwrapped.model
     np.testing.assert_allclose(m1.body_mass[1:], 2.0 * m0.body_mass[1:])
     np.testing.assert_allclose(m1.actuator_gear[:, 0], 0.5 * m0.actuator_gear[:, 0])
+
+
+@pytest.mark.parametrize("name", ["SafetyPointGoal1-v0", "SafetyHopperVelocity-v1"])
+def test_the_benchmarks_own_budget_keeps_native_costs_and_1000_step_episodes(name):
+    env = make_task(name, seed=0, budget="safety_gymnasium")
+    spec = env.task_spec
+    assert (spec.episode_length, spec.cost_limit, spec.cost_semantics, spec.budget) == (
+        1000, 25.0, "episode", "safety_gymnasium")
+    assert TaskSpec.from_dict(spec.to_dict()) == spec  # checkpoints and bundles keep it
+    paper = make_task(name, seed=0)
+    assert paper.task_spec.budget == "algd"
+    _, ours = _rollout(env, 300)
+    _, theirs = _rollout(paper, 300)
+    for (o1, r1, c1, *_), (o2, r2, c2, _, _, info) in zip(ours, theirs):
+        np.testing.assert_allclose(o1, o2)  # the same system ...
+        assert r1 == r2
+        assert c1 == info.get("cost_indicator", c2)  # ... and Safety-Gymnasium's own cost
+    if name.startswith("SafetyPoint"):  # never terminates: the time limit ends it
+        ends = [i for i, step in enumerate(_rollout(env, 1000)[1]) if step[4]]
+        assert ends == [999]
+    with pytest.raises(ValueError, match="budget: expected one of"):
+        make_task(name, budget="omnisafe")
+    with pytest.raises(ValueError, match="budget: PointHazard-v0 has one budget"):
+        make_task("PointHazard-v0", budget="safety_gymnasium")
