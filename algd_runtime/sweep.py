@@ -117,6 +117,27 @@ def _run_saclag(cfg, config: dict, run_dir: Path, threads: int) -> dict:
             "cost": last["cost_mean"]}
 
 
+def trial_steps(run_dir: Path, system: str) -> int:
+    """Environment steps a running trial has logged so far (0 before its first log row)."""
+    if system == "algd":
+        path = run_dir / "train.csv"
+    else:
+        found = sorted((run_dir / "omnisafe").glob("*/seed-*/progress.csv"))
+        path = found[-1] if found else run_dir / "missing"
+    if not path.exists():
+        return 0
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    key = "step" if system == "algd" else "TotalEnvSteps"
+    return int(float(rows[-1][key])) if rows and rows[-1].get(key) else 0
+
+
+def progress_line(out: Path, trials: list[dict], elapsed_s: float) -> str:
+    """One line on the unfinished trials: steps logged of their total (queued ones at 0)."""
+    parts = [f"{t['name']} {trial_steps(out / t['name'], t['system']) / t['total_steps']:.0%}" for t in trials]
+    return f"[{elapsed_s / 60:.0f} min] " + ", ".join(parts)
+
+
 # -- aggregation -------------------------------------------------------------------------------
 def _read_progress(run_dir: Path) -> list[dict]:
     path = run_dir / "progress.csv"
@@ -243,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baseline", choices=sorted(BASELINE_LABEL), action="append", default=[],
                    help="also run this baseline on each task and seed, beside the ALGD trials")
     p.add_argument("--report", action="store_true", help="only aggregate the trials already in OUT")
+    p.add_argument("--progress-every", type=float, default=300.0, metavar="S",
+                   help="seconds between progress lines while trials run")
     args = p.parse_args(argv)
 
     from algd_runtime.cli import task_config_path
@@ -304,7 +327,10 @@ def _run(args, trials: list[dict]) -> None:
                                  t["system"]): t for t in todo}
         t0, done = time.monotonic(), 0
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=args.progress_every)
+            if not ready:
+                print(progress_line(args.out, list(pending.values()), time.monotonic() - t0), flush=True)
+                continue
             trial = pending.pop(ready[0])
             done += 1
             try:

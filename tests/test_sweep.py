@@ -49,3 +49,17 @@ def test_override_sets_are_checked_before_anything_runs(tmp_path, capsys):
         parse_set("algo.dual")
     assert main(["--task", "PointHazard-v0", "--set", "algo.dual=pid", "--out", str(tmp_path)]) == 2
     assert "algo.dual" in capsys.readouterr().err
+
+
+def test_progress_reads_each_systems_own_log(tmp_path):
+    from algd_runtime.sweep import progress_line
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train.csv").write_text("step,time_s\n1000,3\n2500,9\n")
+    omni = tmp_path / "b" / "omnisafe" / "SACLag-{T}" / "seed-001-x"
+    omni.mkdir(parents=True)
+    (omni / "progress.csv").write_text("TotalEnvSteps,Time/Total\n5000,20\n")
+    trials = [{"name": "a", "system": "algd", "total_steps": 10_000},
+              {"name": "b", "system": "saclag", "total_steps": 10_000},
+              {"name": "c", "system": "algd", "total_steps": 10_000}]
+    assert progress_line(tmp_path, trials, 120) == "[2 min] a 25%, b 50%, c 0%"
