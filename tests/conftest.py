@@ -4,12 +4,15 @@ DDS discovery stays on this machine in every test, whoever runs pytest. The test
 (and the processes they start) use a private operator key and keep their latches in a
 private state folder, never the user's."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 _private = tempfile.mkdtemp(prefix="algd-tests-")
+atexit.register(shutil.rmtree, _private, ignore_errors=True)  # the key and latches go with the session
 os.environ["XDG_STATE_HOME"] = os.path.join(_private, "state")
 os.environ["ALGD_OPERATOR_KEY"] = os.path.join(_private, "operator.key")
 from algd_runtime.safety import create_key  # noqa: E402
