@@ -132,6 +132,21 @@ def trial_steps(run_dir: Path, system: str) -> int:
     return int(float(rows[-1][key])) if rows and rows[-1].get(key) else 0
 
 
+def own_log(run_dir: Path, system: str) -> dict | None:
+    """The last training-episode figures a trial's learner logged itself (None if none)."""
+    if system == "algd":
+        path, keys = run_dir / "train.csv", ("step", "train_return", "train_cost")
+    else:
+        found = sorted((run_dir / "omnisafe").glob("*/seed-*/progress.csv"))
+        path, keys = (found[-1] if found else run_dir / "missing"), ("TotalEnvSteps", "Metrics/EpRet",
+                                                                      "Metrics/EpCost")
+    if not path.exists():
+        return None
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(keys[1])]
+    return dict(zip(("step", "return", "cost"), (float(rows[-1][k]) for k in keys))) if rows else None
+
+
 def progress_line(out: Path, trials: list[dict], elapsed_s: float) -> str:
     """One line on the unfinished trials: steps logged of their total (queued ones at 0)."""
     parts = [f"{t['name']} {trial_steps(out / t['name'], t['system']) / t['total_steps']:.0%}" for t in trials]
@@ -203,6 +218,15 @@ def aggregate(out: Path, trials: list[dict]) -> list[dict]:
         lines += ["", "## At equal wall-clock", "",
                   "Each trial's last evaluation within the fastest group's mean wall-clock on the task.", ""]
         lines += _table(timed)
+    own = [(t["task"], t["set"], t["seed"], own_log(out / t["name"], t.get("system", "algd"))) for t in trials]
+    own = [(task, label, seed, log) for task, label, seed, log in own if log]
+    if own:
+        lines += ["", "## Each system's own log", "",
+                  "Training episodes as each learner logs them (ALGD: the last 20; OmniSafe: the last 10), "
+                  "on its own episodes and costs.", "",
+                  "| task | trials | seed | step | return | cost |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {task} | {label} | {seed} | {log['step']:.0f} | {log['return']:.2f} | {log['cost']:.2f} |"
+                  for task, label, seed, log in own]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     _plot(out, curves)
     return rows

@@ -102,7 +102,8 @@ def test_the_report_compares_at_equal_steps_and_at_the_fastest_groups_wall_clock
         for seed in (1, 2):
             name = f"{TASK}-{system}-seed{seed}"
             write_progress(tmp_path / name, [(1000 * i, seconds * i, ret * i + seed, 2.0) for i in (1, 2, 3)])
-            trials.append({"task": TASK, "set": label, "name": name, "system": system})
+            trials.append({"task": TASK, "set": label, "name": name, "system": system, "seed": seed})
+    (tmp_path / f"{TASK}-algd-seed1" / "train.csv").write_text("step,train_return,train_cost\n3000,7.5,1.25\n")
     rows = aggregate(tmp_path, trials)
     assert {r["set"]: (r["steps"], r["return_mean"]) for r in rows} == {"defaults": (3000, 16.5),
                                                                        "SACLag": (3000, 4.5)}
@@ -111,4 +112,5 @@ def test_the_report_compares_at_equal_steps_and_at_the_fastest_groups_wall_clock
     # SACLag's groups finished in 30 s; ALGD's last evaluation within 30 s is at 1000 steps.
     assert "| PointHazard-v0 | defaults | 2 | 1000 | 20 | 6.50 ± 0.71 |" in equal_time
     assert "| PointHazard-v0 | SACLag | 2 | 3000 | 30 | 4.50 ± 0.71 |" in equal_time
+    assert "| PointHazard-v0 | defaults | 1 | 3000 | 7.50 | 1.25 |" in report.split("## Each system's own log")[1]
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
