@@ -221,6 +221,12 @@ def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions
                      elapsed)
     report["best"] = best.describe()
     report["comparison"] = compare(before, after)
+    if trainer.cfg.actor_delay_steps >= opts.steps:
+        report["comparison"]["note"] = (f"the actor did not learn: --steps {opts.steps} <= --warmup "
+                                        f"{opts.warmup_steps} + --critic-warmup {opts.critic_warmup_steps}; "
+                                        "only the critics and lambda were fitted")
+    if report["comparison"]["note"]:
+        echo(f"NOTE: {report['comparison']['note']}")
     if report["comparison"]["worse"]:
         echo(f"WARNING: fine-tuning made the policy WORSE on {target.describe()}: "
              f"{report['comparison']['why']}. Deploy {report['best']['path']} ({report['best']['from']}) instead.")
@@ -274,18 +280,24 @@ def mean_ci(values, seed: int = 0, level: float = 0.95, resamples: int = 4000) -
 
 def compare(before: EvalResult, after: EvalResult) -> dict:
     """After vs before on the same start states: paired differences with 95 % intervals.
-    Worse: the return's interval lies below 0, or the cost went over the limit."""
+    Worse: the return's interval lies below 0, or the cost went over the limit. A return
+    given up to bring a source that was over the budget within it is the price of the
+    budget, not a loss: that is said as a note."""
     d_ret = [a - b for a, b in zip(after.returns, before.returns)]
     d_cost = [a - b for a, b in zip(after.costs, before.costs)]
     ret, cost = mean_ci(d_ret), mean_ci(d_cost)
-    why = []
-    if ret[2] < 0:
+    why, note = [], ""
+    came_within = not before.within_limit and after.within_limit
+    if ret[2] < 0 and came_within:
+        note = (f"return {ret[0]:+.2f} (95 % CI {ret[1]:+.2f} .. {ret[2]:+.2f}) to bring the cost within the "
+                f"limit {after.cost_limit:g} ({before.cost_mean:.2f} -> {after.cost_mean:.2f})")
+    elif ret[2] < 0:
         why.append(f"return {ret[0]:+.2f} (95 % CI {ret[1]:+.2f} .. {ret[2]:+.2f})")
     if before.within_limit and not after.within_limit:
         why.append(f"cost {after.cost_mean:.2f} is over the limit {after.cost_limit:g} (it was {before.cost_mean:.2f})")
     return {"return_change": ret, "cost_change": cost, "before_return_ci": mean_ci(before.returns),
             "after_return_ci": mean_ci(after.returns), "before_cost_ci": mean_ci(before.costs),
-            "after_cost_ci": mean_ci(after.costs), "worse": bool(why), "why": "; ".join(why)}
+            "after_cost_ci": mean_ci(after.costs), "worse": bool(why), "why": "; ".join(why), "note": note}
 
 
 def write_plots(out_dir: Path, report: dict, echo: Callable[[str], None]) -> list[str]:
@@ -376,6 +388,8 @@ def write_report(out_dir: Path, report: dict) -> None:
     if cmp["worse"]:
         lines += [f"**WARNING: fine-tuning made the policy worse: {cmp['why']}.** "
                   f"Deploy `{best['path']}` ({best['from']}), not the fine-tuned policy.", ""]
+    if cmp.get("note"):
+        lines += [f"**NOTE: {cmp['note']}.**", ""]
     lines += [
         f"- source policy: `{report['source']}`",
         f"- fine-tuned policy: `{report['policy']}` ({report['steps']} steps in {report['elapsed_s']:.0f} s, "

@@ -178,6 +178,8 @@ def test_the_actor_waits_for_the_critics_and_moves_at_a_fraction_of_its_rate(tmp
     assert out["optimizers"]["actor"]["param_groups"][0]["lr"] == pytest.approx(0.3 * tuned["config"]["algo"]["lr"])
     assert {"worse", "return_change", "why"} <= set(report["comparison"]) and "best" in report
     assert "95 % CI" in (tmp_path / "ft" / "report.md").read_text()
+    # 250 steps < 100 warm-up + 2000 critic warm-up: the report says the actor never learned.
+    assert "the actor did not learn: --steps 250" in (tmp_path / "ft" / "report.md").read_text()
 
 
 def test_worse_after_fine_tuning_is_said_and_the_best_policy_within_budget_kept(tmp_path):
@@ -190,6 +192,9 @@ def test_worse_after_fine_tuning_is_said_and_the_best_policy_within_budget_kept(
     assert compare(before, worse)["worse"] and "return -6.12" in compare(before, worse)["why"]
     assert compare(before, over)["worse"] and "over the limit" in compare(before, over)["why"]
     assert not compare(before, before)["worse"]
+    # A source over the budget that fine-tuning brings within it may give up return: a note.
+    within = compare(over, worse)
+    assert not within["worse"] and "to bring the cost within the limit 5" in within["note"]
 
     agent = small_policy(tmp_path / "p.pt")
     best = BestPolicy(tmp_path, tmp_path / "p.pt", before, echo=lambda s: None)
