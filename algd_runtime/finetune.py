@@ -281,18 +281,16 @@ def mean_ci(values, seed: int = 0, level: float = 0.95, resamples: int = 4000) -
 def compare(before: EvalResult, after: EvalResult) -> dict:
     """After vs before on the same start states: paired differences with 95 % intervals.
     Worse: the return's interval lies below 0, or the cost went over the limit. A return
-    given up to bring a source that was over the budget within it is the price of the
-    budget, not a loss: that is said as a note."""
+    lost while an over-budget source came within the limit is still worse (other seeds may
+    get both), and the warning says what was gained."""
     d_ret = [a - b for a, b in zip(after.returns, before.returns)]
     d_cost = [a - b for a, b in zip(after.costs, before.costs)]
     ret, cost = mean_ci(d_ret), mean_ci(d_cost)
     why, note = [], ""
-    came_within = not before.within_limit and after.within_limit
-    if ret[2] < 0 and came_within:
-        note = (f"return {ret[0]:+.2f} (95 % CI {ret[1]:+.2f} .. {ret[2]:+.2f}) to bring the cost within the "
-                f"limit {after.cost_limit:g} ({before.cost_mean:.2f} -> {after.cost_mean:.2f})")
-    elif ret[2] < 0:
-        why.append(f"return {ret[0]:+.2f} (95 % CI {ret[1]:+.2f} .. {ret[2]:+.2f})")
+    if ret[2] < 0:
+        gained = (f", while the cost came within the limit {after.cost_limit:g} ({before.cost_mean:.2f} -> "
+                  f"{after.cost_mean:.2f})" if not before.within_limit and after.within_limit else "")
+        why.append(f"return {ret[0]:+.2f} (95 % CI {ret[1]:+.2f} .. {ret[2]:+.2f}){gained}")
     if before.within_limit and not after.within_limit:
         why.append(f"cost {after.cost_mean:.2f} is over the limit {after.cost_limit:g} (it was {before.cost_mean:.2f})")
     return {"return_change": ret, "cost_change": cost, "before_return_ci": mean_ci(before.returns),

@@ -192,9 +192,9 @@ def test_worse_after_fine_tuning_is_said_and_the_best_policy_within_budget_kept(
     assert compare(before, worse)["worse"] and "return -6.12" in compare(before, worse)["why"]
     assert compare(before, over)["worse"] and "over the limit" in compare(before, over)["why"]
     assert not compare(before, before)["worse"]
-    # A source over the budget that fine-tuning brings within it may give up return: a note.
+    # Return lost while an over-budget source came within the limit: still a warning, with the gain.
     within = compare(over, worse)
-    assert not within["worse"] and "to bring the cost within the limit 5" in within["note"]
+    assert within["worse"] and "while the cost came within the limit 5 (8.25 -> 1.00)" in within["why"]
 
     agent = small_policy(tmp_path / "p.pt")
     best = BestPolicy(tmp_path, tmp_path / "p.pt", before, echo=lambda s: None)
