@@ -43,8 +43,17 @@ def parse_set(text: str) -> dict[str, Any]:
     return out
 
 
-def set_label(overrides: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+def split_name(text: str) -> tuple[str | None, str]:
+    """'ALGD:algo.dual=critic' -> ('ALGD', 'algo.dual=critic'): an optional name for the
+    set in reports and plots (a key never holds ':')."""
+    name, sep, rest = text.partition(":")
+    if sep and "=" not in name and name.strip():
+        return name.strip(), rest
+    return None, text
+
+
+def set_label(overrides: dict[str, Any], name: str | None = None) -> str:
+    return name or ",".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
 
 
 def trial_config(base: dict, task: str, seed: int, overrides: dict[str, Any], steps: int | None) -> dict:
@@ -277,8 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--task", action="append", required=True, help="task (repeat for several)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
-                   help="one override set (repeat for several; default: the config as it is)")
+    p.add_argument("--set", action="append", default=[], metavar="[NAME:]KEY=VALUE[,KEY=VALUE]",
+                   help="one override set, named NAME in reports (repeat for several; default: the config as it is)")
     p.add_argument("--config", type=Path, help="base config (default: configs/<task>.yaml where it exists)")
     p.add_argument("--steps", type=int, help="total environment steps per trial")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"))
@@ -296,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from algd_runtime.config import ConfigError, config_from_dict, load_config
 
     try:
-        sets = [parse_set(s) for s in args.set] or [{}]
+        named = [split_name(s) for s in args.set] or [(None, "")]
+        sets = [parse_set(text) for _, text in named]
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps: expected a value >= 1, got {args.steps}")
         if args.cpus_per_trial < 1:
@@ -309,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for seed in args.seeds:
                     config = trial_config(base, task, seed, overrides, args.steps)
                     cfg = config_from_dict(config)  # a bad key or value stops here, naming it
-                    trials.append({"task": task, "seed": seed, "set": set_label(overrides), "config": config,
+                    trials.append({"task": task, "seed": seed, "set": set_label(overrides, named[index][0]), "config": config,
                                    "total_steps": cfg.total_steps, "name": trial_name(task, seed, index),
                                    "system": "algd"})
             for system in args.baseline:

@@ -63,3 +63,13 @@ def test_progress_reads_each_systems_own_log(tmp_path):
               {"name": "b", "system": "saclag", "total_steps": 10_000},
               {"name": "c", "system": "algd", "total_steps": 10_000}]
     assert progress_line(tmp_path, trials, 120) == "[2 min] a 25%, b 50%, c 0%"
+
+
+def test_an_override_set_may_carry_a_name_for_reports():
+    from algd_runtime.sweep import set_label, split_name
+
+    name, text = split_name("ALGD UTD 1:updates_per_step=1,algo.dual=episode_cost")
+    assert name == "ALGD UTD 1" and parse_set(text) == {"updates_per_step": 1, "algo.dual": "episode_cost"}
+    assert split_name("algo.dual=critic") == (None, "algo.dual=critic")
+    assert set_label(parse_set(text), name) == "ALGD UTD 1"
+    assert set_label({"algo.lr": 0.001}) == "algo.lr=0.001" and set_label({}) == "defaults"
