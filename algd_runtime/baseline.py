@@ -124,12 +124,10 @@ def evaluate_saclag(folder: Path, config: dict, run_dir: Path) -> Path:
     """Every saved actor of an OmniSafe run, evaluated as an ALGD trial of the same config
     would be; writes run_dir/progress.csv (ALGD's columns; lambda is OmniSafe's multiplier)."""
     from algd_runtime.config import config_from_dict
-    from algd_runtime.sim import make_task
-    from algd_runtime.sim.conventions import apply_conventions
-    from algd_runtime.trainer import EVAL_FIELDS, eval_seed_of, evaluate
+    from algd_runtime.trainer import EVAL_FIELDS, eval_seed_of, evaluate, make_eval_task
 
     cfg = config_from_dict(config)
-    env = apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, budget=cfg.budget, **cfg.shift), cfg.conventions, cfg.seed)
+    env = make_eval_task(cfg)
     rows = []
     for epoch_row in _read_csv(folder / "progress.csv"):
         epoch = int(float(epoch_row["Train/Epoch"]))

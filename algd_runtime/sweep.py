@@ -30,6 +30,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from algd_runtime.baseline import omnisafe_run_folder
+
 
 # -- trials ------------------------------------------------------------------------------------
 def parse_set(text: str) -> dict[str, Any]:
@@ -131,8 +133,8 @@ def trial_steps(run_dir: Path, system: str) -> int:
     if system == "algd":
         path = run_dir / "train.csv"
     else:
-        found = sorted((run_dir / "omnisafe").glob("*/seed-*/progress.csv"))
-        path = found[-1] if found else run_dir / "missing"
+        folder = omnisafe_run_folder(run_dir / "omnisafe")
+        path = folder / "progress.csv" if folder else run_dir / "missing"
     if not path.exists():
         return 0
     with path.open(newline="") as f:
@@ -146,9 +148,9 @@ def own_log(run_dir: Path, system: str) -> dict | None:
     if system == "algd":
         path, keys = run_dir / "train.csv", ("step", "train_return", "train_cost")
     else:
-        found = sorted((run_dir / "omnisafe").glob("*/seed-*/progress.csv"))
-        path, keys = (found[-1] if found else run_dir / "missing"), ("TotalEnvSteps", "Metrics/EpRet",
-                                                                      "Metrics/EpCost")
+        folder = omnisafe_run_folder(run_dir / "omnisafe")
+        path = folder / "progress.csv" if folder else run_dir / "missing"
+        keys = ("TotalEnvSteps", "Metrics/EpRet", "Metrics/EpCost")
     if not path.exists():
         return None
     with path.open(newline="") as f:

@@ -40,6 +40,13 @@ def _make_training_task(cfg: TrainConfig):
                              cfg.seed)
 
 
+def make_eval_task(cfg: TrainConfig):
+    """The run's evaluation task (its own seed stream; under the reference conventions the
+    training layout)."""
+    return apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, budget=cfg.budget, **cfg.shift), cfg.conventions,
+                             cfg.seed)
+
+
 def eval_seed_of(run_seed: int) -> int:
     """First reset seed of a run's evaluations (episode i resets with it + i)."""
     return 1_000_000 + run_seed * 1000
@@ -186,9 +193,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         if env is None:
             # Under the reference conventions training and evaluation share one layout.
-            env, eval_env = (_make_training_task(cfg),
-                             apply_conventions(make_task(cfg.task, seed=cfg.seed + 1, budget=cfg.budget, **cfg.shift),
-                                               cfg.conventions, cfg.seed))
+            env, eval_env = _make_training_task(cfg), make_eval_task(cfg)
         self.env, self.eval_env = env, eval_env
         self.spec: TaskSpec = self.env.task_spec
         self.vec = None  # copies of the task stepping together (cfg.num_envs > 1)
