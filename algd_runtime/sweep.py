@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ def trial_config(base: dict, task: str, seed: int, overrides: dict[str, Any], st
 
 
 BASELINE_LABEL = {"saclag": "SACLag (OmniSafe 0.5.0)"}
+STOP_GRACE_S = 120.0  # how long a stopped sweep waits for its trials to save
 
 
 def trial_name(task: str, seed: int, index: int | str) -> str:
@@ -335,15 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.report:
-        _run(args, trials)
+    if not args.report and not _run(args, trials):
+        print("algd-sweep: stopped; `algd-sweep ... --report` aggregates what is there", file=sys.stderr)
+        return 130
     rows = aggregate(args.out, trials)
     print((args.out / "sweep.md").read_text(), end="")
     print(f"wrote {args.out / 'sweep.md'}, sweep.csv, sweep.png (tensorboard --logdir {args.out})")
     return 0 if all(r["seeds"] for r in rows) else 1
 
 
-def _run(args, trials: list[dict]) -> None:
+def _run(args, trials: list[dict]) -> bool:
+    """Runs the unfinished trials; False when stopped (Ctrl-C or SIGTERM) before they ended."""
     import ray
 
     todo = [t for t in trials if not finished(args.out / t["name"], t["total_steps"], t["system"])]
@@ -352,15 +356,17 @@ def _run(args, trials: list[dict]) -> None:
     print(f"algd-sweep: {len(trials)} trials, {len(trials) - len(todo)} finished before, {len(todo)} to run "
           f"-> {args.out}", flush=True)
     if not todo:
-        return
+        return True
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    pending: dict = {}
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         remote = ray.remote(num_cpus=args.cpus_per_trial, max_retries=0)(run_trial)
-        pending = {remote.remote(t["config"], str((args.out / t["name"]).resolve()), args.cpus_per_trial,
-                                 t["system"]): t for t in todo}
+        pending.update({remote.remote(t["config"], str((args.out / t["name"]).resolve()), args.cpus_per_trial,
+                                      t["system"]): t for t in todo})
         t0, done = time.monotonic(), 0
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=args.progress_every)
@@ -377,9 +383,34 @@ def _run(args, trials: list[dict]) -> None:
             except ray.exceptions.RayError as exc:
                 print(f"[{done}/{len(todo)}] {trial['name']}: FAILED ({str(exc).splitlines()[0]}); "
                       f"run again to resume it", flush=True)
+        return True
+    except KeyboardInterrupt:
+        _stop_trials(ray, pending, args.out)
+        return False
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         ray.shutdown()
 
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_trials(ray, pending: dict, out: Path) -> None:
+    """Ctrl-C or SIGTERM: each running trial gets a KeyboardInterrupt (ray.cancel), on which
+    an ALGD trial saves its checkpoint and returns (the trainer's own Ctrl-C) and a SACLag
+    trial kills its OmniSafe process; queued trials never start. A second Ctrl-C, or
+    STOP_GRACE_S without an answer, stops waiting."""
+    print(f"algd-sweep: stopping {len(pending)} trials; unfinished ones resume on the next run "
+          f"(Ctrl-C again to stop waiting)", flush=True)
+    for ref in pending:
+        ray.cancel(ref)
+    try:
+        ray.wait(list(pending), num_returns=len(pending), timeout=STOP_GRACE_S)
+    except KeyboardInterrupt:
+        pass
+    for trial in pending.values():
+        print(f"  {trial['name']}: stopped at step {trial_steps(out / trial['name'], trial['system'])}", flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,10 @@
-"""algd-sweep on an embedded local Ray: a tiny sweep (toy task, 2 seeds), run twice."""
+"""algd-sweep on an embedded local Ray: a tiny sweep (toy task, 2 seeds), run twice; a sweep
+stopped by Ctrl-C or SIGTERM saves its trials."""
+
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -73,3 +79,30 @@ def test_an_override_set_may_carry_a_name_for_reports():
     assert split_name("algo.dual=critic") == (None, "algo.dual=critic")
     assert set_label(parse_set(text), name) == "ALGD UTD 1"
     assert set_label({"algo.lr": 0.001}) == "algo.lr=0.001" and set_label({}) == "defaults"
+
+
+@pytest.mark.slow  # Ray's start-up and a trial stopped mid-run: about a minute
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_sweep_saves_its_trials_and_exits(tmp_path, sig):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "algd_runtime.sweep", "--task", "PointHazard-v0", "--seeds", "1", "--steps",
+           "10000000", "--config", str(config), "--out", str(out), "--num-cpus", "1", "--progress-every", "1"]
+    sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        train_log = out / "PointHazard-v0-set0-seed1" / "train.csv"
+        deadline = time.monotonic() + 180
+        while not (train_log.exists() and len(train_log.read_text().splitlines()) > 2):
+            assert sweep.poll() is None and time.monotonic() < deadline, "the trial did not start logging"
+            time.sleep(0.5)
+        sweep.send_signal(sig)
+        text, _ = sweep.communicate(timeout=180)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, text
+    assert "stopping 1 trials" in text and "stopped at step" in text
+    from algd_runtime.checkpoint import load_checkpoint
+
+    steps = load_checkpoint(out / "PointHazard-v0-set0-seed1" / "policy.pt")["train_state"]["env_steps"]
+    assert 200 <= steps < 10_000_000  # saved mid-run, so that the next run resumes it
