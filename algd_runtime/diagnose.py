@@ -9,6 +9,7 @@ Rolls the deterministic policy out on the run's evaluation task and answers four
   much of the measured value that tail is.
 - Does the actor do what the critics ask? Projected gradient ascent on -L_A from the policy's
   action, and the best of 256 uniform actions: how much -L_A the policy leaves on the table.
+- How broad is the target the score is matched to (exp(-L_A / beta) over uniform actions)?
 - How many action components sit at the bound (tanh saturated)?
 - How widely does the policy explore while training (the spread of its stochastic samples)?
 A calibrated critic with an actor at its optimum points at exploration or a local optimum;
@@ -77,6 +78,8 @@ class Diagnosis:
     neg_energy_policy: float  # -L_A at the policy's action
     neg_energy_ascent: float
     neg_energy_uniform: float  # best of UNIFORM_CANDIDATES uniform actions
+    target_ess: float  # effective sample size of exp(-L_A / beta) over those actions
+    beta: float
     saturated: float
     sample_spread: float  # std of stochastic samples, in half-ranges per component
 
@@ -93,6 +96,8 @@ class Diagnosis:
             f"actor:   -L_A at the policy's action {self.neg_energy_policy:.3f}, after gradient ascent "
             f"{self.neg_energy_ascent:.3f} (gap {gap:.3f}), best of {UNIFORM_CANDIDATES} uniform "
             f"{self.neg_energy_uniform:.3f}",
+            f"target:  exp(-L_A / beta) (beta {self.beta:g}) over the {UNIFORM_CANDIDATES} uniform actions has an "
+            f"effective sample size of {self.target_ess:.1f} (1: a point mass, {UNIFORM_CANDIDATES}: flat)",
             f"bounds:  {self.saturated:.0%} of action components at the bound",
             f"explore: training samples spread {self.sample_spread:.3f} half-ranges per component",
         ])
@@ -156,7 +161,10 @@ def diagnose(policy: str | Path, episodes: int = 3, seed: int | None = None) -> 
         neg_la_ascent = -agent.energy(s, ascent)[0].squeeze(-1)
         n = UNIFORM_CANDIDATES
         uniform = low + (high - low) * torch.rand(len(s) * n, len(low), generator=torch.Generator().manual_seed(1))
-        best_uniform = (-agent.energy(s.repeat_interleave(n, 0), uniform)[0]).view(len(s), n).max(dim=1).values
+        neg_la_uniform = (-agent.energy(s.repeat_interleave(n, 0), uniform)[0]).view(len(s), n)
+        best_uniform = neg_la_uniform.max(dim=1).values
+        weights_b = torch.softmax(neg_la_uniform / agent.cfg.beta, dim=1)
+        ess = float((1.0 / (weights_b**2).sum(dim=1)).mean())
         m = 32
         samples = agent.policy.sample(s.repeat_interleave(m, 0)).view(len(s), m, -1)
         spread = float((samples.std(dim=1) / ((high - low) / 2)).mean())
@@ -165,7 +173,7 @@ def diagnose(policy: str | Path, episodes: int = 3, seed: int | None = None) -> 
         bootstrap_share=float(np.mean(weights)), q_corr=q_corr,
         qc_policy=float(qc.mean()), real_cost=float(np.mean(costs)), lam=agent.lam,
         neg_energy_policy=float(neg_la_pick.mean()), neg_energy_ascent=float(neg_la_ascent.mean()),
-        neg_energy_uniform=float(best_uniform.mean()), saturated=saturated_fraction(a, low, high),
+        neg_energy_uniform=float(best_uniform.mean()), target_ess=ess, beta=agent.cfg.beta, saturated=saturated_fraction(a, low, high),
         sample_spread=spread)
 
 

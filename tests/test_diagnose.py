@@ -35,7 +35,7 @@ def test_the_command_reports_critic_actor_bounds_and_exploration(tmp_path, capsy
     assert main([str(tmp_path / "policy.pt"), "--episodes", "1"]) == 0
     out = capsys.readouterr().out
     for line in ("episodes (length / return / cost): 200 steps", "critic:  Q(s,pi)", "cost:    Qc_risk(s,pi)",
-                 "actor:   -L_A at the policy's action", "bounds:", "explore:"):
+                 "actor:   -L_A at the policy's action", "target:  exp(-L_A / beta)", "bounds:", "explore:"):
         assert line in out, line
     # the toy task's episodes end at the time limit: part of the measured value is the critic's
     assert "0% weight on the critic's value" not in out
