@@ -198,7 +198,10 @@ class ALGDAgent:
         episode cost. Unlike Adam on log lambda it moves by the size of the violation, and it
         does not wait for the cost critic to learn the cost (which lags the truth by tens of
         thousands of updates early in training)."""
-        lam = max(LAMBDA_FLOOR, self.lam + self.cfg.episode_dual_lr * (episode_cost - limit) / limit)
+        violation = (episode_cost - limit) / limit
+        if self.cfg.episode_dual_clip > 0:
+            violation = min(violation, self.cfg.episode_dual_clip)
+        lam = max(LAMBDA_FLOOR, self.lam + self.cfg.episode_dual_lr * violation)
         with torch.no_grad():
             self.log_lambda.fill_(math.log(lam))
         return lam

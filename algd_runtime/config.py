@@ -51,6 +51,10 @@ class AlgoConfig:
     # cost scale in about 2 / (qc_tau (1 - cost_gamma)) updates (BENCHMARKS.md).
     qc_tau: float = 0.005
     episode_dual_lr: float = 0.05
+    # Clip the episode dual step's (J - d) / d at this value (0: no clip), so that one
+    # episode stuck in a hazard (J = 36 d on PointGoal1) moves lambda by at most
+    # episode_dual_lr * clip instead of 36 times that (BENCHMARKS.md, ablations).
+    episode_dual_clip: float = 0.0
     batch_size: int = 256
     # grad_a L_A by hand (fastpath.py) instead of by autograd: the same update, faster
     fast_update: bool = True
@@ -113,7 +117,7 @@ _POSITIVE = {
     "eval_episodes", "first_epoch_update_cap", "num_envs",
 }
 _NON_NEGATIVE = {
-    "algo.qc_risk_k", "algo.score_loss_weight", "algo.episode_dual_lr", "algo.ddpm_guidance_scale", "warmup_steps",
+    "algo.qc_risk_k", "algo.score_loss_weight", "algo.episode_dual_lr", "algo.episode_dual_clip", "algo.ddpm_guidance_scale", "warmup_steps",
     "min_replay", "actor_delay_steps", "epoch_length", "eval_every", "checkpoint_every", "log_every", "num_threads",
     "seed",
 }
@@ -183,6 +187,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def config_from_dict(data: dict[str, Any] | None, check_task: bool = True) -> TrainConfig:
     """Build a validated TrainConfig; raises ConfigError naming the bad field."""
     cfg = _build(TrainConfig, data or {}, "")
+    if cfg.total_steps % cfg.num_envs:
+        # The copies step together, so a run would end past total_steps and past the run it
+        # is compared with.
+        raise ConfigError(f"total_steps: expected a multiple of num_envs ({cfg.num_envs}), "
+                          f"got {cfg.total_steps}")
     if check_task:
         from algd_runtime.sim import TASK_NAMES
 

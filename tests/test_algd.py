@@ -203,6 +203,13 @@ def test_episode_cost_dual_moves_lambda_by_the_size_of_the_violation():
     assert agent.dual_from_episode(30.0, 10.0) == pytest.approx(0.2, abs=1e-6)  # and back at once
 
 
+def test_clipped_episode_dual_bounds_the_step_of_one_outlier_episode():
+    agent = make_agent(dual="episode_cost", episode_dual_lr=0.1, init_lambda=0.5, episode_dual_clip=1.0)
+    assert agent.dual_from_episode(360.0, 10.0) == pytest.approx(0.6)  # 35x over: +0.1, not +3.5
+    assert agent.dual_from_episode(15.0, 10.0) == pytest.approx(0.65)  # under the clip: as before
+    assert agent.dual_from_episode(0.0, 10.0) == pytest.approx(0.55)  # below the limit: unclipped
+
+
 def costly_batch(n: int) -> dict:
     """n random transitions of SPEC, every one with cost 1."""
     rng = np.random.default_rng(0)

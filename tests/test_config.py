@@ -53,6 +53,8 @@ def test_unknown_top_level_key(tmp_path):
     ("algo:\n  gamma: 1.5\n", r"algo\.gamma: expected a value in \(0, 1\]"),
     ("algo:\n  batch_size: 0\n", r"algo\.batch_size: expected a value > 0"),
     ("device: tpu\n", r"device: expected one of \['cpu', 'cuda'\]"),
+    ("num_envs: 4\ntotal_steps: 1001\n", r"total_steps: expected a multiple of num_envs \(4\), got 1001"),
+    ("algo:\n  episode_dual_clip: -1\n", r"algo\.episode_dual_clip: expected a value >= 0"),
 ])
 def test_wrong_type_or_value_names_the_field(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern):
