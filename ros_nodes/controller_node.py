@@ -84,10 +84,11 @@ class ControllerNode(Node):
                        "startup_hold_s": float_param(self, "startup_hold_s"), "bundle_digest": digest,
                        "task_checked": bool(get("task")), "digest_pinned": bool(get("bundle_digest"))}
         self.reset = ResetEndpoint(self, self.key, self._operator_reset)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.pub = self.create_publisher(JointState, m.ACTION, m.LATEST)
+        self.pub = self.create_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
         self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat, m.RELIABLE)
-        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, m.OBSERVATIONS)
+        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, **m.wired(m.OBSERVATIONS))
+        # After the QoS overrides are declared (they are read-only parameters, not ours).
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.timer = self.create_timer(1.0 / params.control_rate_hz, self._tick)
         self.create_timer(float_param(self, "diagnostics_period_s"), self._diagnostics)

@@ -3,7 +3,7 @@
 | topic (under the namespace, default /algd) | type | from -> to |
 | --- | --- | --- |
 | observation | sensor_msgs/JointState: position = observation, effort = [episode, t, cost] (OBS_META), header.stamp = when measured | robot -> controller, monitor |
-| action | sensor_msgs/JointState: effort = action, header.stamp = the observation's, header.frame_id = the verdict ("lease=N" or "stop=why") | controller -> robot, monitor |
+| action | sensor_msgs/JointState: effort = action, header.stamp = the observation's, header.frame_id = the verdict ("lease=N" or "stop=why") | controller (reliable) -> robot, monitor |
 | step | std_msgs/Float64MultiArray: the transition (STEP_FIELDS below) | robot -> monitor, RosEnv |
 | episode | std_msgs/String (JSON: {"event": "start" or "end", "index", "return", "cost", ...}) | robot -> monitor, RosEnv |
 | heartbeat | std_msgs/String: the monitor's signed state (safety.sign_heartbeat) | monitor -> controller |
@@ -19,11 +19,13 @@ number of steps the robot may take on it past the observation it answers.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
 import numpy as np
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
@@ -32,8 +34,15 @@ OBSERVATION, ACTION, STEP, EPISODE, ESTOP = "observation", "action", "step", "ep
 HEARTBEAT, RESET, RESET_RESULT, RESET_CHALLENGE = "heartbeat", "~/reset", "~/reset_result", "~/reset_challenge"
 OBS_META = ("episode", "t", "cost")  # t: steps taken in the episode; cost: step t's (0 at t = 0)
 
+# QoS follows ROS conventions. What we publish for others to act on (action, step,
+# episode) is reliable and keep-last, so that a subscriber with default QoS (most robot
+# drivers, `ros2 topic echo`) receives it, and a best-effort one does too. What we read
+# from sensors is subscribed best effort, which matches any publisher.
+#
 # Newest only: a late observation is worth nothing to a controller.
 LATEST = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+# Commands (rclpy's default profile: reliable, keep-last 10, volatile).
+COMMANDS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Observations carry the budget's costs: a short queue so that a burst is accounted, not
 # dropped (a dropped one still counts, as the worst case).
 OBSERVATIONS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -42,6 +51,19 @@ RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=Re
 # A late joiner still sees the e-stop.
 LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+# The topics a robot integrator wires (observation, action, step, episode) take ROS's
+# standard QoS overrides from the parameter YAML, per topic and side:
+#   qos_overrides./algd/action.publisher.reliability: best_effort   (history, depth, durability alike)
+# The safety channels (heartbeat, estop, reset) do not: their QoS is part of the interlock.
+OVERRIDABLE = QoSOverridingOptions(
+    policy_kinds=(QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY))
+
+
+def wired(profile: QoSProfile) -> dict:
+    """create_publisher / create_subscription keywords for a wired topic. A copy of the
+    profile: rclpy writes the overrides into the profile object it is given."""
+    return {"qos_profile": copy.copy(profile), "qos_overriding_options": OVERRIDABLE}
 
 
 def observation_msg(obs: np.ndarray, stamp, episode: int = 0, t: int = 0, cost: float = 0.0) -> JointState:

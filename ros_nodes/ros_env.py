@@ -62,7 +62,7 @@ class RosEnv(TaskEnv):
         rclpy.init(context=self._ctx)
         self._node = rclpy.create_node(node_name, namespace=self.namespace, context=self._ctx)
         self._steps: queue.Queue = queue.Queue()
-        self._action_pub = self._node.create_publisher(JointState, m.ACTION, m.LATEST)
+        self._action_pub = self._node.create_publisher(JointState, m.ACTION, m.COMMANDS)
         self._node.create_subscription(Float64MultiArray, m.STEP, self._steps.put, m.RELIABLE)
         self._ended: dict[int, str] = {}  # episode -> why the robot ended it
         self._node.create_subscription(String, m.EPISODE, self._on_episode, m.RELIABLE)

@@ -81,10 +81,10 @@ class SimNode(Node):
         self.lease_waits = 0
         self.steps = 0
         self.latencies: list[float] = []  # observation published -> its action received (s)
-        self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, m.LATEST)
-        self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
-        self.ep_pub = self.create_publisher(String, m.EPISODE, m.RELIABLE)
-        self.create_subscription(JointState, m.ACTION, self._on_action, m.LATEST)
+        self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, **m.wired(m.LATEST))
+        self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE))
+        self.ep_pub = self.create_publisher(String, m.EPISODE, **m.wired(m.RELIABLE))
+        self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
         self.create_service(Trigger, "reset_episode", self._on_reset_episode)
         self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
         period = 1.0 / (self.get_parameter("rate_hz").value * self.get_parameter("real_time_factor").value)

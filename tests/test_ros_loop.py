@@ -44,12 +44,18 @@ def monitor(bundle, ns, key_file, state_file, **params):
 
 
 @pytest.fixture
-def loop(vesde_bundle, key_file, tmp_path):
-    """sim + controller (its interlock off: no monitor here) in one executor."""
+def loop(request, vesde_bundle, key_file, tmp_path):
+    """sim + controller (its interlock off: no monitor here) in one executor; a test's
+    `controller_params` mark adds controller parameters."""
     assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     rclpy.init()
     ns = f"/algd_test_{os.getpid()}"
-    ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=200.0, obs_timeout_s=0.05, require_monitor=False)
+    mark = request.node.get_closest_marker("controller_params")
+    extra = mark.kwargs if mark else {}
+    if callable(extra.get("params")):
+        extra = extra["params"](ns)
+    ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=200.0, obs_timeout_s=0.05, require_monitor=False,
+                      **extra)
     sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=200.0)])
     ex = SingleThreadedExecutor()
     ex.add_node(ctrl)
@@ -87,6 +93,55 @@ def test_controller_drives_the_sim_and_stamps_actions(loop):
     assert sum(s > 0 for s in stamps) > 100  # actions carry the observation's stamp
     assert np.any(sim.action != 0)  # the sim received the policy's actions
     probe.destroy_node()
+
+
+def count_actions(ctrl, sim, ex, spin, ns, seconds=2.0):
+    """What the controller published on `action`, and what a reliable and a best-effort
+    subscriber (each with room for everything) received, in order."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    def key(msg):
+        return msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id, tuple(msg.effort)
+
+    published, received = [], {"reliable": [], "best_effort": []}
+    publish = ctrl.pub.publish
+    ctrl.pub.publish = lambda msg: (published.append(key(msg)), publish(msg))
+    probe = rclpy.create_node("qos_probe", namespace=ns)
+    for name, reliability in (("reliable", ReliabilityPolicy.RELIABLE), ("best_effort", ReliabilityPolicy.BEST_EFFORT)):
+        probe.create_subscription(JointState, m.ACTION, lambda msg, n=name: received[n].append(key(msg)),
+                                  QoSProfile(depth=10_000, reliability=reliability))
+    ex.add_node(probe)
+    spin(seconds)
+    sim.paused = True  # no observation, no timer: the controller stops publishing
+    ctrl.timer.cancel()
+    spin(0.5)  # what is in flight arrives
+    ex.remove_node(probe)
+    probe.destroy_node()
+    return published, received
+
+
+def test_a_reliable_and_a_best_effort_subscriber_both_receive_every_action(loop):
+    ctrl, sim, ex, spin, ns = loop
+    published, received = count_actions(ctrl, sim, ex, spin, ns)
+    for name, got in received.items():
+        # Both joined after the first actions (discovery takes a moment); from their first
+        # message on they miss none.
+        assert len(got) > 100, name
+        assert got == published[len(published) - len(got):], f"{name}: {len(got)} of the last {len(published)}"
+
+
+@pytest.mark.controller_params(params=lambda ns: {f"qos_overrides.{ns}/action.publisher.reliability": "best_effort"})
+def test_per_topic_qos_comes_from_the_parameters(loop):
+    """ROS's standard qos_overrides parameters (from the YAML) set the action's QoS: best
+    effort here, which a reliable subscriber cannot match."""
+    from rclpy.qos import ReliabilityPolicy
+
+    ctrl, sim, ex, spin, ns = loop
+    assert ctrl.pub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    published, received = count_actions(ctrl, sim, ex, spin, ns)
+    assert received["reliable"] == [] and len(received["best_effort"]) > 100
+    res = ctrl.set_parameters([Parameter(f"qos_overrides.{ns}/action.publisher.reliability", value="reliable")])[0]
+    assert not res.successful  # fixed once the publisher exists
 
 
 def test_stopping_the_sim_triggers_fallback_within_timeout_and_recovers(loop):
@@ -348,3 +403,35 @@ def test_the_monitor_tells_its_estop_state_at_start_and_again_every_period(vesde
         rclpy.shutdown()
     assert heard and not any(heard), heard  # at OK: false, never true
     assert len(heard) >= 4, f"re-published every period: heard {len(heard)} in 1.5 s"
+
+
+def test_qos_overrides_in_a_params_file_reach_the_wired_topics(tmp_path):
+    """The YAML form the README documents, read by rcl's own params-file parser."""
+    from rclpy.context import Context
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    ns = f"/algd_qos_{os.getpid()}"
+    params = tmp_path / "qos.yaml"
+    params.write_text(f"""
+/**/controller:
+  ros__parameters:
+    qos_overrides:
+      {ns}/action:
+        publisher: {{reliability: best_effort, depth: 3, durability: transient_local}}
+      {ns}/observation:
+        subscription: {{reliability: reliable, depth: 7}}
+""")
+    ctx = Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(params)])
+    try:
+        node = rclpy.create_node("controller", namespace=ns, context=ctx)
+        pub = node.create_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
+        sub = node.create_subscription(JointState, m.OBSERVATION, lambda msg: None, **m.wired(m.OBSERVATIONS))
+        beat = node.create_publisher(JointState, "unwired", m.COMMANDS)  # not overridable: defaults
+        assert (pub.qos_profile.reliability, pub.qos_profile.depth, pub.qos_profile.durability) == (
+            ReliabilityPolicy.BEST_EFFORT, 3, DurabilityPolicy.TRANSIENT_LOCAL)
+        assert (sub.qos_profile.reliability, sub.qos_profile.depth) == (ReliabilityPolicy.RELIABLE, 7)
+        assert (beat.qos_profile.reliability, beat.qos_profile.depth) == (ReliabilityPolicy.RELIABLE, 10)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
