@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 BUDGET_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
+# An outline, so that a bar of height 0 (an episode without cost) still shows as a line.
+BAR_STYLE = {"edgecolor": "black", "linewidth": 0.6}
 
 
 class MissingPlotting(RuntimeError):
@@ -56,15 +58,17 @@ def training_curves(run_dir: str | Path, out: str | Path, title: str = "training
     if not ev and not tr:
         raise FileNotFoundError(f"{run_dir}: no progress.csv or train.csv to plot")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, what, title in ((axes[0], "return", "return"), (axes[1], "cost", "cost per episode")):
+    for ax, what, panel in ((axes[0], "return", "return"), (axes[1], "cost", "cost per episode")):
         if ev:
-            ax.errorbar(_col(ev, "step"), _col(ev, f"{what}_mean"), yerr=_col(ev, f"{what}_std"), marker="o", ms=3,
-                        capsize=2, label="evaluation")
+            mean, std = _col(ev, f"{what}_mean"), _col(ev, f"{what}_std")
+            # Costs are >= 0: the bar below the mean stops at 0.
+            below = [min(s, m) for m, s in zip(mean, std)] if what == "cost" else std
+            ax.errorbar(_col(ev, "step"), mean, yerr=[below, std], marker="o", ms=3, capsize=2, label="evaluation")
         if tr:
             ax.plot(_col(tr, "step"), _col(tr, f"train_{what}"), alpha=0.6, label="training episodes")
         if ev and what == "cost":
             ax.axhline(_col(ev, "cost_limit")[0], label="budget", **BUDGET_STYLE)
-        ax.set(title=title, xlabel="environment steps")
+        ax.set(title=panel, xlabel="environment steps")
         ax.legend(fontsize=8)
     ax = axes[2]
     if tr:
@@ -83,7 +87,7 @@ def episodes(returns: Sequence[float], costs: Sequence[float], limit: float, out
     x = list(range(1, len(returns) + 1))
     ax_r.plot(x, returns, marker="o", ms=3)
     ax_r.set(title="return per episode", xlabel="episode")
-    ax_c.bar(x, costs, color=["tab:orange" if c > limit else "tab:blue" for c in costs])
+    ax_c.bar(x, costs, color=["tab:orange" if c > limit else "tab:blue" for c in costs], **BAR_STYLE)
     ax_c.axhline(limit, label=f"budget {limit:g}", **BUDGET_STYLE)
     if marked:
         ax_c.scatter([x[i] for i in marked], [costs[i] for i in marked], marker="v", color="k", zorder=3,
@@ -101,13 +105,13 @@ def before_after(before: dict, after: dict, out: str | Path, title: str) -> Path
     n = len(before["costs"])
     x = list(range(1, n + 1))
     w = 0.4
-    ax_c.bar([i - w / 2 for i in x], before["costs"], w, label="before")
-    ax_c.bar([i + w / 2 for i in x], after["costs"], w, label="after")
+    ax_c.bar([i - w / 2 for i in x], before["costs"], w, label="before", **BAR_STYLE)
+    ax_c.bar([i + w / 2 for i in x], after["costs"], w, label="after", **BAR_STYLE)
     ax_c.axhline(before["cost_limit"], label=f"budget {before['cost_limit']:g}", **BUDGET_STYLE)
     ax_c.set(title="cost per evaluation episode", xlabel="episode (same start states)")
     ax_c.legend(fontsize=8)
-    ax_r.bar([i - w / 2 for i in x], before["returns"], w, label="before")
-    ax_r.bar([i + w / 2 for i in x], after["returns"], w, label="after")
+    ax_r.bar([i - w / 2 for i in x], before["returns"], w, label="before", **BAR_STYLE)
+    ax_r.bar([i + w / 2 for i in x], after["returns"], w, label="after", **BAR_STYLE)
     ax_r.set(title="return per evaluation episode", xlabel="episode")
     ax_r.legend(fontsize=8)
     fig.suptitle(title)

@@ -269,7 +269,8 @@ def _plot(out: Path, curves: dict) -> None:
                 values = np.array([[c[i][key] for i in range(n)] for c in cs])
                 mean, sd = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(n)
                 axes[row][col].plot(x, mean, label=f"{label} ({len(values)} seeds)")
-                axes[row][col].fill_between(x, mean - sd, mean + sd, alpha=0.2)
+                low = np.maximum(mean - sd, 0) if key == "cost_mean" else mean - sd  # costs are >= 0
+                axes[row][col].fill_between(x, low, mean + sd, alpha=0.2)
             limit = cs[0][0].get("cost_limit", limit)
         for col, (what, xlabel) in enumerate((("return", "environment steps"), ("cost", "environment steps"),
                                               ("return", "wall-clock (min)"), ("cost", "wall-clock (min)"))):

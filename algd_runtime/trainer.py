@@ -382,10 +382,9 @@ class Trainer:
         cfg = self.cfg
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from algd_runtime.progress import progress_bar
 
-            bar = tqdm(total=cfg.total_steps, initial=self.env_steps, unit="step", dynamic_ncols=True,
-                       desc=f"{cfg.task} seed {cfg.seed}")
+            bar = progress_bar(cfg.total_steps, self.env_steps, f"{cfg.task} seed {cfg.seed}")
         handlers = self._install_stop_handlers()
         acc: dict[str, list[float]] = {}
         last_eval: EvalResult | None = None
