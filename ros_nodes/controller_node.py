@@ -3,6 +3,7 @@
 Thin: ControllerCore (algd_runtime.control) and SafetyGate (algd_runtime.safety) make every
 decision; this node moves messages, owns the timers, verifies the monitor's heartbeats and
 the operator's resets, and turns parameter updates into validated, all-or-nothing changes.
+Required: the parameter `bundle` (an exported bundle folder, algd-export).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from std_msgs.msg import String
 
 from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
+from algd_runtime.ros_nodes import params
 from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
@@ -35,21 +37,16 @@ SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "re
                    "cost_limit": -1.0, "stop_latch": "operator", "startup_hold_s": GRAPH_SETTLE_S}
 
 
-def float_param(node: Node, name: str) -> float:
-    """A numeric parameter given as int or float in YAML."""
-    return float(node.get_parameter(name).value)
-
-
 class ControllerNode(Node):
+    NAME = "controller"
+
     def __init__(self, **overrides):
-        super().__init__("controller", **overrides)
+        super().__init__(self.NAME, **overrides)
         defaults = ControllerParams()
-        for name, value in {"bundle": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
-                            "record": "", "fallback": "", **SAFETY_DEFAULTS}.items():
-            self.declare_parameter(name, value)
-        for name, value in vars(defaults).items():
-            self.declare_parameter(name, value)
-        get = lambda k: self.get_parameter(k).value  # noqa: E731
+        self.defaults = {"bundle": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
+                         "record": "", "fallback": "", **SAFETY_DEFAULTS, **vars(defaults)}
+        values = params.declare(self, self.defaults)
+        get = values.__getitem__
         if get("fallback"):
             raise ValueError("fallback: replaced by safe_action ('zero' or a brake vector); hold-last is gone "
                              "because a robot must never keep moving on an old command")
@@ -60,28 +57,25 @@ class ControllerNode(Node):
                                      expect_digest=get("bundle_digest") or None)
         manifest, digest = runtime.manifest, runtime.digest
         budget = manifest.get("budget") or {}
-        limit = float_param(self, "cost_limit")
+        limit = get("cost_limit")
         limit = limit if limit > 0 else float(budget.get("cost_limit", 0))
-        bound = float_param(self, "max_step_cost")
+        bound = get("max_step_cost")
         bound = bound if bound > 0 else budget.get("max_step_cost")
         key_file = get("operator_key_file") or str(default_key_path())
         self.key = load_key(key_file)
         ns = self.get_namespace()
         watch = None
         if get("require_monitor"):
-            watch = HeartbeatWatch(self.key, ns, float_param(self, "monitor_timeout_s"),
-                                   float_param(self, "monitor_max_lag_s"))
+            watch = HeartbeatWatch(self.key, ns, get("monitor_timeout_s"), get("monitor_max_lag_s"))
         gate = SafetyGate(BudgetAccount(limit, float(bound) if bound else None), watch, get("stop_latch"))
-        params = ControllerParams(**{k: get(k) for k in vars(defaults)})
-        for k in ("control_rate_hz", "obs_timeout_s", "lagrange_multiplier", "guidance_scale", "remaining_budget"):
-            setattr(params, k, float(getattr(params, k)))
-        self.core = ControllerCore(runtime, gate, params)
+        live = ControllerParams(**{k: get(k) for k in vars(defaults)})
+        self.core = ControllerCore(runtime, gate, live)
         # What guards this run, as it was configured (the summary and the demo report say it).
         self.safety = {"budget": limit, "step_cost_bound": float(bound) if bound else None,
-                       "stop_latch": get("stop_latch"), "safe_action": params.safe_action,
-                       "monitor_interlock": bool(watch), "monitor_timeout_s": float_param(self, "monitor_timeout_s"),
-                       "monitor_max_lag_s": float_param(self, "monitor_max_lag_s"),
-                       "startup_hold_s": float_param(self, "startup_hold_s"), "bundle_digest": digest,
+                       "stop_latch": get("stop_latch"), "safe_action": live.safe_action,
+                       "monitor_interlock": bool(watch), "monitor_timeout_s": get("monitor_timeout_s"),
+                       "monitor_max_lag_s": get("monitor_max_lag_s"),
+                       "startup_hold_s": get("startup_hold_s"), "bundle_digest": digest,
                        "task_checked": bool(get("task")), "digest_pinned": bool(get("bundle_digest"))}
         self.reset = ResetEndpoint(self, self.key, self._operator_reset)
         self.pub = self.create_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
@@ -90,12 +84,12 @@ class ControllerNode(Node):
         # After the QoS overrides are declared (they are read-only parameters, not ours).
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.timer = self.create_timer(1.0 / params.control_rate_hz, self._tick)
-        self.create_timer(float_param(self, "diagnostics_period_s"), self._diagnostics)
+        self.timer = self.create_timer(1.0 / live.control_rate_hz, self._tick)
+        self.create_timer(get("diagnostics_period_s"), self._diagnostics)
         self.create_timer(0.1, self._check_graph)
         # Discovery is asynchronous: a controller started beside a running one would not see
         # it yet. Holding still for a while first means a second controller never commands.
-        hold = float_param(self, "startup_hold_s")
+        hold = get("startup_hold_s")
         if not 0 <= hold <= 60:
             raise ValueError(f"startup_hold_s: expected 0 <= value <= 60 (seconds), got {hold}")
         gate.hold_for(time.monotonic(), hold, f"starting: {hold:g} s for discovery to show any other controller")
@@ -105,9 +99,9 @@ class ControllerNode(Node):
         self.recorder = McapRecorder(record) if record else None
         self.get_logger().info(
             f"controller: {bundle} ({manifest.get('task')}, digest {str(digest)[:16]}) on {runtime.provider}, "
-            f"{params.control_rate_hz:g} Hz, mode {params.mode}; budget {limit:g}, step-cost bound "
+            f"{live.control_rate_hz:g} Hz, mode {live.mode}; budget {limit:g}, step-cost bound "
             f"{bound or 'largest seen'}, stop_latch {get('stop_latch')}, monitor interlock "
-            f"{'on, deadline %g s' % float_param(self, 'monitor_timeout_s') if watch else 'OFF (require_monitor:=false)'}")
+            f"{'on, deadline %g s' % get('monitor_timeout_s') if watch else 'OFF (require_monitor:=false)'}")
 
     # -- callbacks ----------------------------------------------------------------------------
     def _on_observation(self, msg: JointState) -> None:
@@ -166,19 +160,18 @@ class ControllerNode(Node):
         return f"cleared: {'; '.join(f'{k}: {v}' for k, v in cleared.items())}" if cleared else "nothing was latched"
 
     # -- parameters -------------------------------------------------------------------------------
-    def _on_set_parameters(self, params) -> SetParametersResult:
+    def _on_set_parameters(self, changes) -> SetParametersResult:
         """All or nothing: every value is checked before any is applied."""
         updates = {}
-        for p in params:
+        for p in changes:
             if p.name in READ_ONLY:
                 return self._refuse(f"{p.name}: read-only while running")
             if p.name == "diagnostics_period_s":
                 continue
-            value = p.value
-            if p.name in ("control_rate_hz", "obs_timeout_s", "lagrange_multiplier", "guidance_scale",
-                          "remaining_budget") and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            updates[p.name] = value
+            try:
+                updates[p.name] = params.coerce(p.name, p.value, self.defaults[p.name])
+            except (KeyError, ValueError) as exc:
+                return self._refuse(str(exc) if isinstance(exc, ValueError) else f"{p.name}: not a parameter")
         reason = self.core.set_params(updates)
         if reason:
             return self._refuse(reason)

@@ -5,14 +5,39 @@ from __future__ import annotations
 import sys
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 
 
+def node_help(node_cls) -> str:
+    """Usage, what the node does (its module's docstring) and its parameters as the shipped
+    YAML sets them, comments included."""
+    from algd_runtime.ros_nodes.launcher import default_params
+
+    name = node_cls.NAME
+    doc = (sys.modules[node_cls.__module__].__doc__ or "").strip()
+    usage = (f"usage: algd-{name} [--help] [--ros-args [-r __ns:=/algd] [--params-file FILE] "
+             f"[-p NAME:=VALUE ...] [--log-level LEVEL]]")
+    section, lines = False, []
+    path = default_params()
+    for line in path.read_text().splitlines():
+        if not line.startswith((" ", "#")) and line.strip():
+            section = line.strip() == f"/**/{name}:"
+        if section:
+            lines.append(line)
+    return "\n\n".join([usage, doc, f"Parameters ({path}):", "\n".join(lines)])
+
+
 def run_node(node_cls, argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    argv = list(argv if argv is not None else sys.argv)
+    ours = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "-h" in ours or "--help" in ours:
+        print(node_help(node_cls))
+        return 0
+    rclpy.init(args=argv)
     try:
         node = node_cls()
-    except ValueError as exc:  # bad parameters or bundle: a clear message, not a traceback
+    except (ValueError, ParameterException, RuntimeError) as exc:  # bad parameters, QoS or bundle: one clear line
         print(f"error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2

@@ -34,6 +34,7 @@ from std_srvs.srv import Trigger
 
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
 from algd_runtime.ros_nodes import messages as m
+from algd_runtime.ros_nodes import params
 from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
@@ -50,17 +51,17 @@ _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
 
 
 class MonitorNode(Node):
+    NAME = "monitor"
+
     def __init__(self, **overrides):
-        super().__init__("monitor", **overrides)
-        p = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
+        super().__init__(self.NAME, **overrides)
+        self.defaults = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
              "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator",
              "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0,
              "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
              "use_critic": True, "record": "", "summary_file": "", "operator_key_file": "", "state_file": "",
              "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0}
-        for k, v in p.items():
-            self.declare_parameter(k, v)
-        get = lambda k: self.get_parameter(k).value  # noqa: E731
+        get = params.declare(self, self.defaults).__getitem__
         self.runtime = PolicyRuntime.load(get("bundle"), provider="cpu") if get("bundle") else None
         budget = (self.runtime.manifest.get("budget") or {}) if self.runtime else {}
         limit = float(get("cost_limit"))
@@ -224,15 +225,19 @@ class MonitorNode(Node):
             return {"mode": "best_of_n", "best_of_n": int(self.cfg["error_best_of_n"]), "remaining_budget": float(left)}
         return {}
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
+    def _on_set_parameters(self, changes) -> SetParametersResult:
         """All or nothing, and only what is safe to change live; the reason says why not."""
-        updates = {p.name: p.value for p in params}
+        updates = {p.name: p.value for p in changes}
         fixed = [n for n in updates if n not in LIVE]
         if fixed:
             return self._refuse(f"{fixed[0]}: read-only while running (live: {', '.join(LIVE)})")
         cfg = {k: getattr(self.monitor.cfg, k) for k in CONFIG_KEYS}
         for k, v in updates.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            try:
+                v = updates[k] = params.coerce(k, v, self.defaults[k])
+            except ValueError as exc:
+                return self._refuse(str(exc))
+            if not math.isfinite(v):
                 return self._refuse(f"{k}: expected a finite number, got {v!r}")
             if k in cfg:
                 cfg[k] = v

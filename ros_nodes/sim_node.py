@@ -38,6 +38,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from algd_runtime.ros_nodes import messages as m
+from algd_runtime.ros_nodes import params
 from algd_runtime.ros_nodes.entry import run_node
 from algd_runtime.sim import make_task
 from algd_runtime.sim.shift import NOMINAL as SHIFT
@@ -46,29 +47,25 @@ REPUBLISH_S = 0.05  # while waiting for a command, the current observation is re
 
 
 class SimNode(Node):
+    NAME = "sim"
+
     def __init__(self, **overrides):
-        super().__init__("sim", **overrides)
-        self.declare_parameter("task", "PointHazard-v0")
-        self.declare_parameter("seed", 0)
-        self.declare_parameter("rate_hz", 500.0)
-        self.declare_parameter("real_time_factor", 1.0)
-        self.declare_parameter("max_episodes", 0)  # 0: run until stopped
-        self.declare_parameter("lockstep", False)
-        self.declare_parameter("lockstep_timeout_s", 1.0)
-        self.declare_parameter("cmd_timeout_s", 0.5)  # no command for this long: hold still
-        self.declare_parameter("summary_file", "")  # JSON stats written at exit (algd-bench loop)
-        for k, v in SHIFT.items():
-            self.declare_parameter(k, v)
-        shift = {k: self.get_parameter(k).value for k in SHIFT if self.get_parameter(k).value != SHIFT[k]}
-        self.seed = int(self.get_parameter("seed").value)
-        self.env = make_task(self.get_parameter("task").value, seed=self.seed, **shift)
+        super().__init__(self.NAME, **overrides)
+        get = params.declare(self, {
+            "task": "PointHazard-v0", "seed": 0, "rate_hz": 500.0, "real_time_factor": 1.0,
+            "max_episodes": 0,  # 0: run until stopped
+            "lockstep": False, "lockstep_timeout_s": 1.0,
+            "cmd_timeout_s": 0.5,  # no command for this long: hold still
+            "summary_file": "",  # JSON stats written at exit (algd-bench loop)
+            **SHIFT}).__getitem__
+        shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
+        self.seed = get("seed")
+        self.env = make_task(get("task"), seed=self.seed, **shift)
         self.spec = self.env.task_spec
         self.action = np.zeros(self.spec.act_dim, np.float32)
         self.episode, self.returns, self.costs, self.ended_by = 0, [], [], []
-        self.max_episodes = int(self.get_parameter("max_episodes").value)
-        self.lockstep = bool(self.get_parameter("lockstep").value)
-        self.lockstep_timeout = float(self.get_parameter("lockstep_timeout_s").value)
-        self.cmd_timeout = float(self.get_parameter("cmd_timeout_s").value)
+        self.max_episodes, self.lockstep = get("max_episodes"), get("lockstep")
+        self.lockstep_timeout, self.cmd_timeout = get("lockstep_timeout_s"), get("cmd_timeout_s")
         self._stamp = None  # stamp of the last observation published
         self._answered = False  # an action carrying that stamp has arrived
         self._published_at = 0.0
@@ -87,7 +84,7 @@ class SimNode(Node):
         self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
         self.create_service(Trigger, "reset_episode", self._on_reset_episode)
         self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
-        period = 1.0 / (self.get_parameter("rate_hz").value * self.get_parameter("real_time_factor").value)
+        period = 1.0 / (get("rate_hz") * get("real_time_factor"))
         self.paused = False
         self._start_episode()
         self.timer = self.create_timer(period, self._step)

@@ -97,3 +97,14 @@ def test_algd_launch_refuses_a_folder_without_a_bundle(tmp_path):
     out = subprocess.run([str(Path(sys.executable).parent / "algd-launch"), "--bundle", str(tmp_path)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "holds no manifest.yaml" in out.stderr
+
+
+def test_every_node_executable_answers_help_with_its_parameters():
+    shipped = yaml.safe_load((ROOT / "launch" / "controller.yaml").read_text())
+    for name in ("controller", "monitor", "sim"):
+        out = subprocess.run([sys.executable, "-m", f"algd_runtime.ros_nodes.{name}_node", "--help"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"usage: algd-{name} [--help] [--ros-args")
+        for key in shipped[f"/**/{name}"]["ros__parameters"]:
+            assert f"    {key}:" in out.stdout, (name, key)

@@ -435,3 +435,36 @@ def test_qos_overrides_in_a_params_file_reach_the_wired_topics(tmp_path):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_numbers_may_be_written_as_integers_and_a_wrong_type_is_named(vesde_bundle, key_file, tmp_path):
+    """YAML's `500` where 500.0 is the default starts the node (at start and live); a string
+    for a number is refused with the parameter's name."""
+    rclpy.init()
+    ns = f"/algd_int_{os.getpid()}"
+    nodes = []
+    try:
+        ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=200, cost_limit=5, monitor_timeout_s=1,
+                          require_monitor=False)
+        nodes.append(ctrl)
+        assert ctrl.core.params.control_rate_hz == 200.0 and isinstance(ctrl.core.params.control_rate_hz, float)
+        assert ctrl.core.gate.account.limit == 5.0 and ctrl.safety["monitor_timeout_s"] == 1.0
+        res = ctrl.set_parameters([Parameter("guidance_scale", value=1)])[0]
+        assert res.successful and ctrl.core.params.guidance_scale == 1.0
+        res = ctrl.set_parameters([Parameter("guidance_scale", value="strong")])[0]
+        assert not res.successful and res.reason == "guidance_scale: expected a number, got 'strong'"
+        mon = monitor(vesde_bundle, ns, key_file, tmp_path / "state.json", cost_limit=5, heartbeat_rate_hz=50)
+        nodes.append(mon)
+        assert mon.monitor.cfg.cost_limit == 5.0
+        assert mon.set_parameters([Parameter("lambda_max", value=50)])[0].successful and mon.cfg["lambda_max"] == 50.0
+        sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=100), Parameter("mass", value=2)])
+        nodes.append(sim)
+        assert sim.timer.timer_period_ns == 10_000_000
+        with pytest.raises(ValueError, match=r"^control_rate_hz: expected a number, got 'fast'$"):
+            controller(vesde_bundle, ns, key_file, control_rate_hz="fast")
+        with pytest.raises(ValueError, match=r"^lockstep: expected true or false, got 1$"):
+            SimNode(namespace=ns, parameter_overrides=[Parameter("lockstep", value=1)])
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.shutdown()

@@ -1,0 +1,35 @@
+"""Node parameters typed by their defaults, as a YAML writer expects them to be.
+
+rclpy types a parameter by its default, so `control_rate_hz: 500` (an integer) where the
+default is 500.0 would stop the node at start. Here parameters are declared with dynamic
+typing and every value, at start and on each live change, is checked against its default's
+type: an integer is a number wherever a number is expected, anything else is refused with
+the parameter's name and the type it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def coerce(name: str, value: Any, default: Any) -> Any:
+    """`value` as the type of `default`; a ValueError names the parameter otherwise."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is kind and not (kind is float and math.isnan(value)):
+        return value
+    raise ValueError(f"{name}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {value!r}")
+
+
+def declare(node, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Declare `defaults` on `node` and return the values it was started with, checked."""
+    loose = ParameterDescriptor(dynamic_typing=True)
+    for name, default in defaults.items():
+        node.declare_parameter(name, default, loose)
+    return {name: coerce(name, node.get_parameter(name).value, default) for name, default in defaults.items()}
