@@ -1,7 +1,9 @@
 """ros2 launch algd_runtime controller.launch.py bundle:=/path/to/bundle [with_sim:=true] [namespace:=algd]
+    [params_file:=my.yaml] [use_sim_time:=true] [log_level:=debug]
 
 Starts the controller and the monitor (and the sim robot with with_sim:=true) with the
-parameters in controller.yaml. algd-launch starts the same graph where the ros2 CLI is absent.
+parameters in params_file (default: the shipped controller.yaml). algd-launch starts the
+same graph, with the same arguments, where the ros2 CLI is absent.
 """
 
 import os
@@ -17,16 +19,23 @@ NODES = (("controller", "algd-controller"), ("monitor", "algd-monitor"), ("sim",
 
 
 def generate_launch_description():
-    params = os.path.join(get_package_share_directory("algd_runtime"), "launch", "controller.yaml")
-    bundle, ns, with_sim = LaunchConfiguration("bundle"), LaunchConfiguration("namespace"), LaunchConfiguration("with_sim")
+    shipped = os.path.join(get_package_share_directory("algd_runtime"), "launch", "controller.yaml")
+    arg = LaunchConfiguration
     actions = [
         DeclareLaunchArgument("bundle", description="exported bundle folder (algd-export)"),
         DeclareLaunchArgument("with_sim", default_value="false", description="also start the sim robot"),
         DeclareLaunchArgument("namespace", default_value="algd"),
+        DeclareLaunchArgument("params_file", default_value=shipped, description="the nodes' parameter YAML"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="stamps from /clock (the safety deadlines always run on the wall clock)"),
+        DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error or fatal"),
     ]
     for name, executable in NODES:
+        overrides = {"use_sim_time": arg("use_sim_time")}
+        if name != "sim":
+            overrides["bundle"] = arg("bundle")
         actions.append(Node(
-            package="algd_runtime", executable=executable, name=name, namespace=ns, output="screen",
-            parameters=[params] if name == "sim" else [params, {"bundle": bundle}],
-            condition=IfCondition(with_sim) if name == "sim" else None))
+            package="algd_runtime", executable=executable, name=name, namespace=arg("namespace"), output="screen",
+            parameters=[arg("params_file"), overrides], ros_arguments=["--log-level", arg("log_level")],
+            condition=IfCondition(arg("with_sim")) if name == "sim" else None))
     return LaunchDescription(actions)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 NODES = ("controller", "monitor", "sim")
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
 def default_params() -> Path:
@@ -32,11 +33,15 @@ def default_params() -> Path:
     return Path(__file__).resolve().parent.parent / "launch" / "controller.yaml"
 
 
-def node_command(name: str, namespace: str, params: Path, bundle: str | None, **overrides) -> list[str]:
+def node_command(name: str, namespace: str, params: Path, bundle: str | None, use_sim_time: bool = False,
+                 log_level: str = "info", **overrides) -> list[str]:
     cmd = [sys.executable, "-m", f"algd_runtime.ros_nodes.{name}_node", "--ros-args",
-           "-r", f"__ns:=/{namespace.strip('/')}", "-r", f"__node:={name}", "--params-file", str(params)]
+           "-r", f"__ns:=/{namespace.strip('/')}", "-r", f"__node:={name}", "--params-file", str(params),
+           "--log-level", log_level]
     if bundle and name != "sim":
         overrides = {"bundle": bundle, **overrides}
+    if use_sim_time:
+        overrides = {"use_sim_time": "true", **overrides}
     for key, value in overrides.items():
         cmd += ["-p", f"{key}:={value}"]
     return cmd
@@ -64,7 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--with-sim", action="store_true", help="also start the sim robot")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--namespace", default="algd")
-    p.add_argument("--params", type=Path, help="parameter YAML (default: launch/controller.yaml)")
+    p.add_argument("--params-file", "--params", type=Path, dest="params",
+                   help="the nodes' parameter YAML (default: launch/controller.yaml)")
+    p.add_argument("--use-sim-time", action="store_true",
+                   help="stamps from /clock (the safety deadlines always run on the wall clock)")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--key", type=Path, help="operator key file (default: $ALGD_OPERATOR_KEY or "
                    "~/.config/algd-runtime/operator.key; create it with algd-reset --init-key)")
     args = p.parse_args(argv)
@@ -80,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     params = args.params or default_params()
+    if not params.is_file():
+        print(f"error: --params-file: {params} does not exist", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # discovery stays on this machine
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -88,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']})",
           flush=True)
     keyed = {"operator_key_file": key}
-    procs = {n: subprocess.Popen(node_command(n, args.namespace, params, args.bundle, **(keyed if n != "sim" else {})),
-                                 env=env) for n in names}
+    procs = {n: subprocess.Popen(node_command(n, args.namespace, params, args.bundle, args.use_sim_time, args.log_level,
+                                              **(keyed if n != "sim" else {})), env=env) for n in names}
     t0 = time.monotonic()
     try:
         while all(pr.poll() is None for pr in procs.values()):

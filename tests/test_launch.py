@@ -44,17 +44,22 @@ def load_launch_file(monkeypatch, share: Path):
 def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
     actions = load_launch_file(monkeypatch, tmp_path)
     args = {a.args[0]: a.kwargs for a in actions if a.args}
-    assert set(args) == {"bundle", "with_sim", "namespace"} and args["with_sim"]["default_value"] == "false"
+    assert set(args) == {"bundle", "with_sim", "namespace", "params_file", "use_sim_time", "log_level"}
+    assert args["with_sim"]["default_value"] == "false" and args["use_sim_time"]["default_value"] == "false"
+    assert args["log_level"]["default_value"] == "info"
+    assert args["params_file"]["default_value"] == str(tmp_path / "launch" / "controller.yaml")  # the shipped one
     nodes = {a.kwargs["name"]: a.kwargs for a in actions if "executable" in a.kwargs}
     assert set(nodes) == {"controller", "monitor", "sim"}
-    yaml_path = str(tmp_path / "launch" / "controller.yaml")
     params = yaml.safe_load((ROOT / "launch" / "controller.yaml").read_text())
     for name, node in nodes.items():
         assert node["package"] == "algd_runtime" and node["namespace"] == ("arg", "namespace")
-        assert node["parameters"][0] == yaml_path and f"/**/{name}" in params
+        assert node["parameters"][0] == ("arg", "params_file") and f"/**/{name}" in params
+        assert node["parameters"][1]["use_sim_time"] == ("arg", "use_sim_time")
+        assert node["ros_arguments"] == ["--log-level", ("arg", "log_level")]
         # The executable ros2 launch will look for is installed under lib/algd_runtime/.
         assert (ROOT / "resource" / "lib" / node["executable"]).is_file()
-    assert nodes["controller"]["parameters"][1] == {"bundle": ("arg", "bundle")}
+    assert nodes["controller"]["parameters"][1]["bundle"] == ("arg", "bundle")
+    assert "bundle" not in nodes["sim"]["parameters"][1]
     assert nodes["sim"]["condition"] == ("if", ("arg", "with_sim"))
     # Every controller key in the YAML is a parameter the node declares.
     declared = set(vars(ControllerParams())) | set(SAFETY_DEFAULTS) | {"provider", "diagnostics_period_s", "bundle",
@@ -108,3 +113,20 @@ def test_every_node_executable_answers_help_with_its_parameters():
         assert out.stdout.startswith(f"usage: algd-{name} [--help] [--ros-args")
         for key in shipped[f"/**/{name}"]["ros__parameters"]:
             assert f"    {key}:" in out.stdout, (name, key)
+
+
+def test_algd_launch_mirrors_the_launch_arguments(tmp_path, capsys):
+    from algd_runtime.ros_nodes.launcher import main, node_command
+
+    cmd = node_command("controller", "robot1", Path("p.yaml"), "b", use_sim_time=True, log_level="debug")
+    ros = cmd[cmd.index("--ros-args"):]
+    assert ros[ros.index("--params-file") + 1] == "p.yaml" and ros[ros.index("--log-level") + 1] == "debug"
+    assert "use_sim_time:=true" in ros and "bundle:=b" in ros and "__ns:=/robot1" in ros
+    sim = node_command("sim", "robot1", Path("p.yaml"), "b")
+    assert "use_sim_time:=true" not in sim and "bundle:=b" not in sim and sim[sim.index("--log-level") + 1] == "info"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.yaml").write_text("{}")
+    create_key(tmp_path / "k")
+    assert main(["--bundle", str(tmp_path / "b"), "--params-file", str(tmp_path / "none.yaml"),
+                 "--key", str(tmp_path / "k")]) == 2
+    assert f"--params-file: {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
