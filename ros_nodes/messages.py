@@ -7,6 +7,7 @@
 | step | std_msgs/Float64MultiArray: the transition (STEP_FIELDS below) | robot -> monitor, RosEnv |
 | episode | std_msgs/String (JSON: {"event": "start" or "end", "index", "return", "cost", ...}) | robot -> monitor, RosEnv |
 | heartbeat | std_msgs/String: the monitor's signed state (safety.sign_heartbeat) | monitor -> controller |
+| monitor/status | diagnostic_msgs/DiagnosticStatus: the monitor's level and budget view, at every transition and every second (latched) | monitor -> anyone |
 | estop | std_msgs/Bool (latched, re-asserted) | monitor -> robot |
 | controller/reset, monitor/reset | std_msgs/String (JSON {"nonce", "proof"}) | operator (algd-reset) -> node |
 | controller/reset_result, monitor/reset_result | std_msgs/String (JSON {"nonce", "ok", "message"}) | node -> operator |
@@ -31,6 +32,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 
 OBSERVATION, ACTION, STEP, EPISODE, ESTOP = "observation", "action", "step", "episode", "estop"
+MONITOR_STATUS = "monitor/status"
 HEARTBEAT, RESET, RESET_RESULT, RESET_CHALLENGE = "heartbeat", "~/reset", "~/reset_result", "~/reset_challenge"
 OBS_META = ("episode", "t", "cost")  # t: steps taken in the episode; cost: step t's (0 at t = 0)
 
@@ -157,12 +159,17 @@ def parse_episode(msg: String) -> dict:
     return json.loads(msg.data)
 
 
+def status(node, part: str, level: int, message: str, values: dict) -> DiagnosticStatus:
+    """A DiagnosticStatus named <namespace>/<part> with `values` as key/value strings."""
+    msg = DiagnosticStatus(level=level, name=f"{node.get_namespace().rstrip('/')}/{part}", message=message,
+                           hardware_id="algd")
+    msg.values = [KeyValue(key=k, value=f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+    return msg
+
+
 def diagnostics(node, part: str, level: int, message: str, values: dict) -> DiagnosticArray:
-    """One DiagnosticStatus named <namespace>/<part> with `values` as key/value strings."""
-    status = DiagnosticStatus(level=level, name=f"{node.get_namespace().rstrip('/')}/{part}", message=message,
-                              hardware_id="algd")
-    status.values = [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
-    msg = DiagnosticArray(status=[status])
+    """/diagnostics: one DiagnosticStatus (status() above)."""
+    msg = DiagnosticArray(status=[status(node, part, level, message, values)])
     msg.header.stamp = node.get_clock().now().to_msg()
     return msg
 

@@ -18,7 +18,6 @@ motion. A step whose sequence number skips ahead counts the missing steps as the
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import sys
@@ -29,7 +28,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import Trigger
 
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
@@ -41,7 +40,6 @@ from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
 from algd_runtime.safety import LatchStore, default_key_path, load_key, sign_heartbeat
 
-TRANSITION = "monitor/transition"
 CONFIG_KEYS = ("cost_limit", "accounting", "window_steps", "warn_at", "error_at", "stop_at", "stop_on", "stop_latch",
                "hysteresis", "clear_steps", "max_step_cost")
 LIVE = ("warn_at", "error_at", "stop_at", "hysteresis", "clear_steps", "warn_lambda_factor", "lambda_max",
@@ -91,6 +89,8 @@ class MonitorNode(Node):
         self.estop_pub = self.create_publisher(Bool, m.ESTOP, m.LATCHED)
         self.heartbeat_pub = self.create_publisher(String, m.HEARTBEAT, m.RELIABLE)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # The monitor's state for standard tools; latched, so a late subscriber has it at once.
+        self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, m.LATCHED)
         self.step_sub = self.create_subscription(Float64MultiArray, m.STEP, self._on_step, **m.wired(m.RELIABLE))
         self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE))
         self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST))
@@ -197,7 +197,10 @@ class MonitorNode(Node):
 
     # -- responses ---------------------------------------------------------------------------
     def _respond(self, t) -> None:
-        self._record(TRANSITION, String(data=json.dumps(t.as_dict())))
+        status = m.status(self, "monitor", _DIAG_LEVEL[Level[t.new]], f"{t.old} -> {t.new}: {t.reason}",
+                          {"level": t.new, **t.as_dict()})
+        self.status_pub.publish(status)
+        self._record(m.MONITOR_STATUS, status)
         self.get_logger().warning(f"{t.old} -> {t.new} at step {t.step}: accumulated {t.accumulated:.3g}, "
                                   f"predicted {t.predicted:.3g}, forecast {t.forecast:.3g} / limit {t.limit:g} "
                                   f"({t.reason})")
@@ -265,7 +268,9 @@ class MonitorNode(Node):
         if mon.transitions:
             last = mon.transitions[-1]
             vals["last_transition"] = f"{last.old}->{last.new} at step {last.step}: {last.reason}"
-        self.diag.publish(m.diagnostics(self, "monitor", _DIAG_LEVEL[mon.level], mon.level.name, vals))
+        status = m.status(self, "monitor", _DIAG_LEVEL[mon.level], mon.level.name, {"level": mon.level.name, **vals})
+        self.status_pub.publish(status)
+        self.diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
 
     def stop_recording(self) -> None:
         if self.recorder:

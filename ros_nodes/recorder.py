@@ -2,7 +2,8 @@
 (mcap_ros2.reader, Foxglove) and by our offline replay / fine-tuning.
 
 The controller records `observation` and `action`; the monitor records `step`, `episode`
-and `monitor/transition` (JSON in std_msgs/String, the numbers behind each decision).
+and `monitor/status` at each transition (diagnostic_msgs/DiagnosticStatus: the level and
+the numbers behind the decision as key/values).
 """
 
 from __future__ import annotations

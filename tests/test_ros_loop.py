@@ -236,6 +236,15 @@ def test_injected_cost_escalates_stops_the_robot_and_only_the_operator_clears_it
         spin(0.3)
         assert sim.estop and sim.halted and ctrl.core.last.stop and "monitor at STOP" in ctrl.core.last.stop
         assert json.loads(state.read_text())["reasons"]  # the latch is on disk
+        # Standard tools read the monitor's state: a subscriber joining now gets it at once.
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        reader, statuses = rclpy.create_node("status_reader", namespace=ns), []
+        reader.create_subscription(DiagnosticStatus, m.MONITOR_STATUS, statuses.append, m.LATCHED)
+        ex.add_node(reader)
+        spin(0.5, until=lambda: statuses)
+        values = {kv.key: kv.value for kv in statuses[0].values}
+        assert statuses[0].level == DiagnosticStatus.ERROR and values["level"] == "STOP" and "STOP" in statuses[0].message
         steps_at_stop = sim.steps
         # Nobody but the operator clears it: the old service, an e-stop message, a parameter.
         hostile = rclpy.create_node("hostile", namespace=ns)
@@ -354,15 +363,17 @@ def test_controller_and_monitor_record_mcap_logs_that_read_back(vesde_bundle, tm
     ctrl_counts, mon_counts = counts(tmp_path / "controller.mcap"), counts(tmp_path / "monitor.mcap")
     assert set(ctrl_counts) == {"observation", "action"} and ctrl_counts == expected_ctrl
     assert ctrl_counts["observation"] > 50 and ctrl_counts["action"] >= ctrl_counts["observation"] - 5
-    assert set(mon_counts) == {"step", "episode", "monitor/transition"} and mon_counts == expected_mon
+    assert set(mon_counts) == {"step", "episode", "monitor/status"} and mon_counts == expected_mon
     assert mon_counts["step"] == n_steps + 3  # every sim step's cost, and the 3 injected
     # (the first "start" may go out before discovery completes; the "end" is always there)
     episodes = [msg.ros_msg.data for msg in read_ros2_messages(str(tmp_path / "monitor.mcap"), topics=["episode"])]
     assert len(episodes) == mon_counts["episode"] and any('"event": "end"' in e for e in episodes)
     obs = [msg.ros_msg for msg in read_ros2_messages(str(tmp_path / "controller.mcap"), topics=["observation"])]
     assert len(obs) == ctrl_counts["observation"] and len(obs[0].position) == 8
-    trans = [msg.ros_msg.data for msg in read_ros2_messages(str(tmp_path / "monitor.mcap"), topics=["monitor/transition"])]
-    assert '"new": "WARN"' in trans[0] and any('"new": "STOP"' in t for t in trans)
+    trans = [{kv.key: kv.value for kv in msg.ros_msg.values}
+             for msg in read_ros2_messages(str(tmp_path / "monitor.mcap"), topics=["monitor/status"])]
+    assert trans[0]["new"] == "WARN" and float(trans[0]["accumulated"]) == 0.6
+    assert any(t["level"] == "STOP" and t["reason"].startswith("budget") for t in trans)
 
 
 def test_the_controller_refuses_another_tasks_bundle_or_another_digest(vesde_bundle, key_file):
