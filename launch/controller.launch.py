@@ -1,5 +1,5 @@
 """ros2 launch algd_runtime controller.launch.py bundle:=/path/to/bundle [with_sim:=true] [namespace:=algd]
-    [params_file:=my.yaml] [use_sim_time:=true] [log_level:=debug]
+    [params_file:=my.yaml] [use_sim_time:=true] [log_level:=debug] [autostart:=false]
 
 Starts the controller and the monitor (and the sim robot with with_sim:=true) with the
 parameters in params_file (default: the shipped controller.yaml). algd-launch starts the
@@ -29,11 +29,14 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="stamps from /clock (the safety deadlines always run on the wall clock)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error or fatal"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="bring the controller and the monitor to active; false: leave them "
+                                          "unconfigured for lifecycle transitions"),
     ]
     for name, executable in NODES:
         overrides = {"use_sim_time": arg("use_sim_time")}
         if name != "sim":
-            overrides["bundle"] = arg("bundle")
+            overrides.update(bundle=arg("bundle"), autostart=arg("autostart"))
         actions.append(Node(
             package="algd_runtime", executable=executable, name=name, namespace=arg("namespace"), output="screen",
             parameters=[arg("params_file"), overrides], ros_arguments=["--log-level", arg("log_level")],

@@ -14,14 +14,14 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
-from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.entry import autostart, run_node
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
@@ -37,22 +37,63 @@ SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "re
                    "cost_limit": -1.0, "stop_latch": "operator", "startup_hold_s": GRAPH_SETTLE_S}
 
 
-class ControllerNode(Node):
+class ControllerNode(LifecycleNode):
+    """A managed node. unconfigured -> configure (load and check the bundle, the key and every
+    safety setting) -> inactive (observations are accounted, nothing is published) ->
+    activate (start-up hold, then decisions) -> active; deactivate publishes the safe action
+    as a stop and goes quiet; cleanup frees the bundle. A latched STOP survives every
+    transition: only the operator's reset clears it. `autostart` (default) configures and
+    activates at start, and a bundle that fails to load ends the process."""
+
     NAME = "controller"
 
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
-        defaults = ControllerParams()
         self.defaults = {"bundle": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
-                         "record": "", "fallback": "", **SAFETY_DEFAULTS, **vars(defaults)}
-        values = params.declare(self, self.defaults)
-        get = values.__getitem__
+                         "record": "", "fallback": "", "autostart": True, **SAFETY_DEFAULTS,
+                         **vars(ControllerParams())}
+        self.values = params.declare(self, self.defaults)
+        self.core: ControllerCore | None = None
+        self.recorder: McapRecorder | None = None
+        self.safety: dict = {}
+        self.timer = None  # the control-rate timer, while active
+        self._latch = None  # the gate's latch, kept across configurations
+        self._stop_reason: str | None = None
+        self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
+        # The topics live as long as the node; what flows on them depends on the state.
+        self.pub = self.create_lifecycle_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
+        self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat, m.RELIABLE)
+        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, **m.wired(m.OBSERVATIONS))
+        self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.reset = ResetEndpoint(self, self._operator_reset)
+        # After the QoS overrides are declared (they are read-only parameters, not ours).
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_timer(self.values["diagnostics_period_s"], self._diagnostics)
+        self.create_timer(0.1, self._check_graph)
+        if self.values["autostart"]:
+            autostart(self)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except (ValueError, OSError) as exc:
+            self.configure_error = str(exc)
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        return super().on_configure(state)
+
+    def _configure(self) -> None:
+        get = self.values.__getitem__
         if get("fallback"):
             raise ValueError("fallback: replaced by safe_action ('zero' or a brake vector); hold-last is gone "
                              "because a robot must never keep moving on an old command")
         bundle = get("bundle")
         if not bundle:
             raise ValueError("bundle: expected the path of an exported bundle (parameter 'bundle')")
+        hold = get("startup_hold_s")
+        if not 0 <= hold <= 60:
+            raise ValueError(f"startup_hold_s: expected 0 <= value <= 60 (seconds), got {hold}")
         runtime = PolicyRuntime.load(bundle, provider=get("provider"), expect_task=get("task") or None,
                                      expect_digest=get("bundle_digest") or None)
         manifest, digest = runtime.manifest, runtime.digest
@@ -61,15 +102,17 @@ class ControllerNode(Node):
         limit = limit if limit > 0 else float(budget.get("cost_limit", 0))
         bound = get("max_step_cost")
         bound = bound if bound > 0 else budget.get("max_step_cost")
-        key_file = get("operator_key_file") or str(default_key_path())
-        self.key = load_key(key_file)
-        ns = self.get_namespace()
+        key = load_key(get("operator_key_file") or str(default_key_path()))
         watch = None
         if get("require_monitor"):
-            watch = HeartbeatWatch(self.key, ns, get("monitor_timeout_s"), get("monitor_max_lag_s"))
+            watch = HeartbeatWatch(key, self.get_namespace(), get("monitor_timeout_s"), get("monitor_max_lag_s"))
         gate = SafetyGate(BudgetAccount(limit, float(bound) if bound else None), watch, get("stop_latch"))
-        live = ControllerParams(**{k: get(k) for k in vars(defaults)})
+        if self._latch is not None:
+            gate.latch = self._latch  # a reconfiguration never clears a STOP
+        self._latch = gate.latch
+        live = ControllerParams(**{k: get(k) for k in vars(ControllerParams())})
         self.core = ControllerCore(runtime, gate, live)
+        self.reset.set_key(key)
         # What guards this run, as it was configured (the summary and the demo report say it).
         self.safety = {"budget": limit, "step_cost_bound": float(bound) if bound else None,
                        "stop_latch": get("stop_latch"), "safe_action": live.safe_action,
@@ -77,43 +120,65 @@ class ControllerNode(Node):
                        "monitor_max_lag_s": get("monitor_max_lag_s"),
                        "startup_hold_s": get("startup_hold_s"), "bundle_digest": digest,
                        "task_checked": bool(get("task")), "digest_pinned": bool(get("bundle_digest"))}
-        self.reset = ResetEndpoint(self, self.key, self._operator_reset)
-        self.pub = self.create_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
-        self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat, m.RELIABLE)
-        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, **m.wired(m.OBSERVATIONS))
-        # After the QoS overrides are declared (they are read-only parameters, not ours).
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.timer = self.create_timer(1.0 / live.control_rate_hz, self._tick)
-        self.create_timer(get("diagnostics_period_s"), self._diagnostics)
-        self.create_timer(0.1, self._check_graph)
-        # Discovery is asynchronous: a controller started beside a running one would not see
-        # it yet. Holding still for a while first means a second controller never commands.
-        hold = get("startup_hold_s")
-        if not 0 <= hold <= 60:
-            raise ValueError(f"startup_hold_s: expected 0 <= value <= 60 (seconds), got {hold}")
-        gate.hold_for(time.monotonic(), hold, f"starting: {hold:g} s for discovery to show any other controller")
-        self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
-        self._stop_reason: str | None = None
-        record = get("record")
-        self.recorder = McapRecorder(record) if record else None
+        if get("record") and self.recorder is None:
+            self.recorder = McapRecorder(get("record"))
         self.get_logger().info(
             f"controller: {bundle} ({manifest.get('task')}, digest {str(digest)[:16]}) on {runtime.provider}, "
             f"{live.control_rate_hz:g} Hz, mode {live.mode}; budget {limit:g}, step-cost bound "
             f"{bound or 'largest seen'}, stop_latch {get('stop_latch')}, monitor interlock "
             f"{'on, deadline %g s' % get('monitor_timeout_s') if watch else 'OFF (require_monitor:=false)'}")
 
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        # Discovery is asynchronous: a controller started beside a running one would not see
+        # it yet. Holding still for a while first means a second controller never commands.
+        hold = self.values["startup_hold_s"]
+        self.core.gate.hold_for(time.monotonic(), hold, f"starting: {hold:g} s for discovery to show any other "
+                                "controller")
+        self.timer = self.create_timer(1.0 / self.core.params.control_rate_hz, self._tick)
+        result = super().on_activate(state)
+        self.get_logger().info("active")
+        return result
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        # The robot's last word from us is a stop, not whatever it was doing.
+        self.pub.publish(m.action_msg(self.core.safe_action, self.core.last.stamp if self.core.last else None,
+                                      0, "deactivated"))
+        self._stop_timer()
+        self.get_logger().warning("STOP: deactivated (the safe action was sent)")
+        self._stop_reason = "deactivated"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self.core = None  # frees the bundle's sessions; the latch is kept (self._latch)
+        self.reset.set_key(None)
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        if state.label == "active":
+            self.on_deactivate(state)
+        self._stop_timer()
+        return super().on_shutdown(state)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+
     # -- callbacks ----------------------------------------------------------------------------
     def _on_observation(self, msg: JointState) -> None:
+        """Accounted once configured (the budget sees every step); answered only when active."""
+        if self.core is None:
+            return
         now = time.monotonic()
         self.core.on_observation(np.asarray(msg.position, np.float32), msg.header.stamp, now,
                                  m.observation_meta(msg), m.stamp_ns(msg.header.stamp))
         if self.recorder:
             self.recorder.write(m.OBSERVATION, msg, time.time_ns())
-        self._act()  # answer at once: waiting for the next tick would add up to a period of latency
+        if self.timer is not None:
+            self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
     def _on_heartbeat(self, msg: String) -> None:
-        if self.core.gate.watch is not None:
+        if self.core is not None and self.core.gate.watch is not None:
             self.core.gate.watch.on_message(msg.data, time.monotonic(), self.core.gate.latch)
 
     def _tick(self) -> None:
@@ -152,10 +217,12 @@ class ControllerNode(Node):
         """A second publisher on `action` (another controller, a learner) commands the same
         robot: nobody could say which command it follows."""
         n = self.count_publishers(self.pub.topic_name)
-        if n > 1 and self.core.gate.latch.trip("duplicate_controller", f"{n} publishers on {self.pub.topic_name}"):
+        if n > 1 and self._latch is not None and self._latch.trip("duplicate_controller", f"{n} publishers on {self.pub.topic_name}"):
             self.get_logger().error(f"another node publishes on {self.pub.topic_name}: latched STOP")
 
     def _operator_reset(self) -> str:
+        if self.core is None:
+            return "not configured: nothing to reset"
         cleared = self.core.gate.reset()
         return f"cleared: {'; '.join(f'{k}: {v}' for k, v in cleared.items())}" if cleared else "nothing was latched"
 
@@ -172,11 +239,14 @@ class ControllerNode(Node):
                 updates[p.name] = params.coerce(p.name, p.value, self.defaults[p.name])
             except (KeyError, ValueError) as exc:
                 return self._refuse(str(exc) if isinstance(exc, ValueError) else f"{p.name}: not a parameter")
+        if self.core is None:
+            return self._refuse("not configured: configure the node first") if updates else SetParametersResult(
+                successful=True)
         reason = self.core.set_params(updates)
         if reason:
             return self._refuse(reason)
-        if "control_rate_hz" in updates:
-            self.timer.cancel()
+        if "control_rate_hz" in updates and self.timer is not None:
+            self._stop_timer()
             self.timer = self.create_timer(1.0 / updates["control_rate_hz"], self._tick)
         if updates:
             self.get_logger().info(f"parameters: {updates}")
@@ -190,6 +260,10 @@ class ControllerNode(Node):
     def _diagnostics(self) -> None:
         now = time.monotonic()
         core = self.core
+        if core is None or self.timer is None:
+            state = "inactive: accounting, not acting" if core is not None else "unconfigured"
+            self.diag.publish(m.diagnostics(self, "controller", DiagnosticStatus.WARN, state, {"state": state}))
+            return
         stats = core.stats()
         rate = (stats["ticks"] - self._ticks0) / max(now - self._t0, 1e-9)
         errors = core.fallbacks.get("engine_error", 0) + core.fallbacks.get("nan", 0)
@@ -219,6 +293,9 @@ class ControllerNode(Node):
 
     def summarize(self) -> None:
         self.stop_recording()
+        if self.core is None:
+            print("controller: not configured at exit")
+            return
         stats = self.core.stats()
         stats["latched"] = dict(self.core.gate.latch.reasons)
         stats["safety"] = self.safety

@@ -74,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--use-sim-time", action="store_true",
                    help="stamps from /clock (the safety deadlines always run on the wall clock)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    p.add_argument("--no-autostart", dest="autostart", action="store_false",
+                   help="leave the controller and the monitor unconfigured, for lifecycle transitions")
     p.add_argument("--key", type=Path, help="operator key file (default: $ALGD_OPERATOR_KEY or "
                    "~/.config/algd-runtime/operator.key; create it with algd-reset --init-key)")
     args = p.parse_args(argv)
@@ -99,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"algd-launch: {', '.join(names)} in /{args.namespace} with {params} "
           f"(ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']})",
           flush=True)
-    keyed = {"operator_key_file": key}
+    keyed = {"operator_key_file": key, "autostart": str(args.autostart).lower()}
     procs = {n: subprocess.Popen(node_command(n, args.namespace, params, args.bundle, args.use_sim_time, args.log_level,
                                               **(keyed if n != "sim" else {})), env=env) for n in names}
     t0 = time.monotonic()

@@ -26,7 +26,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import Trigger
@@ -34,7 +34,7 @@ from std_srvs.srv import Trigger
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
-from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.entry import autostart, run_node
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
@@ -48,46 +48,35 @@ _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                Level.ERROR: DiagnosticStatus.ERROR, Level.STOP: DiagnosticStatus.ERROR}
 
 
-class MonitorNode(Node):
+class MonitorNode(LifecycleNode):
+    """A managed node. configure loads the bundle's budget (and a STOP latched before),
+    activate starts the heartbeat and the e-stop's state; an inactive monitor keeps
+    accounting every step but holds the e-stop and sends no heartbeat, so nothing moves
+    while nobody watches. `autostart` (default) configures and activates at start."""
+
     NAME = "monitor"
 
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
-        self.defaults = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
-             "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator",
-             "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0,
-             "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
-             "use_critic": True, "record": "", "summary_file": "", "operator_key_file": "", "state_file": "",
-             "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0}
-        get = params.declare(self, self.defaults).__getitem__
-        self.runtime = PolicyRuntime.load(get("bundle"), provider="cpu") if get("bundle") else None
-        budget = (self.runtime.manifest.get("budget") or {}) if self.runtime else {}
-        limit = float(get("cost_limit"))
-        if limit <= 0:
-            if self.runtime is None:
-                raise ValueError("cost_limit: expected a value > 0, or a bundle whose manifest gives it")
-            limit = float(budget["cost_limit"])
-        bound = float(get("max_step_cost"))
-        bound = bound if bound > 0 else budget.get("max_step_cost")
-        self.monitor = BudgetMonitor(MonitorConfig(
-            cost_limit=limit, accounting=get("accounting"), window_steps=get("window_steps"), warn_at=get("warn_at"),
-            error_at=get("error_at"), stop_at=get("stop_at"), stop_on=get("stop_on"),
-            stop_latch=get("stop_latch"), hysteresis=get("hysteresis"),
-            clear_steps=get("clear_steps"), max_step_cost=float(bound) if bound else None))
-        self.key = load_key(get("operator_key_file") or default_key_path())
-        ns = self.get_namespace()
-        self.store = LatchStore(get("state_file") or default_state_file(ns))
+        self.defaults = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000,
+                         "warn_at": 0.5, "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget",
+                         "stop_latch": "operator", "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0,
+                         "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
+                         "use_critic": True, "record": "", "summary_file": "", "operator_key_file": "",
+                         "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0, "autostart": True}
+        self.values = params.declare(self, self.defaults)
+        self.monitor: BudgetMonitor | None = None
+        self.runtime = self.recorder = None
         self.boot, self.seq = secrets.token_hex(8), 0
-        self.use_critic = bool(get("use_critic")) and self.runtime is not None
-        self.base_lambda = self.runtime.lagrange_multiplier if self.runtime else 1.0
-        self.cfg = {k: get(k) for k in ("warn_lambda_factor", "lambda_max", "warn_guidance", "error_best_of_n")}
+        self.cfg = {k: self.values[k] for k in ("warn_lambda_factor", "lambda_max", "warn_guidance", "error_best_of_n")}
         self._obs = self._act = None
         self._robot = (None, 0)  # (episode, t) of the newest step from the robot
         self.seen_stamp_ns: int | None = None
         self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
-        self.recorder = McapRecorder(get("record")) if get("record") else None
-        self.estop_pub = self.create_publisher(Bool, m.ESTOP, m.LATCHED)
-        self.heartbeat_pub = self.create_publisher(String, m.HEARTBEAT, m.RELIABLE)
+        self.sees_robot = False
+        self._active_timers: list = []  # heartbeat and e-stop re-assertion, while active
+        self.estop_pub = self.create_lifecycle_publisher(Bool, m.ESTOP, m.LATCHED)
+        self.heartbeat_pub = self.create_lifecycle_publisher(String, m.HEARTBEAT, m.RELIABLE)
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # The monitor's state for standard tools; latched, so a late subscriber has it at once.
         self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, m.LATCHED)
@@ -96,23 +85,88 @@ class MonitorNode(Node):
         self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST))
         self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
-        self.reset = ResetEndpoint(self, self.key, self._operator_reset)
+        self.reset = ResetEndpoint(self, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._diagnostics)
-        self.sees_robot = False
         self.create_timer(0.1, self._check_graph)
-        self.create_timer(1.0 / float(get("heartbeat_rate_hz")), self._heartbeat)
-        self.create_timer(float(get("estop_period_s")), self._reassert)
+        if self.values["autostart"]:
+            autostart(self)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except (ValueError, OSError) as exc:
+            self.configure_error = str(exc)
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        return super().on_configure(state)
+
+    def _configure(self) -> None:
+        get = self.values.__getitem__
+        runtime = PolicyRuntime.load(get("bundle"), provider="cpu") if get("bundle") else None
+        budget = (runtime.manifest.get("budget") or {}) if runtime else {}
+        limit = float(get("cost_limit"))
+        if limit <= 0:
+            if runtime is None:
+                raise ValueError("cost_limit: expected a value > 0, or a bundle whose manifest gives it")
+            limit = float(budget["cost_limit"])
+        bound = float(get("max_step_cost"))
+        bound = bound if bound > 0 else budget.get("max_step_cost")
+        monitor = BudgetMonitor(MonitorConfig(
+            cost_limit=limit, accounting=get("accounting"), window_steps=get("window_steps"), warn_at=get("warn_at"),
+            error_at=get("error_at"), stop_at=get("stop_at"), stop_on=get("stop_on"),
+            stop_latch=get("stop_latch"), hysteresis=get("hysteresis"),
+            clear_steps=get("clear_steps"), max_step_cost=float(bound) if bound else None))
+        self.key = load_key(get("operator_key_file") or default_key_path())
+        self.store = LatchStore(get("state_file") or default_state_file(self.get_namespace()))
+        self.runtime, self.monitor = runtime, monitor
+        self.use_critic = bool(get("use_critic")) and runtime is not None
+        self.base_lambda = runtime.lagrange_multiplier if runtime else 1.0
+        self.reset.set_key(self.key)
+        if get("record") and self.recorder is None:
+            self.recorder = McapRecorder(get("record"))
         persisted = self.store.load()
-        if persisted:  # a STOP latched before this process started stays latched
-            for t in self.monitor.latch_stop("latched before restart: " + "; ".join(persisted.values())):
+        if persisted:  # a STOP latched before this process (or configuration) stays latched
+            for t in monitor.latch_stop("latched before restart: " + "; ".join(persisted.values())):
                 self._respond(t)
-        self._reassert()
         self.get_logger().info(f"monitor: limit {limit:g} per {get('accounting')}, step-cost bound "
                                f"{bound or 'largest seen'}, critic {'on' if self.use_critic else 'off'}, "
                                f"stop_latch {get('stop_latch')}, state {self.store.path}"
                                + (", STARTS IN STOP (latched before restart)" if persisted else ""))
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # the publishers first: what follows must go out
+        self._active_timers = [self.create_timer(1.0 / self.values["heartbeat_rate_hz"], self._heartbeat),
+                        self.create_timer(self.values["estop_period_s"], self._reassert)]
+        self._reassert()
         self._heartbeat()  # after the start-up line: no controller moves before it (tests rely on this)
+        self.get_logger().info("active")
+        return result
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        # Nobody watches from now on: the e-stop holds the robot and the heartbeats stop, so
+        # the controller's interlock stops it too.
+        self.estop_pub.publish(Bool(data=True))
+        self._stop_timers()
+        self.get_logger().warning("inactive: e-stop held, heartbeats stopped")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self.monitor = self.runtime = None
+        self.reset.set_key(None)
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        if state.label == "active":
+            self.on_deactivate(state)
+        self._stop_timers()
+        return super().on_shutdown(state)
+
+    def _stop_timers(self) -> None:
+        for timer in self._active_timers:
+            self.destroy_timer(timer)
+        self._active_timers = []
 
     # -- inputs ------------------------------------------------------------------------------
     def _on_obs(self, msg: JointState) -> None:
@@ -134,6 +188,8 @@ class MonitorNode(Node):
             self.recorder.write(topic, msg, time.time_ns())
 
     def _on_step(self, msg: Float64MultiArray) -> None:
+        if self.monitor is None:
+            return
         self._record(m.STEP, msg)
         data = msg.data
         cost = float(data[1]) if len(data) > 1 else float("nan")
@@ -150,6 +206,8 @@ class MonitorNode(Node):
             self._respond(t)
 
     def _on_episode(self, msg: String) -> None:
+        if self.monitor is None:
+            return
         self._record(m.EPISODE, msg)
         event = m.parse_episode(msg)
         if event.get("event") == "end":
@@ -167,6 +225,8 @@ class MonitorNode(Node):
         return response
 
     def _operator_reset(self) -> str:
+        if self.monitor is None:
+            return "not configured: nothing to reset"
         out = self.monitor.reset_stop()
         for t in out:
             self._respond(t)
@@ -232,6 +292,8 @@ class MonitorNode(Node):
         """All or nothing, and only what is safe to change live; the reason says why not."""
         updates = {p.name: p.value for p in changes}
         fixed = [n for n in updates if n not in LIVE]
+        if self.monitor is None and updates:
+            return self._refuse("not configured: configure the node first")
         if fixed:
             return self._refuse(f"{fixed[0]}: read-only while running (live: {', '.join(LIVE)})")
         cfg = {k: getattr(self.monitor.cfg, k) for k in CONFIG_KEYS}
@@ -262,6 +324,9 @@ class MonitorNode(Node):
 
     def _diagnostics(self) -> None:
         mon = self.monitor
+        if mon is None:
+            self.diag.publish(m.diagnostics(self, "monitor", DiagnosticStatus.WARN, "unconfigured", {}))
+            return
         vals = {"accumulated": mon.accumulated, "predicted": mon.predicted, "forecast": mon.forecast,
                 "limit": mon.cfg.cost_limit, "ratio": mon.ratio, "episode": mon.episode, "steps": mon.step,
                 "missed_steps": mon.missed_steps, "transitions": len(mon.transitions)}
@@ -278,6 +343,9 @@ class MonitorNode(Node):
 
     def summarize(self) -> None:
         self.stop_recording()
+        if self.monitor is None:
+            print("monitor: not configured at exit")
+            return
         for t in self.monitor.transitions:
             print(f"monitor: {t.old} -> {t.new} at step {t.step} ({t.reason})")
         m.write_summary(self.get_parameter("summary_file").value, {

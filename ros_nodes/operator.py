@@ -25,16 +25,24 @@ from algd_runtime.safety import ResetAuthority
 
 
 class ResetEndpoint:
-    def __init__(self, node: Node, key: bytes, on_reset: Callable[[], str]) -> None:
-        """on_reset: clears the node's STOP once the proof verified; returns what it did."""
+    def __init__(self, node: Node, on_reset: Callable[[], str], key: bytes | None = None) -> None:
+        """on_reset: clears the node's STOP once the proof verified; returns what it did.
+        Without a key (a managed node before configure) every request is refused."""
         self.node, self.on_reset = node, on_reset
-        self.authority = ResetAuthority(key, node.get_fully_qualified_name())
+        self.authority: ResetAuthority | None = None
+        self.set_key(key)
         self.refused = 0
         self.result = node.create_publisher(String, m.RESET_RESULT, m.RELIABLE)
         node.create_subscription(String, m.RESET, self._on_request, m.RELIABLE)
         node.create_service(Trigger, m.RESET_CHALLENGE, self._on_challenge)
 
+    def set_key(self, key: bytes | None) -> None:
+        self.authority = ResetAuthority(key, self.node.get_fully_qualified_name()) if key else None
+
     def _on_challenge(self, request, response):
+        if self.authority is None:
+            response.success, response.message = False, "not configured: no operator key loaded"
+            return response
         response.success = True
         response.message = json.dumps({"node": self.node.get_fully_qualified_name(),
                                        "nonce": self.authority.challenge(time.monotonic()),
@@ -49,7 +57,8 @@ class ResetEndpoint:
         except (ValueError, KeyError, TypeError):
             why = 'expected JSON {"nonce", "proof"} (use algd-reset)'
         else:
-            why = self.authority.verify(nonce, proof, time.monotonic())
+            why = (self.authority.verify(nonce, proof, time.monotonic()) if self.authority is not None
+                   else "not configured: no operator key loaded")
         if why:
             self.refused += 1
             self.node.get_logger().warning(f"operator reset refused: {why}")

@@ -44,7 +44,8 @@ def load_launch_file(monkeypatch, share: Path):
 def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
     actions = load_launch_file(monkeypatch, tmp_path)
     args = {a.args[0]: a.kwargs for a in actions if a.args}
-    assert set(args) == {"bundle", "with_sim", "namespace", "params_file", "use_sim_time", "log_level"}
+    assert set(args) == {"bundle", "with_sim", "namespace", "params_file", "use_sim_time", "log_level", "autostart"}
+    assert args["autostart"]["default_value"] == "true"
     assert args["with_sim"]["default_value"] == "false" and args["use_sim_time"]["default_value"] == "false"
     assert args["log_level"]["default_value"] == "info"
     assert args["params_file"]["default_value"] == str(tmp_path / "launch" / "controller.yaml")  # the shipped one
@@ -58,12 +59,14 @@ def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
         assert node["ros_arguments"] == ["--log-level", ("arg", "log_level")]
         # The executable ros2 launch will look for is installed under lib/algd_runtime/.
         assert (ROOT / "resource" / "lib" / node["executable"]).is_file()
-    assert nodes["controller"]["parameters"][1]["bundle"] == ("arg", "bundle")
-    assert "bundle" not in nodes["sim"]["parameters"][1]
+    for name in ("controller", "monitor"):
+        assert nodes[name]["parameters"][1]["bundle"] == ("arg", "bundle")
+        assert nodes[name]["parameters"][1]["autostart"] == ("arg", "autostart")
+    assert "bundle" not in nodes["sim"]["parameters"][1] and "autostart" not in nodes["sim"]["parameters"][1]
     assert nodes["sim"]["condition"] == ("if", ("arg", "with_sim"))
     # Every controller key in the YAML is a parameter the node declares.
     declared = set(vars(ControllerParams())) | set(SAFETY_DEFAULTS) | {"provider", "diagnostics_period_s", "bundle",
-                                                                        "record"}
+                                                                        "record", "autostart"}
     assert set(params["/**/controller"]["ros__parameters"]) <= declared
 
 
@@ -96,6 +99,12 @@ def test_algd_launch_runs_the_graph_and_prints_a_summary(vesde_bundle, tmp_path)
     assert out.returncode == 0, text[-3000:]
     assert "all nodes exited cleanly" in text and "controller: {'ticks':" in text and "sim: " in text
     assert "'fallback_policy'" not in text and "moving: no stop reason left" in text  # the interlock let it move
+    # --no-autostart: the managed nodes wait, unconfigured, for lifecycle transitions.
+    out = subprocess.run(cmd + ["--no-autostart"], env=env, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "controller: not configured at exit" in text and "monitor: not configured at exit" in text
+    assert "over 0 answered observations" in text and "moving:" not in text  # nothing answered the robot
 
 
 def test_algd_launch_refuses_a_folder_without_a_bundle(tmp_path):

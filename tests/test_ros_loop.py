@@ -479,3 +479,85 @@ def test_numbers_may_be_written_as_integers_and_a_wrong_type_is_named(vesde_bund
         for node in nodes:
             node.destroy_node()
         rclpy.shutdown()
+
+
+def test_controller_and_monitor_follow_the_standard_lifecycle_services(vesde_bundle, key_file, tmp_path):
+    """A client that knows only lifecycle_msgs drives both nodes: nothing moves before both
+    are active, a deactivated controller's last word is a stop, a deactivated monitor holds
+    the e-stop, a bundle that does not load leaves the node unconfigured."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Bool
+
+    rclpy.init()
+    ns = f"/algd_lifecycle_{os.getpid()}"
+    ctrl = controller(vesde_bundle, ns, key_file, autostart=False, control_rate_hz=200.0, obs_timeout_s=0.05)
+    mon = monitor(vesde_bundle, ns, key_file, tmp_path / "state.json", autostart=False)
+    broken = controller(tmp_path, f"{ns}_broken", key_file, autostart=False)  # no bundle there
+    sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=200.0)])
+    client = rclpy.create_node("lifecycle_client", namespace=ns)
+    actions, estops = [], []
+    client.create_subscription(JointState, m.ACTION, lambda msg: actions.append(msg.header.frame_id),
+                               QoSProfile(depth=10_000, reliability=ReliabilityPolicy.RELIABLE))
+    client.create_subscription(Bool, m.ESTOP, lambda msg: estops.append(msg.data), m.LATCHED)
+    ex = SingleThreadedExecutor()
+    for n in (ctrl, mon, broken, sim, client):
+        ex.add_node(n)
+
+    def spin(seconds, until=lambda: False):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not until():
+            ex.spin_once(timeout_sec=0.005)
+
+    def call(srv_type, name, request):
+        cli = client.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=2.0), name
+        future = cli.call_async(request)
+        spin(5.0, until=future.done)
+        client.destroy_client(cli)
+        return future.result()
+
+    def change(node, transition):
+        return call(ChangeState, f"{node}/change_state", ChangeState.Request(transition=Transition(id=transition))).success
+
+    def state(node):
+        return call(GetState, f"{node}/get_state", GetState.Request()).current_state.label
+
+    try:
+        spin(1.0)
+        assert state(f"{ns}/controller") == "unconfigured" and state(f"{ns}/monitor") == "unconfigured"
+        assert actions == [] and sim.steps == 0
+        assert not change(f"{ns}_broken/controller", Transition.TRANSITION_CONFIGURE)
+        assert state(f"{ns}_broken/controller") == "unconfigured" and "manifest" in broken.configure_error
+        assert change(f"{ns}/monitor", Transition.TRANSITION_CONFIGURE)
+        assert change(f"{ns}/controller", Transition.TRANSITION_CONFIGURE)
+        assert state(f"{ns}/controller") == "inactive" and ctrl.core is not None
+        spin(0.5)
+        assert actions == [] and sim.steps == 0  # configured, not active: silent
+        assert change(f"{ns}/monitor", Transition.TRANSITION_ACTIVATE)
+        assert change(f"{ns}/controller", Transition.TRANSITION_ACTIVATE)
+        spin(5.0, until=lambda: sim.steps > 20)
+        assert sim.steps > 20 and any(a.startswith("lease=") and a != "lease=0" for a in actions)
+        assert change(f"{ns}/controller", Transition.TRANSITION_DEACTIVATE)
+        spin(0.3)
+        assert actions[-1] == "stop=deactivated"
+        sent, steps = len(actions), sim.steps
+        spin(0.5)
+        assert len(actions) == sent and sim.steps == steps  # quiet, and the robot holds still
+        ctrl.core.gate.latch.trip("budget", "spent (tripped by this test)")
+        assert change(f"{ns}/controller", Transition.TRANSITION_CLEANUP)
+        assert state(f"{ns}/controller") == "unconfigured" and ctrl.core is None
+        # Lifecycle services are open to anyone on the domain: they never clear a STOP.
+        assert change(f"{ns}/controller", Transition.TRANSITION_CONFIGURE)
+        assert change(f"{ns}/controller", Transition.TRANSITION_ACTIVATE)
+        spin(0.5)
+        assert ctrl.core.gate.latch.latched and actions[-1].startswith("stop=") and sim.steps == steps
+        assert change(f"{ns}/monitor", Transition.TRANSITION_DEACTIVATE)
+        spin(1.0, until=lambda: sim.estop and estops and estops[-1])
+        assert estops[-1] is True and sim.estop  # nobody watches: the e-stop holds the robot
+    finally:
+        ex.shutdown()
+        for n in (ctrl, mon, broken, sim, client):
+            n.destroy_node()
+        rclpy.shutdown()
