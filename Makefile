@@ -1,5 +1,5 @@
 # algd-runtime: install, test, benchmark.
-# `make install` is idempotent: it re-runs only when pyproject.toml or constraints.txt change.
+# `make install` is idempotent: it re-runs only when setup.py, pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -16,11 +16,12 @@ DEMO_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): setup.py pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "need Python 3.11, got " + sys.version' \
 		|| { echo "error: training needs Python 3.11 (set PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	# setuptools < 80: colcon build --symlink-install needs its `develop --editable` (tests/test_colcon.py).
+	$(BIN)/python -m pip install -q --upgrade pip wheel "setuptools<80"
 	# torch first and pinned, so nothing later can pull a CUDA build.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,ros,dev]"

@@ -15,6 +15,7 @@ the same 0.025 per step as 25 per 1000 steps).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -45,9 +46,11 @@ def main(argv=None) -> int:
     if args.cost_limit <= 0:
         p.error(f"--cost-limit: expected a value > 0, got {args.cost_limit}")
 
-    # Safety-Gymnasium 1.0.0 does not import on Python 3.11 without our fix (sim/sg_import_fix.py).
-    sys.path.insert(0, str(ROOT))
-    from sim import sg_import_fix
+    # Safety-Gymnasium 1.0.0 does not import on Python 3.11 without our fix. Loaded by path:
+    # this environment has OmniSafe, not algd_runtime.
+    spec = importlib.util.spec_from_file_location("sg_import_fix", ROOT / "algd_runtime" / "sim" / "sg_import_fix.py")
+    sg_import_fix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sg_import_fix)
 
     sg_import_fix.install()
     os.environ.setdefault("WANDB_MODE", "disabled")

@@ -13,7 +13,6 @@ import re
 import sys
 from pathlib import Path
 
-from mcap.writer import CompressionType, Writer
 from rclpy.serialization import serialize_message
 
 _SEPARATOR = "=" * 80
@@ -68,6 +67,11 @@ class McapRecorder:
     """Append ROS 2 messages to an MCAP file (zstd chunks); close() writes the index."""
 
     def __init__(self, path: str | Path):
+        try:
+            from mcap.writer import CompressionType, Writer  # only a node that records needs mcap
+        except ImportError:
+            raise ValueError("record: needs the mcap package (pip install mcap mcap-ros2-support, or the "
+                             "[ros] extra)") from None
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("wb")
