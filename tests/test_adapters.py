@@ -1,0 +1,103 @@
+"""The io mapping: standard messages in, the observation vector out; the action into commands."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sensor_msgs")
+from geometry_msgs.msg import PoseWithCovariance, Twist, TwistStamped, TwistWithCovariance  # noqa: E402
+from sensor_msgs.msg import Imu, JointState, LaserScan  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+from algd_runtime.adapters import action_map, observation_map, scan_bins, yaw  # noqa: E402
+
+CONFIG = [
+    {"topic": "joint_states", "type": "sensor_msgs/JointState", "field": "position", "joints": ["knee", "hip"]},
+    {"topic": "joint_states", "type": "sensor_msgs/JointState", "field": "velocity", "joints": ["hip"], "scale": 0.1},
+    {"topic": "odom", "type": "nav_msgs/Odometry", "field": "twist.twist.linear.x", "offset": 1.0},
+    {"topic": "odom", "type": "nav_msgs/Odometry", "field": "pose.pose.orientation.yaw"},
+    {"topic": "imu", "type": "sensor_msgs/Imu", "field": "angular_velocity.z", "clip": [-1, 1]},
+    {"topic": "scan", "type": "sensor_msgs/LaserScan", "field": "ranges", "bins": 2},
+]
+
+
+def odometry(vx: float, heading: float):
+    """nav_msgs/Odometry's fields (pose and twist with covariance) from geometry_msgs."""
+    pose = PoseWithCovariance()
+    pose.pose.orientation.z, pose.pose.orientation.w = math.sin(heading / 2), math.cos(heading / 2)
+    twist = TwistWithCovariance()
+    twist.twist.linear.x = vx
+    return SimpleNamespace(pose=pose, twist=twist)
+
+
+def test_messages_map_to_the_observation_in_the_configured_order():
+    obs = observation_map(CONFIG, 8)
+    assert obs.topics == ["imu", "joint_states", "odom", "scan"]
+    with pytest.raises(ValueError, match=r"no message yet on \['imu', 'joint_states', 'odom', 'scan'\]"):
+        obs.vector()
+    # The robot lists its joints in its own order, with more than the policy uses.
+    obs.update("joint_states", JointState(name=["hip", "ankle", "knee"], position=[0.1, 9.0, 0.3],
+                                          velocity=[2.0, 9.0, 4.0]))
+    obs.update("odom", odometry(0.5, math.pi / 2))
+    imu = Imu()
+    imu.angular_velocity.z = 3.0
+    obs.update("imu", imu)
+    obs.update("scan", LaserScan(ranges=[2.0, math.inf, 0.5, math.nan, 9.0, 0.01], range_min=0.05, range_max=4.0))
+    v = obs.vector()
+    assert v.dtype == np.float32
+    np.testing.assert_allclose(v, [0.3, 0.1, 0.2, 1.5, math.pi / 2, 1.0, 0.5, 4.0], rtol=1e-6)
+
+
+def test_mistakes_name_the_entry_and_the_field():
+    cases = [
+        ([{"topic": "j", "type": "sensor_msgs/JointState", "field": "pos", "joints": ["a"]}],
+         r"observation\[0\]\.field: expected one of \['position', 'velocity', 'effort'\], got 'pos'"),
+        ([{"topic": "j", "type": "sensor_msgs/JointState", "field": "position"}],
+         r"observation\[0\]\.joints: expected a non-empty list of names, got None"),
+        ([{"topic": "o", "type": "nav_msgs/Odom", "field": "x"}], r"observation\[0\]\.type: expected one of"),
+        ([{"topic": "s", "type": "sensor_msgs/LaserScan", "field": "ranges", "bins": 0}],
+         r"observation\[0\]\.bins: expected an integer >= 1, got 0"),
+        ([{"topic": "i", "type": "sensor_msgs/Imu", "field": "angular_velocity.z", "clip": [1, -1]}],
+         r"observation\[0\]\.clip: expected low < high"),
+        ([{"topic": "i", "type": "sensor_msgs/Imu", "field": "angular_velocity.z", "scael": 2}],
+         r"observation\[0\]: unknown key 'scael'"),
+        ([{"topic": "i", "type": "sensor_msgs/Imu", "field": "angular_velocity.z"}],
+         r"observation: the entries give 1 values, the policy observes 2"),
+    ]
+    for cfg, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            observation_map(cfg, 2)
+    obs = observation_map([{"topic": "j", "type": "sensor_msgs/JointState", "field": "position",
+                            "joints": ["a", "b"]}], 2)
+    obs.update("j", JointState(name=["a"], position=[1.0]))
+    with pytest.raises(ValueError, match=r"j: no position for joint\(s\) \['b'\]"):
+        obs.vector()
+
+
+def test_the_action_fills_each_standard_command():
+    a = np.array([0.5, -1.0])
+    twist = action_map({"topic": "cmd_vel", "type": "geometry_msgs/Twist", "fields": ["linear.x", "angular.z"],
+                        "scale": [2.0, 0.5]}, 2).fill(Twist(), a)
+    assert (twist.linear.x, twist.angular.z, twist.linear.y) == (1.0, -0.5, 0.0)
+    stamped = action_map({"topic": "cmd_vel", "type": "geometry_msgs/TwistStamped",
+                          "fields": ["linear.x", "angular.z"]}, 2).fill(TwistStamped(), a)
+    assert (stamped.twist.linear.x, stamped.twist.angular.z) == (0.5, -1.0)
+    arr = action_map({"topic": "forward_position_controller/commands", "type": "std_msgs/Float64MultiArray",
+                      "offset": 1.0}, 2).fill(Float64MultiArray(), a)
+    assert list(arr.data) == [1.5, 0.0]
+    joints = action_map({"topic": "joint_commands", "type": "sensor_msgs/JointState", "joints": ["hip", "knee"],
+                         "joint_field": "effort"}, 2).fill(JointState(), a)
+    assert list(joints.name) == ["hip", "knee"] and list(joints.effort) == [0.5, -1.0]
+    with pytest.raises(ValueError, match=r"action: 1 command fields for an action of 2 values"):
+        action_map({"topic": "c", "type": "geometry_msgs/Twist", "fields": ["linear.x"]}, 2)
+    with pytest.raises(ValueError, match=r"action\.fields: expected linear\.x \.\. angular\.z, got 'linear\.q'"):
+        action_map({"topic": "c", "type": "geometry_msgs/Twist", "fields": ["linear.q", "angular.z"]}, 2)
+
+
+def test_scan_bins_and_yaw():
+    np.testing.assert_allclose(scan_bins([1, 2, 3, 4, 5, 6], 3, 0.0, 10.0), [1, 3, 5])
+    np.testing.assert_allclose(scan_bins([math.inf, math.nan, -1.0, 20.0], 2, 0.0, 10.0), [10.0, 10.0])
+    q = SimpleNamespace(x=0.0, y=0.0, z=math.sin(-0.4), w=math.cos(-0.4))
+    assert yaw(q) == pytest.approx(-0.8)
