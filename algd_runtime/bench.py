@@ -253,13 +253,17 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
 
 
 # -- algd-bench loop ----------------------------------------------------------------------------
-def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu") -> list[dict]:
-    """Sim robot and controller as two processes over DDS on loopback, at each rate. No
-    monitor: the controller runs with require_monitor false (the interlock off), so that
-    the numbers are the loop's own; its budget account still stops spent episodes."""
+def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu", with_monitor: bool = True,
+               load: int = 0) -> list[dict]:
+    """The sim robot, the controller and (with_monitor, the default: the whole graph) the
+    monitor as separate processes over DDS on loopback, at each rate; `load` CPU-bound
+    processes run beside them. Without the monitor the controller runs with its interlock off,
+    so that the numbers are the loop's own; its budget account still stops spent episodes.
+    Answered: the share of the robot's observations that got their own action."""
     import json
     import os
     import subprocess
+    import sys
     import tempfile
 
     from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes
@@ -268,29 +272,43 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     print(machine_line("cpu"))
-    print(f"bundle: {bundle}; sim and controller in two processes, DDS over loopback "
-          f"(ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']}), {seconds:g} s per rate")
-    header = (f"{'rate Hz':>7} {'achieved':>9} {'ticks':>7} {'stops':>6} {'fallback %':>10} {'overruns':>8} "
+    graph = "sim, controller and monitor" if with_monitor else "sim and controller (no monitor)"
+    print(f"bundle: {bundle}; {graph} as processes, DDS over loopback "
+          f"(ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']}), "
+          f"{load} CPU-bound process(es) beside, {seconds:g} s per rate")
+    header = (f"{'rate Hz':>7} {'steps/s':>9} {'answered %':>10} {'stops':>6} {'fallback %':>10} {'overruns':>8} "
               f"{'ctl p50 ms':>10} {'ctl p99 ms':>10} {'o->a p50 ms':>11} {'o->a p99 ms':>11} {'o->a max ms':>11}")
     _print_header(header)
     rows = []
     for rate in rates:
         with tempfile.TemporaryDirectory() as tmp:
-            files = {n: os.path.join(tmp, f"{n}.json") for n in ("controller", "sim")}
+            names = ("controller", "sim", "monitor") if with_monitor else ("controller", "sim")
+            files = {n: os.path.join(tmp, f"{n}.json") for n in names}
             key = create_key(os.path.join(tmp, "operator.key"))
             procs = {
                 "controller": node_command("controller", "algd_bench", default_params(), bundle, provider=provider,
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
-                                           require_monitor=False, operator_key_file=key,
+                                           require_monitor=str(with_monitor).lower(), operator_key_file=key,
                                            stop_latch="episode",  # a spent budget ends the episode, not the run
                                            summary_file=files["controller"]),
                 "sim": node_command("sim", "algd_bench", default_params(), None, rate_hz=float(rate),
                                     summary_file=files["sim"]),
             }
-            running = {n: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                       for n, cmd in procs.items()}
-            time.sleep(seconds)
-            stop_nodes(running, timeout=30.0)
+            if with_monitor:
+                procs["monitor"] = node_command("monitor", "algd_bench", default_params(), bundle,
+                                                operator_key_file=key, stop_latch="episode", use_critic="false",
+                                                state_file=os.path.join(tmp, "monitor_state.json"),
+                                                summary_file=files["monitor"])
+            burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
+            try:
+                running = {n: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           for n, cmd in procs.items()}
+                time.sleep(seconds)
+                stop_nodes(running, timeout=30.0)
+            finally:
+                for b in burners:  # ours, by PID
+                    b.kill()
+                    b.wait()
             ctl, sim = (json.load(open(files[n])) for n in ("controller", "sim"))
         ticks = ctl["ticks"]
         # Fallbacks are the holds of a running loop (stale, NaN, engine errors). Not counted:
@@ -299,14 +317,16 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
         stops = ctl.get("fallback_stop", 0)
         fallbacks = ctl["fallbacks"] - ctl.get("fallback_no_observation", 0) - stops
         counted = ticks - ctl.get("fallback_no_observation", 0) - stops
-        row = {"rate_hz": rate, "achieved_hz": ticks / seconds, "ticks": ticks, "stops": stops,
+        row = {"rate_hz": rate, "achieved_hz": sim["steps"] / seconds, "ticks": ticks, "stops": stops,
+               "answered_pct": 100.0 * sim["answered"] / max(sim["observations"], 1),
                "fallback_pct": 100.0 * fallbacks / max(counted, 1), "overruns": ctl["overruns"],
                "ctl_p50_ms": ctl["latency_p50_ms"], "ctl_p99_ms": ctl["latency_p99_ms"],
                "oa_p50_ms": sim["latency_p50_ms"], "oa_p99_ms": sim["latency_p99_ms"], "oa_max_ms": sim["latency_max_ms"],
+               "with_monitor": with_monitor, "load": load,
                "fallbacks_by_reason": {k: v for k, v in ctl.items() if k.startswith("fallback_")}}
         rows.append(row)
-        print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {ticks:>7} {stops:>6} {row['fallback_pct']:>10.3f} "
-              f"{row['overruns']:>8} "
+        print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {row['answered_pct']:>10.2f} {stops:>6} "
+              f"{row['fallback_pct']:>10.3f} {row['overruns']:>8} "
               f"{row['ctl_p50_ms']:>10.3f} {row['ctl_p99_ms']:>10.3f} {row['oa_p50_ms']:>11.3f} "
               f"{row['oa_p99_ms']:>11.3f} {row['oa_max_ms']:>11.3f}", flush=True)
     return rows

@@ -218,11 +218,14 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("--provider", action="append", choices=["cpu", "cuda", "tensorrt"],
                    help="providers to time (default: every one available)")
     i.add_argument("--guidance", type=float, default=0.3, help="w for the guided cases")
-    lp = sub.add_parser("loop", help="closed loop sim <-> controller over DDS on loopback")
+    lp = sub.add_parser("loop", help="closed loop sim <-> controller (<-> monitor) over DDS on loopback")
     lp.add_argument("bundle", type=Path)
     lp.add_argument("--rate", type=float, action="append", help="control rate(s) in Hz (default: 500 and 1000)")
     lp.add_argument("--seconds", type=float, default=60.0)
     lp.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "auto"], default="cpu")
+    lp.add_argument("--no-monitor", dest="monitor", action="store_false",
+                    help="sim and controller only (the controller's interlock off)")
+    lp.add_argument("--load", type=int, default=0, help="CPU-bound processes to run beside the graph")
     sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
     sf.add_argument("bundle", type=Path)
     sf.add_argument("--fault", action="append",
@@ -242,7 +245,10 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 
         if not (args.bundle / "manifest.yaml").is_file():
             return _fail(f"{args.bundle}: no manifest.yaml (run algd-export first)")
-        bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider)
+        if args.load < 0:
+            return _fail(f"--load: expected a count >= 0, got {args.load}")
+        bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider, args.monitor,
+                   args.load)
         return 0
 
     import torch

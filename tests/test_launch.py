@@ -139,3 +139,14 @@ def test_algd_launch_mirrors_the_launch_arguments(tmp_path, capsys):
     assert main(["--bundle", str(tmp_path / "b"), "--params-file", str(tmp_path / "none.yaml"),
                  "--key", str(tmp_path / "k")]) == 2
     assert f"--params-file: {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
+
+
+def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations(vesde_bundle):
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + (os.getpid() + 7) % 50))
+    out = subprocess.run([str(Path(sys.executable).parent / "algd-bench"), "loop", str(vesde_bundle), "--rate", "100",
+                          "--seconds", "4"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "sim, controller and monitor as processes" in out.stdout
+    row = out.stdout.strip().splitlines()[-1].split()
+    rate, steps_per_s, answered = float(row[0]), float(row[1]), float(row[2])
+    assert rate == 100 and steps_per_s > 10 and 50 < answered <= 100  # the monitor's interlock let it move

@@ -57,6 +57,8 @@ def run_node(node_cls, argv=None) -> int:
         rclpy.try_shutdown()
         return 2
     try:
+        # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did
+        # not stop on SIGINT, so the single-threaded executor stays.
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

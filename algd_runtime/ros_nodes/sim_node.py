@@ -78,6 +78,7 @@ class SimNode(Node):
         self.lease_waits = 0
         self.steps = 0
         self.latencies: list[float] = []  # observation published -> its action received (s)
+        self.observations = 0  # distinct observations published (re-sends not counted)
         self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, **m.wired(m.LATEST))
         self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE))
         self.ep_pub = self.create_publisher(String, m.EPISODE, **m.wired(m.RELIABLE))
@@ -136,6 +137,7 @@ class SimNode(Node):
                                           self.ep_costs[-1] if self.ep_costs else 0.0)
         self._sent_at = time.monotonic()
         self.obs_pub.publish(self._obs_msg)
+        self.observations += 1
 
     def _republish(self, now: float) -> None:
         """A robot publishes its state continuously: a controller that started late or lost
@@ -219,7 +221,7 @@ class SimNode(Node):
             "steps": self.steps, "episodes": self.episode, "returns": self.returns, "costs": self.costs,
             "holds": self.holds, "lease_waits": self.lease_waits, "ended_by": self.ended_by,
             "cmd_timeout_s": self.cmd_timeout,
-            "answered": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
+            "observations": self.observations, "answered": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
 
 
