@@ -561,3 +561,18 @@ def test_controller_and_monitor_follow_the_standard_lifecycle_services(vesde_bun
         for n in (ctrl, mon, broken, sim, client):
             n.destroy_node()
         rclpy.shutdown()
+
+
+def test_the_sim_robot_keeps_the_budget_it_is_given():
+    """A policy trained with budget: safety_gymnasium meets the same costs and episodes."""
+    rclpy.init()
+    ns = f"/algd_budget_{os.getpid()}"
+    try:
+        sim = SimNode(namespace=ns, parameter_overrides=[Parameter("task", value="SafetyPointGoal1-v0"),
+                                                         Parameter("budget", value="safety_gymnasium")])
+        assert (sim.spec.budget, sim.spec.cost_limit, sim.spec.episode_length) == ("safety_gymnasium", 25.0, 1000)
+        sim.destroy_node()
+        with pytest.raises(ValueError, match="budget: PointHazard-v0 has one budget; expected 'algd'"):
+            SimNode(namespace=ns, parameter_overrides=[Parameter("budget", value="safety_gymnasium")])
+    finally:
+        rclpy.shutdown()

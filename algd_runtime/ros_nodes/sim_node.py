@@ -52,7 +52,7 @@ class SimNode(Node):
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
         get = params.declare(self, {
-            "task": "PointHazard-v0", "seed": 0, "rate_hz": 500.0, "real_time_factor": 1.0,
+            "task": "PointHazard-v0", "budget": "algd", "seed": 0, "rate_hz": 500.0, "real_time_factor": 1.0,
             "max_episodes": 0,  # 0: run until stopped
             "lockstep": False, "lockstep_timeout_s": 1.0,
             "cmd_timeout_s": 0.5,  # no command for this long: hold still
@@ -60,7 +60,9 @@ class SimNode(Node):
             **SHIFT}).__getitem__
         shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
         self.seed = get("seed")
-        self.env = make_task(get("task"), seed=self.seed, **shift)
+        # The bundle's budget: a policy trained with budget: safety_gymnasium meets the same
+        # costs and episode length here (make_task refuses a budget the task does not have).
+        self.env = make_task(get("task"), seed=self.seed, budget=get("budget"), **shift)
         self.spec = self.env.task_spec
         self.action = np.zeros(self.spec.act_dim, np.float32)
         self.episode, self.returns, self.costs, self.ended_by = 0, [], [], []
