@@ -82,8 +82,9 @@ class MonitorNode(LifecycleNode):
         self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, m.LATCHED)
         self.step_sub = self.create_subscription(Float64MultiArray, m.STEP, self._on_step, **m.wired(m.RELIABLE))
         self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE))
-        self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST))
-        self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
+        if self.values["use_critic"]:  # the forecast's inputs: two messages a step, read only for it
+            self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST))
+            self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
         self.reset = ResetEndpoint(self, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
