@@ -16,7 +16,8 @@ COLCON = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil
 # The modules the robot runs (engine, safety, controller, monitor) and their ROS / pip names.
 RUNTIME = ["algd_runtime/runtime.py", "algd_runtime/control.py", "algd_runtime/safety.py", "algd_runtime/monitor.py",
            "algd_runtime/atomic.py", "algd_runtime/__init__.py", *(f"algd_runtime/ros_nodes/{n}.py" for n in (
-               "controller_node", "monitor_node", "messages", "params", "entry", "operator", "recorder", "launcher"))]
+               "controller_node", "monitor_node", "managed", "messages", "params", "entry", "operator", "recorder",
+               "launcher"))]
 ROSDEP_KEYS = {"numpy": "python3-numpy", "yaml": "python3-yaml", "onnxruntime": "python3-onnxruntime-pip"}
 OPTIONAL = {"mcap"}  # recording only (imported when record:= is set), from pip
 

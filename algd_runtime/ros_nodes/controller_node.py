@@ -14,14 +14,15 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
-from algd_runtime.ros_nodes.entry import autostart, run_node
+from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.managed import ManagedNode
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
@@ -37,7 +38,7 @@ SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "re
                    "cost_limit": -1.0, "stop_latch": "operator", "startup_hold_s": GRAPH_SETTLE_S}
 
 
-class ControllerNode(LifecycleNode):
+class ControllerNode(ManagedNode):
     """A managed node. unconfigured -> configure (load and check the bundle, the key and every
     safety setting) -> inactive (observations are accounted, nothing is published) ->
     activate (start-up hold, then decisions) -> active; deactivate publishes the safe action
@@ -71,18 +72,9 @@ class ControllerNode(LifecycleNode):
         self.create_timer(self.values["diagnostics_period_s"], self._diagnostics)
         self.create_timer(0.1, self._check_graph)
         if self.values["autostart"]:
-            autostart(self)
+            self.autostart()
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def on_configure(self, state) -> TransitionCallbackReturn:
-        try:
-            self._configure()
-        except (ValueError, OSError) as exc:
-            self.configure_error = str(exc)
-            self.get_logger().error(f"configure failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
-        return super().on_configure(state)
-
     def _configure(self) -> None:
         get = self.values.__getitem__
         if get("fallback"):
@@ -143,7 +135,7 @@ class ControllerNode(LifecycleNode):
         # The robot's last word from us is a stop, not whatever it was doing.
         self.pub.publish(m.action_msg(self.core.safe_action, self.core.last.stamp if self.core.last else None,
                                       0, "deactivated"))
-        self._stop_timer()
+        self._stop_timers()
         self.get_logger().warning("STOP: deactivated (the safe action was sent)")
         self._stop_reason = "deactivated"
         return super().on_deactivate(state)
@@ -153,13 +145,7 @@ class ControllerNode(LifecycleNode):
         self.reset.set_key(None)
         return super().on_cleanup(state)
 
-    def on_shutdown(self, state) -> TransitionCallbackReturn:
-        if state.label == "active":
-            self.on_deactivate(state)
-        self._stop_timer()
-        return super().on_shutdown(state)
-
-    def _stop_timer(self) -> None:
+    def _stop_timers(self) -> None:
         if self.timer is not None:
             self.destroy_timer(self.timer)
             self.timer = None
@@ -246,7 +232,7 @@ class ControllerNode(LifecycleNode):
         if reason:
             return self._refuse(reason)
         if "control_rate_hz" in updates and self.timer is not None:
-            self._stop_timer()
+            self._stop_timers()
             self.timer = self.create_timer(1.0 / updates["control_rate_hz"], self._tick)
         if updates:
             self.get_logger().info(f"parameters: {updates}")

@@ -28,21 +28,6 @@ def node_help(node_cls) -> str:
     return "\n\n".join([usage, doc, f"Parameters ({path}):", "\n".join(lines)])
 
 
-def autostart(node) -> None:
-    """Configure, then activate, a managed node (its `autostart` parameter); a failure raises
-    ValueError with the node's reason, so that the process ends with it."""
-    from rclpy.lifecycle import TransitionCallbackReturn
-
-    failed = None
-    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-        failed = getattr(node, "configure_error", f"{node.get_name()}: configure failed")
-    elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-        failed = f"{node.get_name()}: activate failed"
-    if failed:
-        node.destroy_node()
-        raise ValueError(failed)
-
-
 def run_node(node_cls, argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv)
     ours = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]

@@ -26,7 +26,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import Trigger
@@ -34,7 +34,8 @@ from std_srvs.srv import Trigger
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
-from algd_runtime.ros_nodes.entry import autostart, run_node
+from algd_runtime.ros_nodes.entry import run_node
+from algd_runtime.ros_nodes.managed import ManagedNode
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
@@ -48,7 +49,7 @@ _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                Level.ERROR: DiagnosticStatus.ERROR, Level.STOP: DiagnosticStatus.ERROR}
 
 
-class MonitorNode(LifecycleNode):
+class MonitorNode(ManagedNode):
     """A managed node. configure loads the bundle's budget (and a STOP latched before),
     activate starts the heartbeat and the e-stop's state; an inactive monitor keeps
     accounting every step but holds the e-stop and sends no heartbeat, so nothing moves
@@ -91,18 +92,9 @@ class MonitorNode(LifecycleNode):
         self.create_timer(1.0, self._diagnostics)
         self.create_timer(0.1, self._check_graph)
         if self.values["autostart"]:
-            autostart(self)
+            self.autostart()
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def on_configure(self, state) -> TransitionCallbackReturn:
-        try:
-            self._configure()
-        except (ValueError, OSError) as exc:
-            self.configure_error = str(exc)
-            self.get_logger().error(f"configure failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
-        return super().on_configure(state)
-
     def _configure(self) -> None:
         get = self.values.__getitem__
         runtime = PolicyRuntime.load(get("bundle"), provider="cpu") if get("bundle") else None
@@ -157,12 +149,6 @@ class MonitorNode(LifecycleNode):
         self.monitor = self.runtime = None
         self.reset.set_key(None)
         return super().on_cleanup(state)
-
-    def on_shutdown(self, state) -> TransitionCallbackReturn:
-        if state.label == "active":
-            self.on_deactivate(state)
-        self._stop_timers()
-        return super().on_shutdown(state)
 
     def _stop_timers(self) -> None:
         for timer in self._active_timers:
