@@ -35,6 +35,8 @@ EXTRAS = {
         "ros-jazzy-diagnostic-msgs",
         "ros-jazzy-std-srvs",
         "ros-jazzy-lifecycle-msgs",
+        "ros-jazzy-nav-msgs",         # io adapters: nav_msgs/Odometry in
+        "ros-jazzy-geometry-msgs",    # io adapters: Twist / TwistStamped out
         "mcap>=1.2",                  # run logs (algd_runtime/ros_nodes/recorder.py)
         "mcap-ros2-support>=0.5",
     ],
@@ -73,6 +75,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/algd_runtime"]),
         ("share/algd_runtime", ["package.xml"]),
         ("share/algd_runtime/launch", ["launch/controller.launch.py", "launch/controller.yaml"]),
+        ("share/algd_runtime/config/io", ["config/io/standard.yaml", "config/io/vector.yaml"]),
         ("lib/algd_runtime", ["resource/lib/algd-controller", "resource/lib/algd-monitor", "resource/lib/algd-sim"]),
     ],
     entry_points={"console_scripts": [

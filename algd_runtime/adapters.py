@@ -12,6 +12,15 @@ command fields the action fills:
     action:
       {topic: cmd_vel, type: geometry_msgs/Twist, fields: [linear.x, angular.z], scale: [0.5, 1.0]}
 
+The whole `io` file (load_io) adds where the budget's costs come from and when the
+controller decides:
+
+    cost: {topic: cost, type: std_msgs/Float64, field: data}   # one message per step taken
+    episode: {topic: episode_start, type: std_msgs/Empty}      # optional: a new episode begins
+    trigger: joint_states      # the topic whose messages are answered (default: the first entry's)
+    steps_ahead: 2             # steps the robot may take before a stop reaches it (no lease here)
+    # an observation entry may say max_age_s: an older newest message is stale
+
 Fields are attribute paths into the message. `yaw` after a quaternion is its heading. A
 JointState field is read by joint name, in the configured order, whatever the message's
 order. LaserScan ranges are cut into `bins` equal sectors, each the nearest return in it
@@ -21,7 +30,8 @@ the command's fields (Twist, TwistStamped, Float64MultiArray's data, JointState 
 name). Every mistake is a ValueError naming the entry and the field.
 
 The ROS layer subscribes to the topics named here and hands each message to
-ObservationMap.update; this module only maps.
+ObservationMap.update; this module only maps. The inverse maps (ObservationEntry.write,
+ActionMap.read) let the simulated robot speak the same file from the robot's side.
 """
 
 from __future__ import annotations
@@ -33,7 +43,8 @@ from typing import Any, Sequence
 import numpy as np
 
 INPUT_TYPES = ("sensor_msgs/JointState", "nav_msgs/Odometry", "sensor_msgs/Imu", "sensor_msgs/LaserScan",
-               "std_msgs/Float64MultiArray")
+               "std_msgs/Float64MultiArray", "std_msgs/Float64")
+EPISODE_TYPES = ("std_msgs/Empty",)
 OUTPUT_TYPES = ("geometry_msgs/Twist", "geometry_msgs/TwistStamped", "std_msgs/Float64MultiArray",
                 "sensor_msgs/JointState")
 JOINT_FIELDS = ("position", "velocity", "effort")
@@ -85,6 +96,19 @@ def _resolve(msg, path: str):
     return obj
 
 
+def _assign(msg, path: str, values: np.ndarray) -> None:
+    """The inverse of _resolve: write `values` at `path` (a heading becomes a z-rotation)."""
+    head, _, leaf = path.rpartition(".")
+    parent = _resolve(msg, head) if head else msg
+    if leaf == "yaw" and all(hasattr(parent, k) for k in "xyzw"):
+        half = float(values[0]) / 2
+        parent.x, parent.y, parent.z, parent.w = 0.0, 0.0, math.sin(half), math.cos(half)
+    elif isinstance(getattr(parent, leaf), float):
+        setattr(parent, leaf, float(values[0]))
+    else:
+        setattr(parent, leaf, [float(v) for v in values])
+
+
 @dataclass
 class ObservationEntry:
     """One contiguous piece of the observation vector, read from one field of one topic."""
@@ -99,6 +123,7 @@ class ObservationEntry:
     offset: np.ndarray = None
     low: float = -math.inf
     high: float = math.inf
+    max_age_s: float = math.inf  # an older newest message is stale
 
     def read(self, msg) -> np.ndarray:
         """The entry's values from `msg`; a ValueError says what the message lacks."""
@@ -118,6 +143,24 @@ class ObservationEntry:
                 raise ValueError(f"{self.topic}: {self.field} has {raw.size} values, the config says {self.size}")
         return np.clip(raw * self.scale + self.offset, self.low, self.high)
 
+    def write(self, msg, values: np.ndarray) -> None:
+        """The robot's side: put `values` (this entry's part of an observation) into `msg`."""
+        raw = (np.asarray(values, np.float64) - self.offset) / self.scale
+        if self.type == "sensor_msgs/LaserScan":
+            raise ValueError(f"{self.topic}: a binned scan cannot be written back (simulated robots: use another type)")
+        if self.type == "sensor_msgs/JointState":
+            names = list(msg.name)
+            for joint, v in zip(self.joints, raw):
+                if joint not in names:
+                    names.append(joint)
+                arr = list(getattr(msg, self.field))
+                arr += [0.0] * (len(names) - len(arr))
+                arr[names.index(joint)] = float(v)
+                setattr(msg, self.field, arr)
+            msg.name = names
+        else:
+            _assign(msg, self.field, raw)
+
 
 def scan_bins(ranges: Sequence[float], bins: int, range_min: float, range_max: float) -> np.ndarray:
     """The nearest valid return in each of `bins` equal sectors; none there: range_max."""
@@ -132,7 +175,7 @@ def scan_bins(ranges: Sequence[float], bins: int, range_min: float, range_max: f
 def _observation_entry(where: str, e: Any) -> ObservationEntry:
     if not isinstance(e, dict):
         raise ValueError(f"{where}: expected a mapping with topic, type and field, got {e!r}")
-    _check_keys(where, e, {"topic", "type", "field", "joints", "bins", "size", "scale", "offset", "clip"})
+    _check_keys(where, e, {"topic", "type", "field", "joints", "bins", "size", "scale", "offset", "clip", "max_age_s"})
     for key in ("topic", "type", "field"):
         if not isinstance(e.get(key), str) or not e[key]:
             raise ValueError(f"{where}.{key}: expected a non-empty string, got {e.get(key)!r}")
@@ -164,9 +207,14 @@ def _observation_entry(where: str, e: Any) -> ObservationEntry:
         low, high = _number(f"{where}.clip[0]", clip[0]), _number(f"{where}.clip[1]", clip[1])
         if not low < high:
             raise ValueError(f"{where}.clip: expected low < high, got {clip!r}")
-    return ObservationEntry(e["topic"], kind, e["field"], size, joints, bins,
-                            _per_value(f"{where}.scale", e.get("scale"), size, 1.0),
-                            _per_value(f"{where}.offset", e.get("offset"), size, 0.0), low, high)
+    max_age = _number(f"{where}.max_age_s", e["max_age_s"]) if "max_age_s" in e else math.inf
+    if max_age <= 0:
+        raise ValueError(f"{where}.max_age_s: expected a value > 0 (seconds), got {max_age!r}")
+    scale = _per_value(f"{where}.scale", e.get("scale"), size, 1.0)
+    if np.any(scale == 0):
+        raise ValueError(f"{where}.scale: expected non-zero numbers, got {e.get('scale')!r}")
+    return ObservationEntry(e["topic"], kind, e["field"], size, joints, bins, scale,
+                            _per_value(f"{where}.offset", e.get("offset"), size, 0.0), low, high, max_age)
 
 
 class ObservationMap:
@@ -181,19 +229,37 @@ class ObservationMap:
                 raise ValueError(f"observation: topic {e.topic!r} is given as {types[e.topic]} and as {e.type}")
         self.types = types
         self.size = sum(e.size for e in entries)
+        self.max_age = {t: min(e.max_age_s for e in entries if e.topic == t) for t in self.topics}
         self._latest: dict[str, Any] = {}
+        self._at: dict[str, float] = {}
 
-    def update(self, topic: str, msg) -> None:
-        self._latest[topic] = msg
+    def update(self, topic: str, msg, now: float = 0.0) -> None:
+        self._latest[topic], self._at[topic] = msg, now
 
     def missing(self) -> list[str]:
         return [t for t in self.topics if t not in self._latest]
 
-    def vector(self) -> np.ndarray:
-        """The observation from the newest message of each topic (ValueError: one is missing)."""
+    def stale(self, now: float) -> list[str]:
+        return [t for t in self.topics if t in self._at and now - self._at[t] > self.max_age[t]]
+
+    def vector(self, now: float | None = None) -> np.ndarray:
+        """The observation from the newest message of each topic. ValueError: a topic has
+        sent nothing yet, or (given `now`) its newest message is older than its max_age_s."""
         if self.missing():
             raise ValueError(f"observation: no message yet on {self.missing()}")
+        stale = self.stale(now) if now is not None else []
+        if stale:
+            raise ValueError(f"observation: stale {stale} (older than max_age_s)")
         return np.concatenate([e.read(self._latest[e.topic]) for e in self.entries]).astype(np.float32)
+
+    def write(self, obs: np.ndarray, new_message) -> dict[str, Any]:
+        """The robot's side: the messages (by topic) that carry `obs`; new_message(type) makes one."""
+        msgs, start = {}, 0
+        for e in self.entries:
+            msg = msgs.setdefault(e.topic, new_message(e.type))
+            e.write(msg, obs[start:start + e.size])
+            start += e.size
+        return msgs
 
 
 @dataclass
@@ -222,6 +288,23 @@ class ActionMap:
                 setattr(_resolve(root, head) if head else root, leaf, float(v))
         return msg
 
+    def read(self, msg) -> np.ndarray:
+        """The inverse of fill: the action a command message carries (ValueError: not one)."""
+        if self.type == "std_msgs/Float64MultiArray":
+            values = np.asarray(msg.data, np.float64)
+        elif self.type == "sensor_msgs/JointState":
+            index = {name: i for i, name in enumerate(msg.name)}
+            arr = getattr(msg, self.joint_field)
+            if any(j not in index or index[j] >= len(arr) for j in self.fields):
+                raise ValueError(f"{self.topic}: the command lacks joint(s) of {self.fields}")
+            values = np.array([arr[index[j]] for j in self.fields], np.float64)
+        else:
+            root = msg.twist if self.type == "geometry_msgs/TwistStamped" else msg
+            values = np.array([_resolve(root, f) for f in self.fields], np.float64)
+        if values.size != self.scale.size:
+            raise ValueError(f"{self.topic}: the command has {values.size} values, the action {self.scale.size}")
+        return ((values - self.offset) / self.scale).astype(np.float32)
+
 
 def action_map(cfg: Any, act_dim: int, where: str = "action") -> ActionMap:
     if not isinstance(cfg, dict):
@@ -246,8 +329,11 @@ def action_map(cfg: Any, act_dim: int, where: str = "action") -> ActionMap:
                 raise ValueError(f"{where}.fields: expected linear.x .. angular.z, got {f!r}")
     if len(fields) != act_dim:
         raise ValueError(f"{where}: {len(fields)} command fields for an action of {act_dim} values")
-    return ActionMap(cfg["topic"], kind, fields, _per_value(f"{where}.scale", cfg.get("scale"), act_dim, 1.0),
-                     _per_value(f"{where}.offset", cfg.get("offset"), act_dim, 0.0), joint_field)
+    scale = _per_value(f"{where}.scale", cfg.get("scale"), act_dim, 1.0)
+    if np.any(scale == 0):
+        raise ValueError(f"{where}.scale: expected non-zero numbers, got {cfg.get('scale')!r}")
+    return ActionMap(cfg["topic"], kind, fields, scale, _per_value(f"{where}.offset", cfg.get("offset"), act_dim, 0.0),
+                     joint_field)
 
 
 def observation_map(cfg: Any, obs_dim: int, where: str = "observation") -> ObservationMap:
@@ -258,3 +344,117 @@ def observation_map(cfg: Any, obs_dim: int, where: str = "observation") -> Obser
     if mapped.size != obs_dim:
         raise ValueError(f"{where}: the entries give {mapped.size} values, the policy observes {obs_dim}")
     return mapped
+
+
+def observation_entries(cfg: Any, where: str = "observation") -> ObservationMap:
+    """The observation's entries without checking their total size (see observation_map)."""
+    if not isinstance(cfg, list) or not cfg:
+        raise ValueError(f"{where}: expected a list of entries (topic, type, field), got {cfg!r}")
+    return ObservationMap([_observation_entry(f"{where}[{i}]", e) for i, e in enumerate(cfg)])
+
+
+@dataclass
+class IoConfig:
+    """A whole io file: what the controller reads and writes, where the costs come from,
+    and which topic's messages it answers. `bind` checks it against a policy's sizes."""
+
+    observation: ObservationMap
+    action_cfg: dict
+    cost: ObservationEntry
+    episode_topic: str | None
+    trigger: str
+    steps_ahead: int = 2
+    source: str = "io"
+
+    @property
+    def action_topic(self) -> str:
+        return self.action_cfg["topic"]
+
+    @property
+    def action_type(self) -> str:
+        return self.action_cfg["type"]
+
+    def topics(self) -> dict[str, str]:
+        """Every input topic with its type: cost and episode first (a node subscribes in this
+        order, so that a step's cost is read before the state that follows it)."""
+        out = {self.cost.topic: self.cost.type}
+        if self.episode_topic:
+            if self.episode_topic in self.observation.types or self.episode_topic == self.cost.topic:
+                raise ValueError(f"{self.source}: episode.topic {self.episode_topic!r} is also an observation or "
+                                 f"cost topic")
+            out[self.episode_topic] = "std_msgs/Empty"
+        for topic, kind in self.observation.types.items():
+            if out.setdefault(topic, kind) != kind:
+                raise ValueError(f"{self.source}: cost topic {topic!r} is given as {self.cost.type} and as {kind}")
+        return out
+
+    def bind(self, obs_dim: int, act_dim: int) -> ActionMap:
+        """The action map for a policy of these sizes; ValueError if the file does not fit it."""
+        if self.observation.size != obs_dim:
+            raise ValueError(f"{self.source}: observation: the entries give {self.observation.size} values, "
+                             f"the policy observes {obs_dim}")
+        return action_map(self.action_cfg, act_dim, f"{self.source}: action")
+
+
+def _action_size_hint(action: dict) -> int:
+    """The action size an action entry implies by itself (bind() checks it against the policy)."""
+    for key in ("fields", "joints", "scale", "offset"):
+        if isinstance(action.get(key), list):
+            return len(action[key])
+    return 1
+
+
+def io_config(cfg: Any, source: str = "io") -> IoConfig:
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{source}: expected a mapping with observation, action and cost, got {cfg!r}")
+    _check_keys(source, cfg, {"observation", "action", "cost", "episode", "trigger", "steps_ahead"})
+    for key in ("observation", "action", "cost"):
+        if key not in cfg:
+            raise ValueError(f"{source}: missing {key!r} (observation, action and cost are required: the "
+                             f"budget needs each step's cost)")
+    observation = observation_entries(cfg["observation"], f"{source}: observation")
+    action = cfg["action"]
+    if not isinstance(action, dict):
+        raise ValueError(f"{source}: action: expected a mapping with topic, type and fields, got {action!r}")
+    action_map(action, _action_size_hint(action), f"{source}: action")  # the checks that need no policy
+    cost = _observation_entry(f"{source}: cost", cfg["cost"])
+    if cost.size != 1:
+        raise ValueError(f"{source}: cost: expected one value per message, the entry gives {cost.size}")
+    episode = cfg.get("episode")
+    topic = None
+    if episode is not None:
+        if not isinstance(episode, dict):
+            raise ValueError(f"{source}: episode: expected {{topic, type: std_msgs/Empty}}, got {episode!r}")
+        _check_keys(f"{source}: episode", episode, {"topic", "type"})
+        if episode.get("type") not in EPISODE_TYPES:
+            raise ValueError(f"{source}: episode.type: expected one of {list(EPISODE_TYPES)}, got "
+                             f"{episode.get('type')!r}")
+        topic = episode.get("topic")
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"{source}: episode.topic: expected a non-empty string, got {topic!r}")
+    trigger = cfg.get("trigger", observation.entries[0].topic)
+    if trigger not in observation.topics:
+        raise ValueError(f"{source}: trigger: expected one of the observation topics {observation.topics}, "
+                         f"got {trigger!r}")
+    # A standard command carries no lease: the robot takes the step in flight, and maybe
+    # more, on its old command after the budget says stop. The budget stops that early.
+    ahead = cfg.get("steps_ahead", 2)
+    if isinstance(ahead, bool) or not isinstance(ahead, int) or not 1 <= ahead <= 100:
+        raise ValueError(f"{source}: steps_ahead: expected an integer in 1..100, got {ahead!r}")
+    io = IoConfig(observation, action, cost, topic, trigger, ahead, source)
+    io.topics()  # the topic/type checks
+    return io
+
+
+def load_io(path: str) -> IoConfig:
+    """An io file (YAML); errors name the file, the entry and the field."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except OSError as exc:
+        raise ValueError(f"io: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"io: {path} is not valid YAML: {exc}") from None
+    return io_config(cfg, f"io {path}")

@@ -155,7 +155,7 @@ class ControllerCore:
         return self._effective
 
     def on_observation(self, obs, stamp: Any, received_at: float, meta: tuple[int, int, float] | None,
-                       stamp_ns: int = 0) -> None:
+                       stamp_ns: int | None = 0) -> None:
         """Account the step this observation reports, then keep it as the newest."""
         if meta is None:
             self.gate.latch.trip("contract", "an observation without (episode, t, cost): the controller cannot "

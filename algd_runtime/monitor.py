@@ -52,6 +52,7 @@ class MonitorConfig:
     hysteresis: float = 0.1
     clear_steps: int = 20
     max_step_cost: float | None = None  # a bound on one step's cost (None: the largest seen)
+    steps_ahead: int = 1  # steps the robot may take before a stop reaches it (an io file's steps_ahead)
 
     def __post_init__(self) -> None:
         if self.max_step_cost is not None and not (math.isfinite(self.max_step_cost) and self.max_step_cost > 0):
@@ -75,6 +76,8 @@ class MonitorConfig:
             raise ValueError(f"hysteresis: expected 0 <= hysteresis < warn_at, got {self.hysteresis}")
         if self.clear_steps < 1:
             raise ValueError(f"clear_steps: expected >= 1, got {self.clear_steps}")
+        if isinstance(self.steps_ahead, bool) or not isinstance(self.steps_ahead, int) or self.steps_ahead < 1:
+            raise ValueError(f"steps_ahead: expected an integer >= 1, got {self.steps_ahead!r}")
 
     def threshold(self, level: Level) -> float:
         return {Level.WARN: self.warn_at, Level.ERROR: self.error_at, Level.STOP: self.stop_at}[level]
@@ -122,7 +125,8 @@ class BudgetMonitor:
 
     @property
     def margin(self) -> float:
-        return max(self.cfg.max_step_cost or 0.0, self.worst_step)
+        """What the steps the robot may still take before the e-stop reaches it can cost."""
+        return self.cfg.steps_ahead * max(self.cfg.max_step_cost or 0.0, self.worst_step)
 
     def _worst_case(self, steps: int) -> float:
         return steps * self.cfg.max_step_cost if self.cfg.max_step_cost else self.cfg.cost_limit

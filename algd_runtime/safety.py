@@ -9,6 +9,8 @@ contract these pieces implement.
     BudgetAccount   an episode's cost from sequence-numbered transitions (a gap counts as
                     the worst case) and the lease: how many steps the robot may take on one
                     action before it must have a newer one
+    StepTally       the same transitions for a robot that speaks standard messages: one step
+                    per answered observation, charged the cost messages since the last one
     Latch           a STOP that only the operator clears (kinds and reasons kept)
     HeartbeatWatch  the controller's view of the monitor: no verified, fresh, in-order
                     heartbeat from the same monitor process -> no motion
@@ -66,6 +68,7 @@ class BudgetAccount:
 
     limit: float
     step_bound: float | None = None
+    steps_ahead: int = 1  # steps the robot may take before a stop reaches it (1: it obeys a lease)
     episode: int = -1
     t: int = 0  # steps accounted in the episode
     accumulated: float = 0.0
@@ -77,10 +80,13 @@ class BudgetAccount:
             raise ValueError(f"cost_limit: expected a finite value > 0, got {self.limit!r}")
         if self.step_bound is not None and not (math.isfinite(self.step_bound) and self.step_bound > 0):
             raise ValueError(f"max_step_cost: expected a finite value > 0 (or none), got {self.step_bound!r}")
+        if isinstance(self.steps_ahead, bool) or not isinstance(self.steps_ahead, int) or self.steps_ahead < 1:
+            raise ValueError(f"steps_ahead: expected an integer >= 1, got {self.steps_ahead!r}")
 
     @property
     def margin(self) -> float:
-        return max(self.step_bound or 0.0, self.worst_seen)
+        """What the steps the robot may still take before a stop reaches it can cost."""
+        return self.steps_ahead * max(self.step_bound or 0.0, self.worst_seen)
 
     def _worst_case(self, steps: int) -> float:
         return steps * self.step_bound if self.step_bound else self.limit
@@ -109,6 +115,47 @@ class BudgetAccount:
 
     def lease(self, cap: int = LEASE_MAX) -> int:
         return lease_steps(self.accumulated, self.margin, self.limit, cap)
+
+
+@dataclass
+class StepTally:
+    """The budget contract for a robot without [episode, t, cost] on its observations (an
+    io file, SAFETY.md): each message on the trigger topic is one step, charged the sum of
+    the cost messages received since the previous one. A step with no cost message is
+    charged NaN, which BudgetAccount counts as the worst case: a robot that stops reporting
+    costs spends its budget, not nothing. Without an episode topic the run is one episode.
+    Costs belong to the episode in progress when they arrive."""
+
+    episode: int = 0
+    t: int = -1  # -1: no observation yet in this episode
+    pending: list = field(default_factory=list)
+    received: int = 0  # cost messages over the run (the monitor counts the same messages)
+    uncosted: int = 0  # steps with no cost message, charged the worst case
+
+    def on_cost(self, cost: float) -> None:
+        self.pending.append(float(cost))
+        self.received += 1
+
+    def on_observation(self) -> tuple[int, int, float]:
+        """(episode, t, cost) for BudgetAccount.record: the episode's first observation is
+        t = 0 (no step yet) unless costs already arrived for it."""
+        if self.t < 0 and not self.pending:
+            self.t = 0
+            return self.episode, 0, 0.0
+        self.t = max(self.t, 0) + 1
+        cost = math.fsum(self.pending) if self.pending else math.nan
+        self.uncosted += not self.pending
+        self.pending.clear()
+        return self.episode, self.t, cost
+
+    def on_episode(self) -> tuple[int, int, float] | None:
+        """A new episode starts; returns the old one's last record if costs were still pending."""
+        last = None
+        if self.pending:
+            last = (self.episode, max(self.t, 0) + 1, math.fsum(self.pending))
+            self.pending.clear()
+        self.episode, self.t = self.episode + 1, -1
+        return last
 
 
 # -- the latch -------------------------------------------------------------------------------------
@@ -393,9 +440,11 @@ class SafetyGate:
     def hold_for(self, now: float, seconds: float, why: str) -> None:
         self.hold_until, self.hold_reason = now + seconds, why
 
-    def on_transition(self, episode: int, t: int, cost: float, stamp_ns: int, now: float) -> None:
+    def on_transition(self, episode: int, t: int, cost: float, stamp_ns: int | None, now: float) -> None:
+        """A step the robot reports. stamp_ns (None: the caller tells the watch itself) is
+        what the monitor's heartbeat must show as accounted within max_lag_s."""
         self.account.record(episode, t, cost)
-        if t > 0 and self.watch is not None:
+        if t > 0 and self.watch is not None and stamp_ns is not None:
             self.watch.on_robot_step(stamp_ns, now)
         if self.stop_latch == "operator":
             spent = self.account.verdict()

@@ -1,5 +1,5 @@
 """ros2 launch algd_runtime controller.launch.py bundle:=/path/to/bundle [with_sim:=true] [namespace:=algd]
-    [params_file:=my.yaml] [use_sim_time:=true] [log_level:=debug] [autostart:=false]
+    [params_file:=my.yaml] [use_sim_time:=true] [log_level:=debug] [autostart:=false] [io:=my_io.yaml]
 
 Starts the controller and the monitor (and the sim robot with with_sim:=true) with the
 parameters in params_file (default: the shipped controller.yaml). algd-launch starts the
@@ -32,9 +32,12 @@ def generate_launch_description():
         DeclareLaunchArgument("autostart", default_value="true",
                               description="bring the controller and the monitor to active; false: leave them "
                                           "unconfigured for lifecycle transitions"),
+        DeclareLaunchArgument("io", default_value="",
+                              description="an io file wiring standard messages (config/io/*.yaml); '': the "
+                                          "observation/action topics"),
     ]
     for name, executable in NODES:
-        overrides = {"use_sim_time": arg("use_sim_time")}
+        overrides = {"use_sim_time": arg("use_sim_time"), "io": arg("io")}
         if name != "sim":
             overrides.update(bundle=arg("bundle"), autostart=arg("autostart"))
         actions.append(Node(

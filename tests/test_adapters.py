@@ -101,3 +101,100 @@ def test_scan_bins_and_yaw():
     np.testing.assert_allclose(scan_bins([math.inf, math.nan, -1.0, 20.0], 2, 0.0, 10.0), [10.0, 10.0])
     q = SimpleNamespace(x=0.0, y=0.0, z=math.sin(-0.4), w=math.cos(-0.4))
     assert yaw(q) == pytest.approx(-0.8)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_io_files_load_and_fit_the_toy_task():
+    from algd_runtime.adapters import load_io
+
+    for name, topics in [("standard", {"cost", "episode_start", "odom", "joint_states"}),
+                         ("vector", {"cost", "episode_start", "state"})]:
+        io = load_io(str(ROOT / "config" / "io" / f"{name}.yaml"))
+        assert set(io.topics()) == topics and list(io.topics())[0] == "cost"  # cost is subscribed first
+        assert io.bind(8, 2).topic in ("cmd_vel", "commands") and io.steps_ahead == 2
+        with pytest.raises(ValueError, match=r"observation: the entries give 8 values, the policy observes 6"):
+            io.bind(6, 2)
+
+
+def test_the_robot_side_writes_what_the_controller_side_reads():
+    """The sim speaks an io file from the robot's side: writing then reading is the identity,
+    whatever order a driver lists its joints in."""
+    from nav_msgs.msg import Odometry
+    from std_msgs.msg import Float64
+
+    from algd_runtime.adapters import io_config
+
+    io = io_config({
+        "observation": [
+            {"topic": "odom", "type": "nav_msgs/Odometry", "field": "pose.pose.position.x", "scale": 2.0},
+            {"topic": "odom", "type": "nav_msgs/Odometry", "field": "pose.pose.orientation.yaw"},
+            {"topic": "joint_states", "type": "sensor_msgs/JointState", "field": "velocity", "joints": ["b", "a"],
+             "offset": [1.0, -1.0]},
+            {"topic": "joint_states", "type": "sensor_msgs/JointState", "field": "position", "joints": ["a"]},
+            {"topic": "cost", "type": "std_msgs/Float64", "field": "data"}],
+        "action": {"topic": "cmd_vel", "type": "geometry_msgs/Twist", "fields": ["linear.x", "angular.z"],
+                   "scale": [0.5, 2.0], "offset": [0.1, 0.0]},
+        "cost": {"topic": "cost", "type": "std_msgs/Float64", "field": "data"}})
+    types = {"nav_msgs/Odometry": Odometry, "sensor_msgs/JointState": JointState, "std_msgs/Float64": Float64}
+    obs = np.array([0.4, -2.0, 3.0, 4.0, 5.0, 0.25], np.float32)
+    msgs = io.observation.write(obs, lambda kind: types[kind]())
+    js = msgs["joint_states"]
+    order = list(reversed(range(len(js.name))))
+    msgs["joint_states"] = JointState(name=[js.name[i] for i in order], position=[js.position[i] for i in order],
+                                      velocity=[js.velocity[i] for i in order])
+    for topic, msg in msgs.items():
+        io.observation.update(topic, msg, now=10.0)
+    np.testing.assert_allclose(io.observation.vector(now=10.0), obs, rtol=1e-6)
+    action = np.array([0.3, -0.7], np.float32)
+    amap = io.bind(6, 2)
+    twist = amap.fill(Twist(), action)
+    assert twist.linear.x == pytest.approx(0.25)
+    np.testing.assert_allclose(amap.read(twist), action, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"the command lacks joint"):
+        io_config({**_minimal(), "action": {"topic": "j", "type": "sensor_msgs/JointState", "joints": ["x"]}}
+                  ).bind(1, 1).read(JointState(name=["y"], position=[1.0]))
+
+
+def _minimal():
+    return {"observation": [{"topic": "s", "type": "std_msgs/Float64MultiArray", "field": "data", "size": 1,
+                             "max_age_s": 0.05}],
+            "action": {"topic": "c", "type": "std_msgs/Float64MultiArray"},
+            "cost": {"topic": "cost", "type": "std_msgs/Float64", "field": "data"}}
+
+
+def test_a_source_older_than_its_max_age_is_stale():
+    from algd_runtime.adapters import io_config
+
+    io = io_config(_minimal())
+    io.observation.update("s", Float64MultiArray(data=[1.0]), now=1.0)
+    assert io.observation.vector(now=1.04).tolist() == [1.0]
+    with pytest.raises(ValueError, match=r"observation: stale \['s'\] \(older than max_age_s\)"):
+        io.observation.vector(now=1.06)
+
+
+def test_io_file_mistakes_name_the_file_and_the_field(tmp_path):
+    from algd_runtime.adapters import io_config, load_io
+
+    cases = [
+        ({k: v for k, v in _minimal().items() if k != "cost"}, r"io: missing 'cost' \(observation, action and cost"),
+        ({**_minimal(), "trigger": "odom"}, r"io: trigger: expected one of the observation topics \['s'\], got 'odom'"),
+        ({**_minimal(), "steps_ahead": 0}, r"io: steps_ahead: expected an integer in 1\.\.100, got 0"),
+        ({**_minimal(), "episode": {"topic": "e", "type": "std_msgs/String"}},
+         r"io: episode\.type: expected one of \['std_msgs/Empty'\], got 'std_msgs/String'"),
+        ({**_minimal(), "episode": {"topic": "cost", "type": "std_msgs/Empty"}}, r"episode\.topic 'cost' is also"),
+        ({**_minimal(), "cost": {"topic": "s", "type": "std_msgs/Float64", "field": "data"}},
+         r"topic 's' is given as std_msgs/Float64 and as std_msgs/Float64MultiArray"),
+        ({**_minimal(), "extra": 1}, r"io: unknown key 'extra'"),
+        ({**_minimal(), "action": {"topic": "c", "type": "std_msgs/Float64MultiArray", "scale": [1.0, 0.0]}},
+         r"io: action\.scale: expected non-zero numbers"),
+    ]
+    for cfg, match in cases:
+        with pytest.raises(ValueError, match=match):
+            io_config(cfg)
+    (tmp_path / "bad.yaml").write_text("observation: [\n")
+    with pytest.raises(ValueError, match=rf"io: {tmp_path / 'bad.yaml'} is not valid YAML"):
+        load_io(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ValueError, match=r"io: cannot read .*none\.yaml: No such file"):
+        load_io(str(tmp_path / "none.yaml"))

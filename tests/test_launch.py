@@ -44,7 +44,7 @@ def load_launch_file(monkeypatch, share: Path):
 def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
     actions = load_launch_file(monkeypatch, tmp_path)
     args = {a.args[0]: a.kwargs for a in actions if a.args}
-    assert set(args) == {"bundle", "with_sim", "namespace", "params_file", "use_sim_time", "log_level", "autostart"}
+    assert set(args) == {"bundle", "with_sim", "namespace", "params_file", "use_sim_time", "log_level", "autostart", "io"}
     assert args["autostart"]["default_value"] == "true"
     assert args["with_sim"]["default_value"] == "false" and args["use_sim_time"]["default_value"] == "false"
     assert args["log_level"]["default_value"] == "info"
@@ -56,6 +56,7 @@ def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
         assert node["package"] == "algd_runtime" and node["namespace"] == ("arg", "namespace")
         assert node["parameters"][0] == ("arg", "params_file") and f"/**/{name}" in params
         assert node["parameters"][1]["use_sim_time"] == ("arg", "use_sim_time")
+        assert node["parameters"][1]["io"] == ("arg", "io")  # one io file for the whole graph
         assert node["ros_arguments"] == ["--log-level", ("arg", "log_level")]
         # The executable ros2 launch will look for is installed under lib/algd_runtime/.
         assert (ROOT / "resource" / "lib" / node["executable"]).is_file()
@@ -66,7 +67,7 @@ def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
     assert nodes["sim"]["condition"] == ("if", ("arg", "with_sim"))
     # Every controller key in the YAML is a parameter the node declares.
     declared = set(vars(ControllerParams())) | set(SAFETY_DEFAULTS) | {"provider", "diagnostics_period_s", "bundle",
-                                                                        "record", "autostart"}
+                                                                        "record", "autostart", "io"}
     assert set(params["/**/controller"]["ros__parameters"]) <= declared
 
 

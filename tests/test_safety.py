@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from algd_runtime.safety import (BudgetAccount, HeartbeatWatch, Latch, LatchStore, OperatorKeyError, ResetAuthority,
-                                 SafetyGate, budget_verdict, create_key, lease_steps, load_key, parse_safe_action,
+                                 SafetyGate, StepTally, budget_verdict, create_key, lease_steps, load_key, parse_safe_action,
                                  read_heartbeat, reset_proof, sign_heartbeat)
 
 KEY, NS = bytes(range(32)), "/algd"
@@ -56,6 +56,36 @@ def test_without_a_bound_a_gap_spends_the_budget_and_the_margin_is_the_largest_s
     assert "spent" in a.verdict()
     a.record(1, 4, 0.0)  # joined an episode late: steps 1..3 unknown
     assert "spent" in a.verdict()
+
+
+def test_standard_messages_charge_each_step_the_costs_since_the_last_and_a_silent_step_the_worst_case():
+    """StepTally: the budget contract for a robot without (episode, t, cost) on its state."""
+    tally, account = StepTally(), BudgetAccount(5.0, step_bound=1.0, steps_ahead=2)
+    account.record(*tally.on_observation())  # the first state: t = 0, nothing spent
+    assert (account.t, account.accumulated) == (0, 0.0)
+    tally.on_cost(0.25)
+    tally.on_cost(0.5)  # two costs before the next state (a state message lost on the way)
+    account.record(*tally.on_observation())
+    assert (account.t, account.accumulated) == (1, 0.75)
+    account.record(*tally.on_observation())  # a step whose cost never came: the worst case
+    assert account.accumulated == 1.75 and tally.uncosted == 1
+    # No lease with standard commands: the margin covers the steps taken before a stop lands.
+    assert account.margin == 2.0 and account.verdict() is None
+    for spent in (2.75, 3.75):
+        tally.on_cost(1.0)
+        account.record(*tally.on_observation())
+        assert account.accumulated == spent
+    assert "nearly spent (3.75 + step-cost margin 2 > 5)" in account.verdict()  # a lease would still allow 1
+    tally.on_cost(1.0)  # the last step's cost, then a new episode: charged to the old one
+    last = tally.on_episode()
+    assert last == (0, 5, 1.0)
+    account.record(*last)
+    assert account.accumulated == 4.75
+    account.record(*tally.on_observation())
+    assert (account.episode, account.accumulated, account.verdict()) == (1, 0.0, None)
+    assert tally.received == 5
+    with pytest.raises(ValueError, match=r"steps_ahead: expected an integer >= 1, got 0"):
+        BudgetAccount(5.0, steps_ahead=0)
 
 
 def test_account_refuses_bad_limits():

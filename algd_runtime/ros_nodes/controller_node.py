@@ -3,11 +3,13 @@
 Thin: ControllerCore (algd_runtime.control) and SafetyGate (algd_runtime.safety) make every
 decision; this node moves messages, owns the timers, verifies the monitor's heartbeats and
 the operator's resets, and turns parameter updates into validated, all-or-nothing changes.
-Required: the parameter `bundle` (an exported bundle folder, algd-export).
+Required: the parameter `bundle` (an exported bundle folder, algd-export). Optional: `io`,
+an io file (adapters.py) that wires standard messages in place of observation / action.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -18,6 +20,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
+from algd_runtime.adapters import load_io
 from algd_runtime.control import ControllerCore, ControllerParams
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
@@ -26,11 +29,16 @@ from algd_runtime.ros_nodes.managed import ManagedNode
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
-from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, HeartbeatWatch, SafetyGate, default_key_path,
-                                 load_key)
+from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, HeartbeatWatch, SafetyGate, StepTally,
+                                 default_key_path, load_key)
 
 # Start-up only: what the bundle is, where the key is, and every safety setting.
-READ_ONLY = ("bundle", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+# With an io file the cost messages carry no robot stamp: the monitor's heartbeat says when
+# (wall clock) it read its newest one, and each cost this controller read must be matched
+# within monitor_max_lag_s. The tolerance absorbs the two deliveries' jitter.
+IO_CLOCK_TOLERANCE_NS = 20_000_000
+
+READ_ONLY = ("bundle", "io", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
@@ -50,7 +58,7 @@ class ControllerNode(ManagedNode):
 
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
-        self.defaults = {"bundle": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
+        self.defaults = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
                          "record": "", "fallback": "", "autostart": True, **SAFETY_DEFAULTS,
                          **vars(ControllerParams())}
         self.values = params.declare(self, self.defaults)
@@ -62,9 +70,25 @@ class ControllerNode(ManagedNode):
         self._stop_reason: str | None = None
         self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
         # The topics live as long as the node; what flows on them depends on the state.
-        self.pub = self.create_lifecycle_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
         self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat, m.RELIABLE)
-        self.create_subscription(JointState, m.OBSERVATION, self._on_observation, **m.wired(m.OBSERVATIONS))
+        self.io = load_io(self.values["io"]) if self.values["io"] else None
+        self.io_errors: dict[str, int] = {}
+        self.first_observations: list[list[float]] = []  # with an io file: what the mapping made (tests)
+        if self.io is None:  # our own contract: observation / action with (episode, t, cost) and leases
+            self.pub = self.create_lifecycle_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
+            self.create_subscription(JointState, m.OBSERVATION, self._on_observation, **m.wired(m.OBSERVATIONS))
+        else:  # standard messages as the io file says; the budget from its cost topic
+            self.command_cls = m.message_class(self.io.action_type)
+            self.pub = self.create_lifecycle_publisher(self.command_cls, self.io.action_topic, **m.wired(m.COMMANDS))
+            # Cost and episode first and the trigger last: when several are waiting, the
+            # executor takes them in this order, so a step's cost and the other sources'
+            # newest messages are in before the trigger's message is answered.
+            topics = self.io.topics()
+            for topic in sorted(topics, key=lambda t: t == self.io.trigger):
+                qos = m.OBSERVATIONS if topic in self.io.observation.types else m.COSTS
+                type_name = topics[topic]
+                self.create_subscription(m.message_class(type_name), topic,
+                                         lambda msg, topic=topic: self._on_io(topic, msg), **m.wired(qos))
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.reset = ResetEndpoint(self, self._operator_reset)
         # After the QoS overrides are declared (they are read-only parameters, not ours).
@@ -98,10 +122,14 @@ class ControllerNode(ManagedNode):
         watch = None
         if get("require_monitor"):
             watch = HeartbeatWatch(key, self.get_namespace(), get("monitor_timeout_s"), get("monitor_max_lag_s"))
-        gate = SafetyGate(BudgetAccount(limit, float(bound) if bound else None), watch, get("stop_latch"))
+        account = BudgetAccount(limit, float(bound) if bound else None, self.io.steps_ahead if self.io else 1)
+        gate = SafetyGate(account, watch, get("stop_latch"))
         if self._latch is not None:
             gate.latch = self._latch  # a reconfiguration never clears a STOP
         self._latch = gate.latch
+        if self.io is not None:
+            self.action_map = self.io.bind(int(runtime.obs_dim), len(runtime.act_low))
+            self.tally = StepTally()
         live = ControllerParams(**{k: get(k) for k in vars(ControllerParams())})
         self.core = ControllerCore(runtime, gate, live)
         self.reset.set_key(key)
@@ -116,6 +144,7 @@ class ControllerNode(ManagedNode):
             self.recorder = McapRecorder(get("record"))
         self.get_logger().info(
             f"controller: {bundle} ({manifest.get('task')}, digest {str(digest)[:16]}) on {runtime.provider}, "
+            f"{'io ' + get('io') if self.io else 'observation/action topics'}, "
             f"{live.control_rate_hz:g} Hz, mode {live.mode}; budget {limit:g}, step-cost bound "
             f"{bound or 'largest seen'}, stop_latch {get('stop_latch')}, monitor interlock "
             f"{'on, deadline %g s' % get('monitor_timeout_s') if watch else 'OFF (require_monitor:=false)'}")
@@ -133,8 +162,7 @@ class ControllerNode(ManagedNode):
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         # The robot's last word from us is a stop, not whatever it was doing.
-        self.pub.publish(m.action_msg(self.core.safe_action, self.core.last.stamp if self.core.last else None,
-                                      0, "deactivated"))
+        self._publish(self.core.safe_action, self.core.last.stamp if self.core.last else None, 0, "deactivated")
         self._stop_timers()
         self.get_logger().warning("STOP: deactivated (the safe action was sent)")
         self._stop_reason = "deactivated"
@@ -163,6 +191,52 @@ class ControllerNode(ManagedNode):
         if self.timer is not None:
             self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
+    def _on_io(self, topic: str, msg) -> None:
+        """A message on one of the io file's topics (StepTally is the budget's contract)."""
+        if self.core is None:
+            return
+        now, io, gate = time.monotonic(), self.io, self.core.gate
+        if topic == io.episode_topic:
+            last = self.tally.on_episode()
+            if last:
+                gate.on_transition(*last, None, now)
+            return
+        if topic == io.cost.topic:
+            try:
+                cost = float(io.cost.read(msg)[0])
+            except (ValueError, AttributeError, IndexError) as exc:  # unreadable: the worst case
+                cost = math.nan
+                self._io_problem(f"cost: {exc}")
+            self.tally.on_cost(cost)
+            if gate.watch is not None:  # the monitor must show it read a cost this recent
+                gate.watch.on_robot_step(time.time_ns() - IO_CLOCK_TOLERANCE_NS, now)
+        if topic in io.observation.types:
+            io.observation.update(topic, msg, now)
+        if topic != io.trigger:
+            return
+        meta = self.tally.on_observation()
+        try:
+            obs = io.observation.vector(now)
+        except (ValueError, AttributeError, IndexError) as exc:
+            # The step is accounted; the policy keeps its last observation, which goes stale
+            # (obs_timeout_s) into the safe action while a source is missing or stale.
+            gate.on_transition(*meta, None, now)
+            self._io_problem(str(exc))
+            return
+        if len(self.first_observations) < 5:
+            self.first_observations.append(obs.tolist())
+        stamp = m.header_stamp(msg) or self.get_clock().now().to_msg()
+        self.core.on_observation(obs, stamp, now, meta, None)  # the watch is told per cost message
+        if self.recorder:
+            self.recorder.write(topic, msg, time.time_ns())
+        if self.timer is not None:
+            self._act()
+
+    def _io_problem(self, what: str) -> None:
+        n = self.io_errors[what] = self.io_errors.get(what, 0) + 1
+        if n == 1 or n % 1000 == 0:
+            self.get_logger().warning(f"io: {what} ({n} times)")
+
     def _on_heartbeat(self, msg: String) -> None:
         if self.core is not None and self.core.gate.watch is not None:
             self.core.gate.watch.on_message(msg.data, time.monotonic(), self.core.gate.latch)
@@ -188,16 +262,27 @@ class ControllerNode(ManagedNode):
         start = time.monotonic()
         self._drain_heartbeats(start)
         decision = self.core.tick(start)
-        msg = m.action_msg(decision.action, decision.stamp, decision.lease, decision.stop)
-        self.pub.publish(msg)
+        msg = self._publish(decision.action, decision.stamp, decision.lease, decision.stop)
         done = time.monotonic()
         if self.recorder:
-            self.recorder.write(m.ACTION, msg, time.time_ns())
+            self.recorder.write(self.io.action_topic if self.io else m.ACTION, msg, time.time_ns())
         self.core.handed_over(decision, done, done - start)
         if decision.stop != self._stop_reason and (decision.stop or decision.source == "policy"):
             self._stop_reason = decision.stop
             log = self.get_logger()
             log.warning(f"STOP: {decision.stop}") if decision.stop else log.info("moving: no stop reason left")
+
+    def _publish(self, action, stamp, lease: int, stop: str | None):
+        """Our action (with its lease or stop), or with an io file the standard command: a
+        stop is then the safe action itself, re-sent every period (SAFETY.md)."""
+        if self.io is None:
+            msg = m.action_msg(action, stamp, lease, stop)
+        else:
+            msg = self.action_map.fill(self.command_cls(), action)
+            if stamp is not None and hasattr(msg, "header"):
+                msg.header.stamp = stamp
+        self.pub.publish(msg)
+        return msg
 
     def _check_graph(self) -> None:
         """A second publisher on `action` (another controller, a learner) commands the same
@@ -284,6 +369,12 @@ class ControllerNode(ManagedNode):
             return
         stats = self.core.stats()
         stats["latched"] = dict(self.core.gate.latch.reasons)
+        if self.io is not None:
+            stats["io_errors"] = dict(self.io_errors)
+            stats["first_observations"] = self.first_observations
+            stats["steps_without_cost"] = self.tally.uncosted
+            stats["accounted"] = {"episode": self.core.gate.account.episode, "t": self.core.gate.account.t,
+                                  "accumulated": self.core.gate.account.accumulated}
         stats["safety"] = self.safety
         print(f"controller: {stats}")
         m.write_summary(self.get_parameter("summary_file").value, stats)

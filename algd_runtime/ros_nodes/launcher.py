@@ -80,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--no-autostart", dest="autostart", action="store_false",
                    help="leave the controller and the monitor unconfigured, for lifecycle transitions")
+    p.add_argument("--io", type=Path, help="an io file: wire standard messages (config/io/*.yaml; README, "
+                   "'Wiring a robot'); given to every node, the sim included")
     p.add_argument("--key", type=Path, help="operator key file (default: $ALGD_OPERATOR_KEY or "
                    "~/.config/algd-runtime/operator.key; create it with algd-reset --init-key)")
     args = p.parse_args(argv)
@@ -98,6 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not params.is_file():
         print(f"error: --params-file: {params} does not exist", file=sys.stderr)
         return 2
+    io = {}
+    if args.io:
+        from algd_runtime.adapters import load_io
+
+        try:
+            load_io(str(args.io))  # a mistake in it is reported once, here, not by three nodes
+        except ValueError as exc:
+            print(f"error: --io: {exc}", file=sys.stderr)
+            return 2
+        io = {"io": str(args.io.resolve())}
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # discovery stays on this machine
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -107,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           flush=True)
     keyed = {"operator_key_file": key, "autostart": str(args.autostart).lower()}
     procs = {n: subprocess.Popen(node_command(n, args.namespace, params, args.bundle, args.use_sim_time, args.log_level,
-                                              **(keyed if n != "sim" else {})), env=env) for n in names}
+                                              **io, **(keyed if n != "sim" else {})), env=env) for n in names}
     t0 = time.monotonic()
     try:
         while all(pr.poll() is None for pr in procs.values()):

@@ -13,6 +13,10 @@
 | controller/reset_result, monitor/reset_result | std_msgs/String (JSON {"nonce", "ok", "message"}) | node -> operator |
 | /diagnostics | diagnostic_msgs/DiagnosticArray | every node |
 
+With an io file (parameter `io`, adapters.py) the controller reads standard messages on the
+topics the file names and writes standard commands instead of observation and action, and
+the budget follows the contract for standard messages (SAFETY.md, safety.StepTally).
+
 The budget contract (SAFETY.md): observation t carries the cost of the step that produced it,
 so the controller has accounted every step before it answers; an action's lease is the
 number of steps the robot may take on it past the observation it answers.
@@ -48,6 +52,9 @@ COMMANDS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Rel
 # Observations carry the budget's costs: a short queue so that a burst is accounted, not
 # dropped (a dropped one still counts, as the worst case).
 OBSERVATIONS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+# An io file's cost and episode topics, read: best effort matches any publisher, and a lost
+# cost message is charged as the worst case (safety.StepTally), so losing one is safe.
+COSTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
 # Every step's cost and every episode event count for the budget.
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # A late joiner still sees the e-stop.
@@ -104,6 +111,24 @@ def action_verdict(msg: JointState) -> tuple[int, str | None]:
     elif tag == "stop":
         return 0, value or "stop"
     return 0, f"no verdict on the action ({msg.header.frame_id!r})"
+
+
+def message_class(type_name: str):
+    """The message class for "package/Type" (an io file's types), imported on first use."""
+    import importlib
+
+    package, _, name = type_name.partition("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.msg"), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"io: message type {type_name} is not installed (pip install ros-jazzy-"
+                         f"{package.replace('_', '-')})") from None
+
+
+def header_stamp(msg):
+    """The stamp of a message with a header, else None."""
+    header = getattr(msg, "header", None)
+    return header.stamp if header is not None else None
 
 
 def stamp_ns(stamp) -> int:

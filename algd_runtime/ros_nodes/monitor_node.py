@@ -14,6 +14,9 @@ controller's parameter service: a monitor that stalls mid-call must not stall th
 
 Its signed heartbeat (heartbeat_rate_hz) is the controller's interlock: no live monitor, no
 motion. A step whose sequence number skips ahead counts the missing steps as the worst case.
+With an io file (parameter `io`, the controller's) each message on its cost topic is a step
+and its episode topic ends the episode; the heartbeat's seen_stamp_ns is then the wall-clock
+time it read the newest cost (the controller and the monitor share a clock).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import Trigger
 
+from algd_runtime.adapters import load_io
 from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
@@ -42,7 +46,7 @@ from algd_runtime.runtime import PolicyRuntime
 from algd_runtime.safety import LatchStore, default_key_path, load_key, sign_heartbeat
 
 CONFIG_KEYS = ("cost_limit", "accounting", "window_steps", "warn_at", "error_at", "stop_at", "stop_on", "stop_latch",
-               "hysteresis", "clear_steps", "max_step_cost")
+               "hysteresis", "clear_steps", "max_step_cost", "steps_ahead")
 LIVE = ("warn_at", "error_at", "stop_at", "hysteresis", "clear_steps", "warn_lambda_factor", "lambda_max",
         "warn_guidance", "error_best_of_n")  # what a parameter set may change while running
 _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
@@ -63,7 +67,7 @@ class MonitorNode(ManagedNode):
                          "warn_at": 0.5, "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget",
                          "stop_latch": "operator", "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0,
                          "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
-                         "use_critic": True, "record": "", "summary_file": "", "operator_key_file": "",
+                         "use_critic": True, "io": "", "record": "", "summary_file": "", "operator_key_file": "",
                          "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0, "autostart": True}
         self.values = params.declare(self, self.defaults)
         self.monitor: BudgetMonitor | None = None
@@ -81,11 +85,29 @@ class MonitorNode(ManagedNode):
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # The monitor's state for standard tools; latched, so a late subscriber has it at once.
         self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, m.LATCHED)
-        self.step_sub = self.create_subscription(Float64MultiArray, m.STEP, self._on_step, **m.wired(m.RELIABLE))
-        self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE))
-        if self.values["use_critic"]:  # the forecast's inputs: two messages a step, read only for it
-            self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST))
-            self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
+        self.io = load_io(self.values["io"]) if self.values["io"] else None
+        self.action_map = None
+        self._io_episode, self._io_costs = 0, 0
+        if self.io is None:
+            self.step_sub = self.create_subscription(Float64MultiArray, m.STEP, self._on_step, **m.wired(m.RELIABLE))
+            self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE))
+            if self.values["use_critic"]:  # the forecast's inputs: two messages a step, read only for it
+                self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST))
+                self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
+        else:
+            subs = {}
+            wanted = {self.io.cost.topic, self.io.episode_topic}
+            if self.values["use_critic"]:
+                wanted |= set(self.io.observation.types)
+                self.create_subscription(m.message_class(self.io.action_type), self.io.action_topic,
+                                         self._on_command, **m.wired(m.LATEST))
+            for topic, type_name in self.io.topics().items():
+                if topic in wanted:
+                    qos = m.LATEST if topic in self.io.observation.types and topic != self.io.cost.topic else m.COSTS
+                    subs[topic] = self.create_subscription(m.message_class(type_name), topic,
+                                                           lambda msg, topic=topic: self._on_io(topic, msg),
+                                                           **m.wired(qos))
+            self.step_sub = subs[self.io.cost.topic]
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
         self.reset = ResetEndpoint(self, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -110,11 +132,14 @@ class MonitorNode(ManagedNode):
             cost_limit=limit, accounting=get("accounting"), window_steps=get("window_steps"), warn_at=get("warn_at"),
             error_at=get("error_at"), stop_at=get("stop_at"), stop_on=get("stop_on"),
             stop_latch=get("stop_latch"), hysteresis=get("hysteresis"),
-            clear_steps=get("clear_steps"), max_step_cost=float(bound) if bound else None))
+            clear_steps=get("clear_steps"), max_step_cost=float(bound) if bound else None,
+            steps_ahead=self.io.steps_ahead if self.io else 1))
         self.key = load_key(get("operator_key_file") or default_key_path())
         self.store = LatchStore(get("state_file") or default_state_file(self.get_namespace()))
         self.runtime, self.monitor = runtime, monitor
         self.use_critic = bool(get("use_critic")) and runtime is not None
+        if self.io is not None and runtime is not None:
+            self.action_map = self.io.bind(int(runtime.obs_dim), len(runtime.act_low))
         self.base_lambda = runtime.lagrange_multiplier if runtime else 1.0
         self.reset.set_key(self.key)
         if get("record") and self.recorder is None:
@@ -162,6 +187,43 @@ class MonitorNode(ManagedNode):
     def _on_action(self, msg: JointState) -> None:
         self._act = np.asarray(msg.effort, np.float32)
 
+    def _on_command(self, msg) -> None:
+        if self.action_map is not None:
+            try:
+                self._act = self.action_map.read(msg)
+            except (ValueError, AttributeError):
+                self._act = None
+
+    def _on_io(self, topic: str, msg) -> None:
+        """A message on the io file's cost, episode or (for the forecast) observation topics."""
+        if self.monitor is None:
+            return
+        io = self.io
+        if topic == io.episode_topic:  # a new episode: the one in progress (if it took steps) ends
+            self._record(topic, msg)
+            if self._robot[0] == self._io_episode and self._robot[1] > 0:
+                self._episode_end({"event": "end", "index": self._io_episode})
+            self._io_episode += 1
+            return
+        if topic in io.observation.types and self.use_critic:
+            io.observation.update(topic, msg)
+            try:
+                self._obs = io.observation.vector()
+            except (ValueError, AttributeError, IndexError):
+                self._obs = None
+        if topic == io.cost.topic:
+            self._record(topic, msg)
+            try:
+                cost = float(io.cost.read(msg)[0])
+            except (ValueError, AttributeError, IndexError):
+                cost = float("nan")  # unreadable: BudgetMonitor counts the worst case
+            self._io_costs += 1
+            episode, t = self._robot
+            self._robot = (self._io_episode, t + 1 if episode == self._io_episode else 1)
+            self.seen_stamp_ns = time.time_ns()  # no robot stamp on a cost: when it was read (controller_node)
+            for tr in self.monitor.update(cost, self._predicted()):
+                self._respond(tr)
+
     def _predicted(self) -> float:
         if not self.use_critic or self._obs is None or self._act is None:
             return 0.0
@@ -198,10 +260,12 @@ class MonitorNode(ManagedNode):
         self._record(m.EPISODE, msg)
         event = m.parse_episode(msg)
         if event.get("event") == "end":
-            self.episodes.append({**event, "level": self.monitor.level.name,
-                                  "monitor_accumulated": self.monitor.accumulated})
-            for t in self.monitor.end_episode():
-                self._respond(t)
+            self._episode_end(event)
+
+    def _episode_end(self, event: dict) -> None:
+        self.episodes.append({**event, "level": self.monitor.level.name, "monitor_accumulated": self.monitor.accumulated})
+        for t in self.monitor.end_episode():
+            self._respond(t)
 
     def _on_unauthenticated_reset(self, request, response):
         """The old, unauthenticated reset service: kept so that a caller learns why it fails."""

@@ -19,6 +19,15 @@ It keeps the robot's side of the budget contract (SAFETY.md):
 - while it waits for a command it re-sends the current observation every REPUBLISH_S, as a
   robot publishes its state continuously (a late controller still hears it).
 
+With `io` (an io file, adapters.py) it speaks standard messages instead, from the robot's
+side of that file: the observation on the file's topics (JointState joints listed in reverse,
+as a driver lists them in its own order), each step's cost on the cost topic before the
+state, an Empty on the episode topic as each episode starts, and the command read back
+through the action map. A standard command has no lease and no stop: the robot applies the
+newest one, and the e-stop and cmd_timeout_s still hold it. Without a lease nothing else
+can hold it, so it also holds until the monitor's e-stop has said "clear" once (a robot
+that starts before its monitor must not move on the controller's first commands).
+
 Service `reset_episode` (std_srvs/Trigger) ends the episode in progress (an "end" event with
 "reason": "reset") and starts the next one; on an episode with no step taken yet it changes
 nothing. Its reply message is JSON {"index", "stamp", "observation"}: RosEnv.reset().
@@ -37,6 +46,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from algd_runtime.adapters import load_io
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
 from algd_runtime.ros_nodes.entry import run_node
@@ -57,6 +67,7 @@ class SimNode(Node):
             "lockstep": False, "lockstep_timeout_s": 1.0,
             "cmd_timeout_s": 0.5,  # no command for this long: hold still
             "summary_file": "",  # JSON stats written at exit (algd-bench loop)
+            "io": "",  # an io file: speak standard messages (see the module's docstring)
             **SHIFT}).__getitem__
         shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
         self.seed = get("seed")
@@ -75,16 +86,22 @@ class SimNode(Node):
         self._cmd = None  # (episode, t answered, lease, stop reason) of the newest action
         self._cmd_at: float | None = None
         self.estop = False
+        self.estop_heard = False
         self.holding: str | None = None
         self.holds: list[tuple[float, str]] = []  # (monotonic time, reason) each time a hold began
         self.lease_waits = 0
         self.steps = 0
         self.latencies: list[float] = []  # observation published -> its action received (s)
         self.observations = 0  # distinct observations published (re-sends not counted)
-        self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, **m.wired(m.LATEST))
+        self.first_observations: list[list[float]] = []
+        self.io = load_io(get("io")) if get("io") else None
         self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE))
         self.ep_pub = self.create_publisher(String, m.EPISODE, **m.wired(m.RELIABLE))
-        self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
+        if self.io is None:
+            self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, **m.wired(m.LATEST))
+            self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
+        else:
+            self._wire_io()
         self.create_service(Trigger, "reset_episode", self._on_reset_episode)
         self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
         period = 1.0 / (get("rate_hz") * get("real_time_factor"))
@@ -92,9 +109,21 @@ class SimNode(Node):
         self._start_episode()
         self.timer = self.create_timer(period, self._step)
 
+    def _wire_io(self) -> None:
+        io = self.io
+        self.action_map = io.bind(self.spec.obs_dim, self.spec.act_dim)
+        self.io_pubs = {topic: self.create_publisher(m.message_class(kind), topic,
+                                                     **m.wired(m.RELIABLE if topic == io.cost.topic else m.COMMANDS))
+                        for topic, kind in io.topics().items()}
+        self.create_subscription(m.message_class(io.action_type), io.action_topic, self._on_command,
+                                 **m.wired(m.LATEST))
+        self._io_resend: list = []  # (publisher, message) of the current state, cost excluded
+
     def _start_episode(self) -> None:
         self.obs, _ = self.env.reset(seed=self.seed + self.episode)
         self.ep_return, self.ep_costs = 0.0, []
+        if self.io is not None and self.io.episode_topic:
+            self.io_pubs[self.io.episode_topic].publish(m.message_class("std_msgs/Empty")())
         self._publish_obs(start=True)
 
     @property
@@ -111,7 +140,7 @@ class SimNode(Node):
         self.episode += 1
 
     def _on_estop(self, msg: Bool) -> None:
-        self.estop = bool(msg.data)
+        self.estop, self.estop_heard = bool(msg.data), True
         if self.estop:
             self._step()  # hold now, not a period later
 
@@ -135,11 +164,40 @@ class SimNode(Node):
         if start:  # the episode's first observation travels with its start event (for logs)
             self.ep_pub.publish(m.episode_msg("start", self.episode, stamp=m.stamp_pair(self._stamp),
                                               observation=[float(x) for x in self.obs]))
+        if len(self.first_observations) < 200:  # the summary's record of what was published (tests)
+            self.first_observations.append([float(x) for x in self.obs])
+        self._sent_at = time.monotonic()
+        self.observations += 1
+        if self.io is not None:
+            self._publish_io(self.ep_costs[-1] if self.ep_costs else None)
+            return
         self._obs_msg = m.observation_msg(self.obs, self._stamp, self.episode, t,
                                           self.ep_costs[-1] if self.ep_costs else 0.0)
-        self._sent_at = time.monotonic()
         self.obs_pub.publish(self._obs_msg)
-        self.observations += 1
+
+    def _publish_io(self, cost: float | None) -> None:
+        """The state as the io file's messages: the cost first, the trigger topic last."""
+        io = self.io
+        msgs = io.observation.write(self.obs, lambda kind: m.message_class(kind)())
+        if io.cost.topic in msgs:  # the cost rides on a state message (0 at an episode's start)
+            io.cost.write(msgs[io.cost.topic], [cost or 0.0])
+        elif cost is not None:
+            cost_msg = m.message_class(io.cost.type)()
+            io.cost.write(cost_msg, [cost])
+            self.io_pubs[io.cost.topic].publish(cost_msg)
+        for msg in msgs.values():
+            if hasattr(msg, "header"):
+                msg.header.stamp = self._stamp
+            if hasattr(msg, "name") and hasattr(msg, "position"):  # a driver's own joint order
+                n = len(msg.name)
+                msg.name = list(reversed(msg.name))
+                for arr in ("position", "velocity", "effort"):
+                    if len(getattr(msg, arr)) == n:
+                        setattr(msg, arr, list(reversed(getattr(msg, arr))))
+        order = sorted(msgs, key=lambda topic: topic == io.trigger)
+        self._io_resend = [(self.io_pubs[t], msgs[t]) for t in order if t != io.cost.topic]
+        for topic in order:
+            self.io_pubs[topic].publish(msgs[topic])
 
     def _republish(self, now: float) -> None:
         """A robot publishes its state continuously: a controller that started late or lost
@@ -147,7 +205,10 @@ class SimNode(Node):
         nothing is counted twice)."""
         if now - self._sent_at >= REPUBLISH_S:
             self._sent_at = now
-            self.obs_pub.publish(self._obs_msg)
+            if self.io is None:
+                self.obs_pub.publish(self._obs_msg)
+            for pub, msg in self._io_resend if self.io is not None else ():
+                pub.publish(msg)
 
     def _on_action(self, msg: JointState) -> None:
         if len(msg.effort) != self.spec.act_dim:
@@ -163,9 +224,22 @@ class SimNode(Node):
         if stop and self.holding is None:
             self._step()  # hold now, not a period later
 
+    def _on_command(self, msg) -> None:
+        """A standard command (io file): no lease, no stop; the newest one is applied."""
+        try:
+            action = self.action_map.read(msg)
+        except (ValueError, AttributeError):
+            return
+        self._cmd, self._cmd_at, self.action = ("io", None, None), time.monotonic(), action
+        if self._stamp is not None and not self._answered:
+            self._answered = True
+            self.latencies.append(time.monotonic() - self._published_at)
+
     def _hold_reason(self, now: float) -> str | None:
         if self.estop:
             return "estop"
+        if self.io is not None and not self.estop_heard:
+            return "estop_unknown"
         if self._cmd is None:
             return "no_command"
         if now - self._cmd_at > self.cmd_timeout:
@@ -191,7 +265,8 @@ class SimNode(Node):
             return
         self.holding = None
         answers, lease, _ = self._cmd
-        if answers is None or answers[0] != self.episode or len(self.ep_costs) - answers[1] >= lease:
+        if self.io is None and (answers is None or answers[0] != self.episode
+                                or len(self.ep_costs) - answers[1] >= lease):
             self.lease_waits += 1
             self._republish(now)
             return  # no action valid for this step: wait for a newer one
@@ -204,7 +279,13 @@ class SimNode(Node):
         self.ep_return += r
         self.ep_costs.append(c)
         stamp = self.get_clock().now().to_msg()
-        self.step_pub.publish(m.step_msg(r, c, term, trunc, self.episode, len(self.ep_costs), stamp, action, self.obs))
+        if self.io is None:
+            self.step_pub.publish(m.step_msg(r, c, term, trunc, self.episode, len(self.ep_costs), stamp, action,
+                                             self.obs))
+        elif (term or trunc) and self.io.cost.topic not in self.io.observation.types:
+            cost_msg = m.message_class(self.io.cost.type)()  # the last step's cost, before the episode ends
+            self.io.cost.write(cost_msg, [c])
+            self.io_pubs[self.io.cost.topic].publish(cost_msg)
         if term or trunc:
             self._end_episode("terminated" if term else "truncated")
             if self.max_episodes and self.episode >= self.max_episodes:
@@ -222,7 +303,7 @@ class SimNode(Node):
         m.write_summary(self.get_parameter("summary_file").value, {
             "steps": self.steps, "episodes": self.episode, "returns": self.returns, "costs": self.costs,
             "holds": self.holds, "lease_waits": self.lease_waits, "ended_by": self.ended_by,
-            "cmd_timeout_s": self.cmd_timeout,
+            "cmd_timeout_s": self.cmd_timeout, "first_observations": self.first_observations,
             "observations": self.observations, "answered": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
 
