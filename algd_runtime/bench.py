@@ -254,12 +254,15 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
 
 # -- algd-bench loop ----------------------------------------------------------------------------
 def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu", with_monitor: bool = True,
-               load: int = 0) -> list[dict]:
+               load: int = 0, realtime: int = 0, guidance: float = 0.0) -> list[dict]:
     """The sim robot, the controller and (with_monitor, the default: the whole graph) the
     monitor as separate processes over DDS on loopback, at each rate; `load` CPU-bound
-    processes run beside them. Without the monitor the controller runs with its interlock off,
+    processes run beside them; `realtime` > 0 runs the sim and the controller SCHED_FIFO at
+    that priority and the monitor 10 below (SCHED_FIFO too: still ahead of the load). Without the monitor the controller runs with its interlock off,
     so that the numbers are the loop's own; its budget account still stops spent episodes.
-    Answered: the share of the robot's observations that got their own action."""
+    Answered: the share of the robot's observations whose own action arrived within one
+    period of the observation's publication; "before step": before the robot's next step,
+    which the robot's own timer jitter also decides (a late tick is followed by an early one)."""
     import json
     import os
     import subprocess
@@ -275,8 +278,11 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     graph = "sim, controller and monitor" if with_monitor else "sim and controller (no monitor)"
     print(f"bundle: {bundle}; {graph} as processes, DDS over loopback "
           f"(ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']}), "
-          f"{load} CPU-bound process(es) beside, {seconds:g} s per rate")
-    header = (f"{'rate Hz':>7} {'steps/s':>9} {'answered %':>10} {'stops':>6} {'fallback %':>10} {'overruns':>8} "
+          f"{load} CPU-bound process(es) beside, {seconds:g} s per rate, "
+          + (f"nodes SCHED_FIFO {realtime}" if realtime else "default scheduler")
+          + (f", guided (guidance_scale {guidance:g})" if guidance else ", unguided"))
+    header = (f"{'rate Hz':>7} {'steps/s':>9} {'answered %':>10} {'before step %':>13} {'stops':>6} {'fallback %':>10} "
+              f"{'overruns':>8} "
               f"{'ctl p50 ms':>10} {'ctl p99 ms':>10} {'o->a p50 ms':>11} {'o->a p99 ms':>11} {'o->a max ms':>11}")
     _print_header(header)
     rows = []
@@ -290,15 +296,18 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
                                            require_monitor=str(with_monitor).lower(), operator_key_file=key,
                                            stop_latch="episode",  # a spent budget ends the episode, not the run
-                                           summary_file=files["controller"]),
+                                           summary_file=files["controller"], realtime_priority=realtime,
+                                           guidance_scale=float(guidance)),
                 "sim": node_command("sim", "algd_bench", default_params(), None, rate_hz=float(rate),
-                                    summary_file=files["sim"]),
+                                    summary_file=files["sim"], realtime_priority=realtime),
             }
             if with_monitor:
                 procs["monitor"] = node_command("monitor", "algd_bench", default_params(), bundle,
                                                 operator_key_file=key, stop_latch="episode", use_critic="false",
                                                 state_file=os.path.join(tmp, "monitor_state.json"),
-                                                summary_file=files["monitor"])
+                                                summary_file=files["monitor"],
+                                                # below the loop's two: its deadline is 250 ms, theirs a period
+                                                realtime_priority=max(1, realtime - 10) if realtime else 0)
             burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
             try:
                 running = {n: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -318,14 +327,16 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
         fallbacks = ctl["fallbacks"] - ctl.get("fallback_no_observation", 0) - stops
         counted = ticks - ctl.get("fallback_no_observation", 0) - stops
         row = {"rate_hz": rate, "achieved_hz": sim["steps"] / seconds, "ticks": ticks, "stops": stops,
-               "answered_pct": 100.0 * sim["answered"] / max(sim["observations"], 1),
+               "answered_pct": 100.0 * sim["answered_in_period"] / max(sim["observations"], 1),
+               "before_step_pct": 100.0 * sim["answered"] / max(sim["observations"], 1),
                "fallback_pct": 100.0 * fallbacks / max(counted, 1), "overruns": ctl["overruns"],
                "ctl_p50_ms": ctl["latency_p50_ms"], "ctl_p99_ms": ctl["latency_p99_ms"],
                "oa_p50_ms": sim["latency_p50_ms"], "oa_p99_ms": sim["latency_p99_ms"], "oa_max_ms": sim["latency_max_ms"],
-               "with_monitor": with_monitor, "load": load,
+               "with_monitor": with_monitor, "load": load, "realtime": realtime, "guidance": guidance,
                "fallbacks_by_reason": {k: v for k, v in ctl.items() if k.startswith("fallback_")}}
         rows.append(row)
-        print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {row['answered_pct']:>10.2f} {stops:>6} "
+        print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {row['answered_pct']:>10.2f} {row['before_step_pct']:>13.2f} "
+              f"{stops:>6} "
               f"{row['fallback_pct']:>10.3f} {row['overruns']:>8} "
               f"{row['ctl_p50_ms']:>10.3f} {row['ctl_p99_ms']:>10.3f} {row['oa_p50_ms']:>11.3f} "
               f"{row['oa_p99_ms']:>11.3f} {row['oa_max_ms']:>11.3f}", flush=True)

@@ -226,6 +226,10 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     lp.add_argument("--no-monitor", dest="monitor", action="store_false",
                     help="sim and controller only (the controller's interlock off)")
     lp.add_argument("--load", type=int, default=0, help="CPU-bound processes to run beside the graph")
+    lp.add_argument("--realtime", type=int, default=0, metavar="PRIORITY",
+                    help="run the nodes SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE): realtime_priority")
+    lp.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                    help="guided reverse diffusion: the controller's guidance_scale (0: unguided)")
     sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
     sf.add_argument("bundle", type=Path)
     sf.add_argument("--fault", action="append",
@@ -247,8 +251,10 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"{args.bundle}: no manifest.yaml (run algd-export first)")
         if args.load < 0:
             return _fail(f"--load: expected a count >= 0, got {args.load}")
+        if not 0 <= args.realtime <= 99:
+            return _fail(f"--realtime: expected a priority in 1..99 (0: off), got {args.realtime}")
         bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider, args.monitor,
-                   args.load)
+                   args.load, args.realtime, args.guidance)
         return 0
 
     import torch

@@ -23,7 +23,7 @@ period is an overrun.
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +34,7 @@ from algd_runtime.safety import SafetyGate, parse_safe_action
 
 # Parameters that change safety and therefore only at start-up.
 READ_ONLY = ("safe_action",)
+LATENCY_WINDOW = 10_000
 # What the monitor's level may ask of the controller (its heartbeat's "response").
 RESPONSE = ("mode", "best_of_n", "lagrange_multiplier", "guidance_scale", "remaining_budget")
 
@@ -116,7 +117,10 @@ class ControllerCore:
         self._answered = False
         self.fallbacks: Counter = Counter()  # non-policy decisions by reason (stops by their kind)
         self.ticks = self.overruns = 0
-        self.latencies: deque = deque(maxlen=10_000)
+        # The newest LATENCY_WINDOW latencies (s) in a ring, so that a periodic report reads
+        # only what is new: percentiles over 10 000 values took 0.44 ms, a lost step at 1 kHz.
+        self._latency = np.full(LATENCY_WINDOW, math.nan)
+        self.latency_count = 0
         self.last: Decision | None = None
         self._response: dict = {}
         self._effective = self.params
@@ -213,12 +217,23 @@ class ControllerCore:
         seconds) would say nothing about the controller's speed."""
         if decision.source == "policy" and decision.stamp is not None and self._received is not None:
             decision.latency_s = published_at - self._received
-            self.latencies.append(decision.latency_s)
+            self._latency[self.latency_count % LATENCY_WINDOW] = decision.latency_s
+            self.latency_count += 1
         if work_s > 1.0 / self.params.control_rate_hz:
             self.overruns += 1
 
-    def stats(self) -> dict[str, float]:
-        lat = np.asarray(self.latencies) * 1e3 if self.latencies else np.array([math.nan])
+    def latencies(self, since: int = 0) -> np.ndarray:
+        """The latencies (s) recorded after the first `since` ones (at most the window)."""
+        n = min(self.latency_count - since, LATENCY_WINDOW)
+        if n <= 0:
+            return np.empty(0)
+        end = self.latency_count % LATENCY_WINDOW
+        return self._latency[end - n:end] if n <= end else np.concatenate([self._latency[end - n:], self._latency[:end]])
+
+    def stats(self, since: int = 0) -> dict[str, float]:
+        """Counters, and latency percentiles over the latencies after the first `since`."""
+        recent = self.latencies(since)
+        lat = recent * 1e3 if recent.size else np.array([math.nan])
         return {"ticks": self.ticks, "fallbacks": sum(self.fallbacks.values()), "overruns": self.overruns,
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
                 "missed_steps": self.gate.account.missed,

@@ -44,7 +44,8 @@ def test_colcon_builds_the_package_into_an_ament_install_space(tmp_path, symlink
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     prefix = ws / "install" / "algd_runtime"
     for path in ("share/algd_runtime/package.xml", "share/algd_runtime/launch/controller.launch.py",
-                 "share/algd_runtime/launch/controller.yaml", "share/ament_index/resource_index/packages/algd_runtime"):
+                 "share/algd_runtime/launch/controller.yaml", "share/algd_runtime/config/io/standard.yaml",
+                 "share/ament_index/resource_index/packages/algd_runtime"):
         assert (prefix / path).is_file(), path
     assert os.access(prefix / "lib" / "algd_runtime" / "algd-controller", os.X_OK)
     # In the sourced workspace, Python finds the package there (built or, with

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from algd_runtime.control import ControllerCore, ControllerParams, check_param
+from algd_runtime.control import LATENCY_WINDOW, ControllerCore, ControllerParams, check_param
 from algd_runtime.runtime import PolicyRuntime
 from algd_runtime.safety import BudgetAccount, HeartbeatWatch, SafetyGate, sign_heartbeat
 
@@ -199,6 +199,14 @@ def test_only_policy_answers_count_towards_latency(core):
     core.on_observation(OBS, 2, received_at=6.0, meta=(0, 1, 0.0))
     core.handed_over(core.tick(6.0), 6.001, work_s=0.0)
     assert core.stats()["latency_p99_ms"] == pytest.approx(1.0)
+    # A periodic report reads only what is new; the window keeps the newest 10 000.
+    seen = core.latency_count
+    assert math.isnan(core.stats(since=seen)["latency_p50_ms"])
+    for i in range(LATENCY_WINDOW + 5):
+        core.on_observation(OBS, 3 + i, received_at=7.0 + i, meta=(0, 2 + i, 0.0))
+        core.handed_over(core.tick(7.0 + i), 7.0 + i + (0.002 if i >= LATENCY_WINDOW else 0.0005), work_s=0.0)
+    assert core.stats(since=core.latency_count - 5)["latency_p50_ms"] == pytest.approx(2.0)
+    assert core.latencies().size == LATENCY_WINDOW and core.stats()["latency_p50_ms"] == pytest.approx(0.5)
 
 
 def test_the_monitors_response_applies_while_it_asks_and_bad_values_are_ignored(vesde_bundle):

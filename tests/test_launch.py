@@ -67,7 +67,7 @@ def test_launch_file_nodes_and_parameters_match_the_yaml(monkeypatch, tmp_path):
     assert nodes["sim"]["condition"] == ("if", ("arg", "with_sim"))
     # Every controller key in the YAML is a parameter the node declares.
     declared = set(vars(ControllerParams())) | set(SAFETY_DEFAULTS) | {"provider", "diagnostics_period_s", "bundle",
-                                                                        "record", "autostart", "io"}
+                                                                        "record", "autostart", "io", "realtime_priority"}
     assert set(params["/**/controller"]["ros__parameters"]) <= declared
 
 
@@ -105,7 +105,7 @@ def test_algd_launch_runs_the_graph_and_prints_a_summary(vesde_bundle, tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "controller: not configured at exit" in text and "monitor: not configured at exit" in text
-    assert "over 0 answered observations" in text and "moving:" not in text  # nothing answered the robot
+    assert "over 0 answers (0 of" in text and "moving:" not in text  # nothing answered the robot
 
 
 def test_algd_launch_refuses_a_folder_without_a_bundle(tmp_path):

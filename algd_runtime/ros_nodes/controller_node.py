@@ -38,7 +38,7 @@ from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, HeartbeatWatch, 
 # within monitor_max_lag_s. The tolerance absorbs the two deliveries' jitter.
 IO_CLOCK_TOLERANCE_NS = 20_000_000
 
-READ_ONLY = ("bundle", "io", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+READ_ONLY = ("bundle", "io", "realtime_priority", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
@@ -59,7 +59,7 @@ class ControllerNode(ManagedNode):
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
         self.defaults = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
-                         "record": "", "fallback": "", "autostart": True, **SAFETY_DEFAULTS,
+                         "record": "", "fallback": "", "autostart": True, "realtime_priority": 0, **SAFETY_DEFAULTS,
                          **vars(ControllerParams())}
         self.values = params.declare(self, self.defaults)
         self.core: ControllerCore | None = None
@@ -68,18 +68,25 @@ class ControllerNode(ManagedNode):
         self.timer = None  # the control-rate timer, while active
         self._latch = None  # the gate's latch, kept across configurations
         self._stop_reason: str | None = None
+        self._graph_checks = 0
+        self._latencies0 = 0  # latencies reported by the last diagnostics
         self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
         # The topics live as long as the node; what flows on them depends on the state.
-        self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat, m.RELIABLE)
+        self.qos = m.QosCheck(self)
+        self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat,
+                                                   **m.endpoint(m.RELIABLE, False))
         self.io = load_io(self.values["io"]) if self.values["io"] else None
         self.io_errors: dict[str, int] = {}
         self.first_observations: list[list[float]] = []  # with an io file: what the mapping made (tests)
         if self.io is None:  # our own contract: observation / action with (episode, t, cost) and leases
-            self.pub = self.create_lifecycle_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS))
-            self.create_subscription(JointState, m.OBSERVATION, self._on_observation, **m.wired(m.OBSERVATIONS))
+            self.pub = self.qos.watch(self.create_lifecycle_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS, True)),
+                                      True)
+            self.qos.watch(self.create_subscription(JointState, m.OBSERVATION, self._on_observation,
+                                                    **m.wired(m.OBSERVATIONS, False)), False)
         else:  # standard messages as the io file says; the budget from its cost topic
             self.command_cls = m.message_class(self.io.action_type)
-            self.pub = self.create_lifecycle_publisher(self.command_cls, self.io.action_topic, **m.wired(m.COMMANDS))
+            self.pub = self.qos.watch(self.create_lifecycle_publisher(self.command_cls, self.io.action_topic,
+                                                                      **m.wired(m.COMMANDS, True)), True)
             # Cost and episode first and the trigger last: when several are waiting, the
             # executor takes them in this order, so a step's cost and the other sources'
             # newest messages are in before the trigger's message is answered.
@@ -87,9 +94,10 @@ class ControllerNode(ManagedNode):
             for topic in sorted(topics, key=lambda t: t == self.io.trigger):
                 qos = m.OBSERVATIONS if topic in self.io.observation.types else m.COSTS
                 type_name = topics[topic]
-                self.create_subscription(m.message_class(type_name), topic,
-                                         lambda msg, topic=topic: self._on_io(topic, msg), **m.wired(qos))
-        self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+                self.qos.watch(self.create_subscription(m.message_class(type_name), topic,
+                                                        lambda msg, topic=topic: self._on_io(topic, msg),
+                                                        **m.wired(qos, False)), False)
+        self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", **m.endpoint(m.DIAGNOSTICS, True))
         self.reset = ResetEndpoint(self, self._operator_reset)
         # After the QoS overrides are declared (they are read-only parameters, not ours).
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -267,6 +275,8 @@ class ControllerNode(ManagedNode):
         if self.recorder:
             self.recorder.write(self.io.action_topic if self.io else m.ACTION, msg, time.time_ns())
         self.core.handed_over(decision, done, done - start)
+        if self.timer is not None and not self.timer.is_canceled():
+            self.timer.reset()  # the deadline restarts: the timer fires only after a silent period
         if decision.stop != self._stop_reason and (decision.stop or decision.source == "policy"):
             self._stop_reason = decision.stop
             log = self.get_logger()
@@ -287,6 +297,9 @@ class ControllerNode(ManagedNode):
     def _check_graph(self) -> None:
         """A second publisher on `action` (another controller, a learner) commands the same
         robot: nobody could say which command it follows."""
+        self._graph_checks += 1
+        if self._graph_checks % 10 == 1:  # once a second
+            self.qos.check()
         n = self.count_publishers(self.pub.topic_name)
         if n > 1 and self._latch is not None and self._latch.trip("duplicate_controller", f"{n} publishers on {self.pub.topic_name}"):
             self.get_logger().error(f"another node publishes on {self.pub.topic_name}: latched STOP")
@@ -335,7 +348,8 @@ class ControllerNode(ManagedNode):
             state = "inactive: accounting, not acting" if core is not None else "unconfigured"
             self.diag.publish(m.diagnostics(self, "controller", DiagnosticStatus.WARN, state, {"state": state}))
             return
-        stats = core.stats()
+        stats = core.stats(since=self._latencies0)  # this period's latencies only
+        self._latencies0 = core.latency_count
         rate = (stats["ticks"] - self._ticks0) / max(now - self._t0, 1e-9)
         errors = core.fallbacks.get("engine_error", 0) + core.fallbacks.get("nan", 0)
         self._t0, self._ticks0 = now, stats["ticks"]

@@ -29,7 +29,9 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSCompatibility, QoSPolicyKind, QoSProfile, ReliabilityPolicy,
+                       qos_check_compatible)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import JointState
@@ -55,6 +57,8 @@ OBSERVATIONS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=
 # An io file's cost and episode topics, read: best effort matches any publisher, and a lost
 # cost message is charged as the worst case (safety.StepTally), so losing one is safe.
 COSTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+# /diagnostics: rclpy's default (reliable, keep-last 10), as diagnostic aggregators expect.
+DIAGNOSTICS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Every step's cost and every episode event count for the budget.
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # A late joiner still sees the e-stop.
@@ -69,10 +73,62 @@ OVERRIDABLE = QoSOverridingOptions(
     policy_kinds=(QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY))
 
 
-def wired(profile: QoSProfile) -> dict:
-    """create_publisher / create_subscription keywords for a wired topic. A copy of the
-    profile: rclpy writes the overrides into the profile object it is given."""
-    return {"qos_profile": copy.copy(profile), "qos_overriding_options": OVERRIDABLE}
+# rclpy gives every publisher and subscription default QoS event handlers: waitables that
+# its executor builds into the wait set at every wake-up, 12-18 per node here, ~40 us per
+# wake-up (BENCHMARKS.md, "The whole graph"), twice a step at 1 kHz. The nodes create their
+# endpoints without them, and QosCheck reads the graph once a second instead.
+NO_PUB_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
+NO_SUB_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
+
+
+def endpoint(profile: QoSProfile, publisher: bool) -> dict:
+    """create_publisher / create_subscription keywords for a fixed-QoS topic."""
+    return {"qos_profile": profile, "event_callbacks": NO_PUB_EVENTS if publisher else NO_SUB_EVENTS}
+
+
+def wired(profile: QoSProfile, publisher: bool) -> dict:
+    """create_publisher / create_subscription keywords for a wired topic: QoS overrides from
+    the YAML. A copy of the profile: rclpy writes the overrides into the object it is given."""
+    return {**endpoint(copy.copy(profile), publisher), "qos_overriding_options": OVERRIDABLE}
+
+
+def _matching_policies(qos) -> QoSProfile:
+    """The policies that decide whether two endpoints match and that the nodes set
+    (reliability, durability); the graph reports deadlines and leases in a form that
+    qos_check_compatible misreads as set."""
+    return QoSProfile(depth=1, reliability=qos.reliability, durability=qos.durability)
+
+
+class QosCheck:
+    """What rclpy's QoS event handlers would say, from the graph: each peer whose QoS cannot
+    match one of ours (a reliable subscriber on a best-effort publisher, ...) is logged once,
+    and kept in `incompatible`."""
+
+    def __init__(self, node) -> None:
+        self.node, self.endpoints, self.incompatible = node, [], []
+        self._seen: set = set()
+
+    def watch(self, entity, publisher: bool):
+        self.endpoints.append((entity, publisher))
+        return entity
+
+    def check(self) -> None:
+        for entity, publisher in self.endpoints:
+            topic = entity.topic_name
+            peers = (self.node.get_subscriptions_info_by_topic(topic) if publisher
+                     else self.node.get_publishers_info_by_topic(topic))
+            ours = _matching_policies(entity.qos_profile)
+            for peer in peers:
+                theirs = _matching_policies(peer.qos_profile)
+                verdict, reason = qos_check_compatible(*((ours, theirs) if publisher else (theirs, ours)))
+                key = (topic, bytes(peer.endpoint_gid))
+                if verdict == QoSCompatibility.ERROR and key not in self._seen:
+                    self._seen.add(key)
+                    who = f"{peer.node_namespace.rstrip('/')}/{peer.node_name}"
+                    line = (f"{topic}: {'subscription' if publisher else 'publisher'} of {who} has incompatible QoS, "
+                            f"no messages will pass ({reason.strip()}); set qos_overrides (README, QoS)")
+                    self.incompatible.append(line)
+                    self.node.get_logger().warning(line)
 
 
 def observation_msg(obs: np.ndarray, stamp, episode: int = 0, t: int = 0, cost: float = 0.0) -> JointState:

@@ -68,7 +68,8 @@ class MonitorNode(ManagedNode):
                          "stop_latch": "operator", "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0,
                          "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
                          "use_critic": True, "io": "", "record": "", "summary_file": "", "operator_key_file": "",
-                         "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0, "autostart": True}
+                         "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0, "autostart": True,
+                         "realtime_priority": 0}
         self.values = params.declare(self, self.defaults)
         self.monitor: BudgetMonitor | None = None
         self.runtime = self.recorder = None
@@ -80,33 +81,36 @@ class MonitorNode(ManagedNode):
         self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
         self.sees_robot = False
         self._active_timers: list = []  # heartbeat and e-stop re-assertion, while active
-        self.estop_pub = self.create_lifecycle_publisher(Bool, m.ESTOP, m.LATCHED)
-        self.heartbeat_pub = self.create_lifecycle_publisher(String, m.HEARTBEAT, m.RELIABLE)
-        self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.qos, self._graph_checks = m.QosCheck(self), 0
+        self.estop_pub = self.create_lifecycle_publisher(Bool, m.ESTOP, **m.endpoint(m.LATCHED, True))
+        self.heartbeat_pub = self.create_lifecycle_publisher(String, m.HEARTBEAT, **m.endpoint(m.RELIABLE, True))
+        self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", **m.endpoint(m.DIAGNOSTICS, True))
         # The monitor's state for standard tools; latched, so a late subscriber has it at once.
-        self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, m.LATCHED)
+        self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, **m.endpoint(m.LATCHED, True))
         self.io = load_io(self.values["io"]) if self.values["io"] else None
         self.action_map = None
         self._io_episode, self._io_costs = 0, 0
         if self.io is None:
-            self.step_sub = self.create_subscription(Float64MultiArray, m.STEP, self._on_step, **m.wired(m.RELIABLE))
-            self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE))
+            self.step_sub = self.qos.watch(self.create_subscription(Float64MultiArray, m.STEP, self._on_step,
+                                                                    **m.wired(m.RELIABLE, False)), False)
+            self.qos.watch(self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE, False)),
+                           False)
             if self.values["use_critic"]:  # the forecast's inputs: two messages a step, read only for it
-                self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST))
-                self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
+                self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST, False))
+                self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False))
         else:
             subs = {}
             wanted = {self.io.cost.topic, self.io.episode_topic}
             if self.values["use_critic"]:
                 wanted |= set(self.io.observation.types)
-                self.create_subscription(m.message_class(self.io.action_type), self.io.action_topic,
-                                         self._on_command, **m.wired(m.LATEST))
+                self.qos.watch(self.create_subscription(m.message_class(self.io.action_type), self.io.action_topic,
+                                                        self._on_command, **m.wired(m.LATEST, False)), False)
             for topic, type_name in self.io.topics().items():
                 if topic in wanted:
                     qos = m.LATEST if topic in self.io.observation.types and topic != self.io.cost.topic else m.COSTS
-                    subs[topic] = self.create_subscription(m.message_class(type_name), topic,
-                                                           lambda msg, topic=topic: self._on_io(topic, msg),
-                                                           **m.wired(qos))
+                    subs[topic] = self.qos.watch(self.create_subscription(
+                        m.message_class(type_name), topic, lambda msg, topic=topic: self._on_io(topic, msg),
+                        **m.wired(qos, False)), False)
             self.step_sub = subs[self.io.cost.topic]
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
         self.reset = ResetEndpoint(self, self._operator_reset)
@@ -299,6 +303,9 @@ class MonitorNode(ManagedNode):
         """Whether discovery shows the robot's step publisher: until it does, steps the robot
         took would not reach this monitor, and the controller must not move."""
         self.sees_robot = self.count_publishers(self.step_sub.topic_name) > 0
+        self._graph_checks += 1
+        if self._graph_checks % 10 == 1:  # once a second
+            self.qos.check()
 
     def _reassert(self) -> None:
         """The e-stop's state, true or false, every period (and at start): a robot that missed

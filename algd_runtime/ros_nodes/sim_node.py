@@ -67,6 +67,7 @@ class SimNode(Node):
             "lockstep": False, "lockstep_timeout_s": 1.0,
             "cmd_timeout_s": 0.5,  # no command for this long: hold still
             "summary_file": "",  # JSON stats written at exit (algd-bench loop)
+            "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros_nodes/realtime.py)
             "io": "",  # an io file: speak standard messages (see the module's docstring)
             **SHIFT}).__getitem__
         shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
@@ -87,24 +88,33 @@ class SimNode(Node):
         self._cmd_at: float | None = None
         self.estop = False
         self.estop_heard = False
+        self._reading = False  # inside _read_command
         self.holding: str | None = None
         self.holds: list[tuple[float, str]] = []  # (monotonic time, reason) each time a hold began
         self.lease_waits = 0
         self.steps = 0
-        self.latencies: list[float] = []  # observation published -> its action received (s)
+        self.latencies: list[float] = []  # observation published -> its action received (s), late ones too
+        self.answered = 0  # observations whose action arrived before the next step
+        self.answered_in_period = 0  # ... within one period of being published, whenever the next step came
+        self._waiting: OrderedDict = OrderedDict()  # stamp ns -> publish time of observations not answered yet
         self.observations = 0  # distinct observations published (re-sends not counted)
         self.first_observations: list[list[float]] = []
+        self.qos = m.QosCheck(self)
+        self.create_timer(1.0, self.qos.check)
         self.io = load_io(get("io")) if get("io") else None
-        self.step_pub = self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE))
-        self.ep_pub = self.create_publisher(String, m.EPISODE, **m.wired(m.RELIABLE))
+        self.step_pub = self.qos.watch(self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE, True)),
+                                       True)
+        self.ep_pub = self.qos.watch(self.create_publisher(String, m.EPISODE, **m.wired(m.RELIABLE, True)), True)
         if self.io is None:
-            self.obs_pub = self.create_publisher(JointState, m.OBSERVATION, **m.wired(m.LATEST))
-            self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST))
+            self.obs_pub = self.qos.watch(self.create_publisher(JointState, m.OBSERVATION, **m.wired(m.LATEST, True)),
+                                         True)
+            self.command_sub = self.qos.watch(self.create_subscription(JointState, m.ACTION, self._on_action,
+                                                                       **m.wired(m.LATEST, False)), False)
         else:
             self._wire_io()
         self.create_service(Trigger, "reset_episode", self._on_reset_episode)
-        self.create_subscription(Bool, m.ESTOP, self._on_estop, m.LATCHED)
-        period = 1.0 / (get("rate_hz") * get("real_time_factor"))
+        self.create_subscription(Bool, m.ESTOP, self._on_estop, **m.endpoint(m.LATCHED, False))
+        period = self.period = 1.0 / (get("rate_hz") * get("real_time_factor"))
         self.paused = False
         self._start_episode()
         self.timer = self.create_timer(period, self._step)
@@ -112,11 +122,11 @@ class SimNode(Node):
     def _wire_io(self) -> None:
         io = self.io
         self.action_map = io.bind(self.spec.obs_dim, self.spec.act_dim)
-        self.io_pubs = {topic: self.create_publisher(m.message_class(kind), topic,
-                                                     **m.wired(m.RELIABLE if topic == io.cost.topic else m.COMMANDS))
+        self.io_pubs = {topic: self.qos.watch(self.create_publisher(
+            m.message_class(kind), topic, **m.wired(m.RELIABLE if topic == io.cost.topic else m.COMMANDS, True)), True)
                         for topic, kind in io.topics().items()}
-        self.create_subscription(m.message_class(io.action_type), io.action_topic, self._on_command,
-                                 **m.wired(m.LATEST))
+        self.command_sub = self.qos.watch(self.create_subscription(
+            m.message_class(io.action_type), io.action_topic, self._on_command, **m.wired(m.LATEST, False)), False)
         self._io_resend: list = []  # (publisher, message) of the current state, cost excluded
 
     def _start_episode(self) -> None:
@@ -157,23 +167,28 @@ class SimNode(Node):
         self._stamp = stamp or self.get_clock().now().to_msg()
         self._answered = False
         self._published_at = time.monotonic()
+        self._waiting[m.stamp_ns(self._stamp)] = self._published_at
+        while len(self._waiting) > 256:
+            self._waiting.popitem(last=False)
         t = len(self.ep_costs)
         self._published[m.stamp_ns(self._stamp)] = (self.episode, t)
         while len(self._published) > 256:
             self._published.popitem(last=False)
-        if start:  # the episode's first observation travels with its start event (for logs)
-            self.ep_pub.publish(m.episode_msg("start", self.episode, stamp=m.stamp_pair(self._stamp),
-                                              observation=[float(x) for x in self.obs]))
-        if len(self.first_observations) < 200:  # the summary's record of what was published (tests)
-            self.first_observations.append([float(x) for x in self.obs])
         self._sent_at = time.monotonic()
         self.observations += 1
         if self.io is not None:
             self._publish_io(self.ep_costs[-1] if self.ep_costs else None)
-            return
-        self._obs_msg = m.observation_msg(self.obs, self._stamp, self.episode, t,
-                                          self.ep_costs[-1] if self.ep_costs else 0.0)
-        self.obs_pub.publish(self._obs_msg)
+        else:
+            self._obs_msg = m.observation_msg(self.obs, self._stamp, self.episode, t,
+                                              self.ep_costs[-1] if self.ep_costs else 0.0)
+            self.obs_pub.publish(self._obs_msg)
+        # After the observation, which the controller waits for: the episode's first
+        # observation travels with its start event (for logs; nothing orders the two topics).
+        if start:
+            self.ep_pub.publish(m.episode_msg("start", self.episode, stamp=m.stamp_pair(self._stamp),
+                                              observation=[float(x) for x in self.obs]))
+        if len(self.first_observations) < 200:  # the summary's record of what was published (tests)
+            self.first_observations.append([float(x) for x in self.obs])
 
     def _publish_io(self, cost: float | None) -> None:
         """The state as the io file's messages: the cost first, the trigger topic last."""
@@ -218,11 +233,15 @@ class SimNode(Node):
         self._cmd, self._cmd_at = (answers, lease, stop), time.monotonic()
         if stop is None:
             self.action = np.asarray(msg.effort, np.float32)
+        sent = self._waiting.pop(m.stamp_ns(msg.header.stamp), None)
+        if sent is not None:  # the first answer to one of ours, in time or late
+            self.latencies.append(time.monotonic() - sent)
+            self.answered_in_period += self.latencies[-1] <= self.period
         if self._stamp is not None and msg.header.stamp == self._stamp and not self._answered:
             self._answered = True
-            self.latencies.append(time.monotonic() - self._published_at)
-        if stop and self.holding is None:
-            self._step()  # hold now, not a period later
+            self.answered += 1
+        if stop and self.holding is None and not self._reading:
+            self._step()  # hold now, not a period later (inside a step, that step holds)
 
     def _on_command(self, msg) -> None:
         """A standard command (io file): no lease, no stop; the newest one is applied."""
@@ -231,8 +250,9 @@ class SimNode(Node):
         except (ValueError, AttributeError):
             return
         self._cmd, self._cmd_at, self.action = ("io", None, None), time.monotonic(), action
-        if self._stamp is not None and not self._answered:
+        if self._stamp is not None and not self._answered:  # no stamp on a command: the first after it
             self._answered = True
+            self.answered += 1
             self.latencies.append(time.monotonic() - self._published_at)
 
     def _hold_reason(self, now: float) -> str | None:
@@ -248,9 +268,22 @@ class SimNode(Node):
             return f"stop: {self._cmd[2]}"
         return None
 
+    def _read_command(self) -> None:
+        """The newest command before each step, as a ros2_control update reads its command
+        buffer: rclpy runs a due timer before a waiting message, which would otherwise step
+        on the old command while the answer sits in the queue."""
+        sub, self._reading = self.command_sub, True
+        try:
+            with sub.handle:
+                while (taken := sub.handle.take_message(sub.msg_type, False)) is not None:
+                    sub.callback(taken[0])
+        finally:
+            self._reading = False
+
     def _step(self) -> None:
         if self.paused or (self.max_episodes and self.episode >= self.max_episodes):
             return
+        self._read_command()
         now = time.monotonic()
         hold = self._hold_reason(now)
         if hold:
@@ -279,32 +312,38 @@ class SimNode(Node):
         self.ep_return += r
         self.ep_costs.append(c)
         stamp = self.get_clock().now().to_msg()
-        if self.io is None:
-            self.step_pub.publish(m.step_msg(r, c, term, trunc, self.episode, len(self.ep_costs), stamp, action,
-                                             self.obs))
-        elif (term or trunc) and self.io.cost.topic not in self.io.observation.types:
+        step = None if self.io else m.step_msg(r, c, term, trunc, self.episode, len(self.ep_costs), stamp, action,
+                                               self.obs)
+        if not (term or trunc):
+            # The controller's message first: it is on the loop's critical path, the
+            # monitor's copy of the step is not (its deadline is monitor_max_lag_s).
+            self._publish_obs(stamp)
+            if step is not None:
+                self.step_pub.publish(step)
+            return
+        if step is not None:
+            self.step_pub.publish(step)
+        elif self.io.cost.topic not in self.io.observation.types:
             cost_msg = m.message_class(self.io.cost.type)()  # the last step's cost, before the episode ends
             self.io.cost.write(cost_msg, [c])
             self.io_pubs[self.io.cost.topic].publish(cost_msg)
-        if term or trunc:
-            self._end_episode("terminated" if term else "truncated")
-            if self.max_episodes and self.episode >= self.max_episodes:
-                return
+        self._end_episode("terminated" if term else "truncated")
+        if not (self.max_episodes and self.episode >= self.max_episodes):
             self._start_episode()
-        else:
-            self._publish_obs(stamp)
 
     def summarize(self) -> None:
         lat = np.asarray(self.latencies) * 1e3 if self.latencies else np.array([np.nan])
         print(f"sim: {self.episode} episodes, returns {np.round(self.returns, 2).tolist()}, "
               f"costs {np.round(self.costs, 2).tolist()}, observation->action p50 {np.percentile(lat, 50):.3f} ms "
-              f"p99 {np.percentile(lat, 99):.3f} ms over {len(self.latencies)} answered observations; holds "
+              f"p99 {np.percentile(lat, 99):.3f} ms over {len(self.latencies)} answers ({self.answered} of "
+              f"{self.observations} observations answered before the next step); holds "
               f"{[r for _, r in self.holds]}, ended by {self.ended_by}, {self.lease_waits} waits")
         m.write_summary(self.get_parameter("summary_file").value, {
             "steps": self.steps, "episodes": self.episode, "returns": self.returns, "costs": self.costs,
             "holds": self.holds, "lease_waits": self.lease_waits, "ended_by": self.ended_by,
             "cmd_timeout_s": self.cmd_timeout, "first_observations": self.first_observations,
-            "observations": self.observations, "answered": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
+            "observations": self.observations, "answered": self.answered, "answered_in_period": self.answered_in_period,
+            "answers": len(self.latencies), "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
 
 

@@ -1,0 +1,33 @@
+"""realtime_priority: SCHED_FIFO for every thread of a node process, or a clear refusal."""
+
+import subprocess
+import sys
+
+from algd_runtime.ros_nodes.realtime import make_realtime
+
+PROBE = """
+import os, threading, time
+from algd_runtime.ros_nodes.realtime import make_realtime
+t = threading.Thread(target=time.sleep, args=(2,), daemon=True)
+t.start()  # a thread that exists before: it must be switched too
+why = make_realtime(7)
+policies = {int(tid): os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")}
+print(why or "ok")
+print(all(p == os.SCHED_FIFO for p in policies.values()), len(policies))
+"""
+
+
+def test_every_thread_runs_sched_fifo_or_the_refusal_says_what_it_needs():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    why, fifo = out.stdout.splitlines()[:2]
+    if why == "ok":  # root or CAP_SYS_NICE (this machine): both threads switched
+        assert fifo.startswith("True") and int(fifo.split()[1]) >= 2
+    else:  # an unprivileged CI runner
+        assert "SCHED_FIFO refused" in why and "CAP_SYS_NICE" in why and "rtprio 7" in why
+        assert fifo.startswith("False")
+
+
+def test_a_bad_priority_is_refused_with_the_range():
+    assert make_realtime(0) == "realtime_priority: expected 0 (off) or an integer in 1..99, got 0"
+    assert "1..99, got 100" in make_realtime(100) and "got 2.5" in make_realtime(2.5)
