@@ -45,7 +45,9 @@ def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # pyplot keeps every figure it made until closed: a long run would grow
     return out
 
 

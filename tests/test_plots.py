@@ -38,3 +38,14 @@ def test_zero_cost_bars_are_drawn_with_an_outline(tmp_path, figures):
     plots.episodes([1.0, 2.0], [0.0, 3.0], 2.0, tmp_path / "e.png", "episodes")
     bars = figures[0].axes[1].patches
     assert bars[0].get_height() == 0 and bars[0].get_linewidth() > 0 and bars[0].get_edgecolor()[3] > 0
+
+
+def test_saving_a_plot_releases_its_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from algd_runtime.plots import _save
+
+    before = len(plt.get_fignums())
+    fig, _ = plt.subplots()
+    _save(fig, tmp_path / "x.png")
+    assert (tmp_path / "x.png").is_file() and len(plt.get_fignums()) == before
