@@ -254,11 +254,13 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
 
 # -- algd-bench loop ----------------------------------------------------------------------------
 def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu", with_monitor: bool = True,
-               load: int = 0, realtime: int = 0, guidance: float = 0.0) -> list[dict]:
+               load: int = 0, realtime: int = 0, guidance: float = 0.0, pin: bool = False) -> list[dict]:
     """The sim robot, the controller and (with_monitor, the default: the whole graph) the
     monitor as separate processes over DDS on loopback, at each rate; `load` CPU-bound
     processes run beside them; `realtime` > 0 runs the sim and the controller SCHED_FIFO at
-    that priority and the monitor 10 below (SCHED_FIFO too: still ahead of the load). Without the monitor the controller runs with its interlock off,
+    that priority and the monitor 10 below (SCHED_FIFO too: still ahead of the load); `pin`
+    puts the sim on the first CPU and the controller on the last (cpu_affinity). Without the
+    monitor the controller runs with its interlock off,
     so that the numbers are the loop's own; its budget account still stops spent episodes.
     Answered: the share of the robot's observations whose own action arrived within one
     period of the observation's publication; "before step": before the robot's next step,
@@ -280,7 +282,10 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
           f"(ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']}), "
           f"{load} CPU-bound process(es) beside, {seconds:g} s per rate, "
           + (f"nodes SCHED_FIFO {realtime}" if realtime else "default scheduler")
-          + (f", guided (guidance_scale {guidance:g})" if guidance else ", unguided"))
+          + (f", guided (guidance_scale {guidance:g})" if guidance else ", unguided")
+          + (", sim and controller pinned to a CPU each" if pin else ""))
+    cpus = sorted(os.sched_getaffinity(0))
+    sim_cpu, ctl_cpu = ({"cpu_affinity": f"[{cpus[0]}]"}, {"cpu_affinity": f"[{cpus[-1]}]"}) if pin else ({}, {})
     header = (f"{'rate Hz':>7} {'steps/s':>9} {'answered %':>10} {'before step %':>13} {'stops':>6} {'fallback %':>10} "
               f"{'overruns':>8} "
               f"{'ctl p50 ms':>10} {'ctl p99 ms':>10} {'o->a p50 ms':>11} {'o->a p99 ms':>11} {'o->a max ms':>11}")
@@ -297,9 +302,9 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                                            require_monitor=str(with_monitor).lower(), operator_key_file=key,
                                            stop_latch="episode",  # a spent budget ends the episode, not the run
                                            summary_file=files["controller"], realtime_priority=realtime,
-                                           guidance_scale=float(guidance)),
+                                           guidance_scale=float(guidance), **ctl_cpu),
                 "sim": node_command("sim", "algd_bench", default_params(), None, rate_hz=float(rate),
-                                    summary_file=files["sim"], realtime_priority=realtime),
+                                    summary_file=files["sim"], realtime_priority=realtime, **sim_cpu),
             }
             if with_monitor:
                 procs["monitor"] = node_command("monitor", "algd_bench", default_params(), bundle,
@@ -332,7 +337,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                "fallback_pct": 100.0 * fallbacks / max(counted, 1), "overruns": ctl["overruns"],
                "ctl_p50_ms": ctl["latency_p50_ms"], "ctl_p99_ms": ctl["latency_p99_ms"],
                "oa_p50_ms": sim["latency_p50_ms"], "oa_p99_ms": sim["latency_p99_ms"], "oa_max_ms": sim["latency_max_ms"],
-               "with_monitor": with_monitor, "load": load, "realtime": realtime, "guidance": guidance,
+               "with_monitor": with_monitor, "load": load, "realtime": realtime, "guidance": guidance, "pin": pin,
                "fallbacks_by_reason": {k: v for k, v in ctl.items() if k.startswith("fallback_")}}
         rows.append(row)
         print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {row['answered_pct']:>10.2f} {row['before_step_pct']:>13.2f} "

@@ -228,6 +228,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     lp.add_argument("--load", type=int, default=0, help="CPU-bound processes to run beside the graph")
     lp.add_argument("--realtime", type=int, default=0, metavar="PRIORITY",
                     help="run the nodes SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE): realtime_priority")
+    lp.add_argument("--pin", action="store_true",
+                    help="the sim on the first CPU and the controller on the last (their cpu_affinity)")
     lp.add_argument("--guidance", type=float, default=0.0, metavar="W",
                     help="guided reverse diffusion: the controller's guidance_scale (0: unguided)")
     sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
@@ -254,7 +256,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= args.realtime <= 99:
             return _fail(f"--realtime: expected a priority in 1..99 (0: off), got {args.realtime}")
         bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider, args.monitor,
-                   args.load, args.realtime, args.guidance)
+                   args.load, args.realtime, args.guidance, args.pin)
         return 0
 
     import torch

@@ -31,3 +31,33 @@ def test_every_thread_runs_sched_fifo_or_the_refusal_says_what_it_needs():
 def test_a_bad_priority_is_refused_with_the_range():
     assert make_realtime(0) == "realtime_priority: expected 0 (off) or an integer in 1..99, got 0"
     assert "1..99, got 100" in make_realtime(100) and "got 2.5" in make_realtime(2.5)
+
+
+def test_cpu_affinity_pins_every_thread_or_names_the_cpus_there_are():
+    probe = """
+import os, threading, time
+from algd_runtime.ros_nodes.realtime import pin_cpus
+threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
+cpu = sorted(os.sched_getaffinity(0))[-1]
+print(pin_cpus([cpu]))
+print(all(os.sched_getaffinity(int(t)) == {cpu} for t in os.listdir("/proc/self/task")))
+print(pin_cpus([9999]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pinned, every_thread, bad = out.stdout.splitlines()[:3]
+    assert pinned == "None" and every_thread == "True"
+    assert bad.startswith("cpu_affinity: expected CPUs among [") and bad.endswith("got [9999]")
+
+
+def test_a_list_parameter_takes_integers_only():
+    from algd_runtime.ros_nodes.params import coerce
+
+    assert coerce("cpu_affinity", [1, 0], []) == [1, 0] and coerce("cpu_affinity", (), []) == []
+    for bad in ("1", [1.5], [True]):
+        try:
+            coerce("cpu_affinity", bad, [])
+        except ValueError as exc:
+            assert "cpu_affinity: expected a list of integers" in str(exc)
+        else:
+            raise AssertionError(bad)

@@ -38,7 +38,7 @@ from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, HeartbeatWatch, 
 # within monitor_max_lag_s. The tolerance absorbs the two deliveries' jitter.
 IO_CLOCK_TOLERANCE_NS = 20_000_000
 
-READ_ONLY = ("bundle", "io", "realtime_priority", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+READ_ONLY = ("bundle", "io", "realtime_priority", "cpu_affinity", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
@@ -59,7 +59,7 @@ class ControllerNode(ManagedNode):
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
         self.defaults = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
-                         "record": "", "fallback": "", "autostart": True, "realtime_priority": 0, **SAFETY_DEFAULTS,
+                         "record": "", "fallback": "", "autostart": True, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
                          **vars(ControllerParams())}
         self.values = params.declare(self, self.defaults)
         self.core: ControllerCore | None = None

@@ -41,12 +41,16 @@ def run_node(node_cls, argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    from algd_runtime.ros_nodes.realtime import make_realtime, pin_cpus
+
+    log = node.get_logger()
+    cpus = list(node.get_parameter("cpu_affinity").value) if node.has_parameter("cpu_affinity") else []
+    if cpus:
+        refused = pin_cpus(cpus)
+        log.warning(refused) if refused else log.info(f"on CPU(s) {cpus}")
     priority = node.get_parameter("realtime_priority").value if node.has_parameter("realtime_priority") else 0
     if priority:
-        from algd_runtime.ros_nodes.realtime import make_realtime
-
         refused = make_realtime(priority)
-        log = node.get_logger()
         log.warning(refused) if refused else log.info(f"SCHED_FIFO at priority {priority}")
     try:
         # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did

@@ -69,7 +69,7 @@ class MonitorNode(ManagedNode):
                          "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
                          "use_critic": True, "io": "", "record": "", "summary_file": "", "operator_key_file": "",
                          "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0, "autostart": True,
-                         "realtime_priority": 0}
+                         "realtime_priority": 0, "cpu_affinity": []}
         self.values = params.declare(self, self.defaults)
         self.monitor: BudgetMonitor | None = None
         self.runtime = self.recorder = None

@@ -14,12 +14,18 @@ from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list of integers"}
 
 
 def coerce(name: str, value: Any, default: Any) -> Any:
     """`value` as the type of `default`; a ValueError names the parameter otherwise."""
     kind = type(default)
+    if kind is list:  # lists of integers (cpu_affinity); rclpy may hand over an array
+        if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [int(v) for v in value]
+        raise ValueError(f"{name}: expected {_TYPE_NAMES[list]}, got {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is kind and not (kind is float and math.isnan(value)):

@@ -68,6 +68,7 @@ class SimNode(Node):
             "cmd_timeout_s": 0.5,  # no command for this long: hold still
             "summary_file": "",  # JSON stats written at exit (algd-bench loop)
             "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros_nodes/realtime.py)
+            "cpu_affinity": [],  # CPUs to run on ([]: any)
             "io": "",  # an io file: speak standard messages (see the module's docstring)
             **SHIFT}).__getitem__
         shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
