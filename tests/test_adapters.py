@@ -198,3 +198,15 @@ def test_io_file_mistakes_name_the_file_and_the_field(tmp_path):
         load_io(str(tmp_path / "bad.yaml"))
     with pytest.raises(ValueError, match=r"io: cannot read .*none\.yaml: No such file"):
         load_io(str(tmp_path / "none.yaml"))
+
+
+def test_the_readme_io_example_is_a_valid_io_file():
+    import yaml
+
+    from algd_runtime.adapters import io_config
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```yaml\nobservation:") + len("```yaml\n")
+    io = io_config(yaml.safe_load(text[start:text.index("```", start)]), "README")
+    assert io.observation.size == 1 + 1 + 2 + 1 + 16 + 4 and io.trigger == "odom" and io.steps_ahead == 2
+    assert io.bind(25, 2).fields == ["linear.x", "angular.z"]
