@@ -151,3 +151,17 @@ def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations(
     row = out.stdout.strip().splitlines()[-1].split()
     rate, steps_per_s, answered = float(row[0]), float(row[1]), float(row[2])
     assert rate == 100 and steps_per_s > 10 and 50 < answered <= 100  # the monitor's interlock let it move
+
+
+def test_use_sim_time_without_a_clock_publisher_is_reported(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + (os.getpid() + 13) % 50))
+    proc = subprocess.Popen([sys.executable, "-m", "algd_runtime.ros_nodes.sim_node", "--ros-args", "-r",
+                             f"__ns:=/clockless_{os.getpid()}", "-p", "use_sim_time:=true"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(8)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert "use_sim_time is true but nothing publishes /clock after 5 s" in out, out[-2000:]

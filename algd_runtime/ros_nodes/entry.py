@@ -28,6 +28,24 @@ def node_help(node_cls) -> str:
     return "\n\n".join([usage, doc, f"Parameters ({path}):", "\n".join(lines)])
 
 
+CLOCK_GRACE_S = 5.0
+
+
+def _warn_without_clock(node) -> None:
+    """use_sim_time with nobody publishing /clock: every stamp stays 0, and the node's
+    timers (on ROS time) never fire. Said once, CLOCK_GRACE_S after start, on the steady clock."""
+    from rclpy.clock import Clock, ClockType
+
+    def check():
+        timer.cancel()
+        if node.count_publishers("/clock") == 0:
+            node.get_logger().warning(f"use_sim_time is true but nothing publishes /clock after {CLOCK_GRACE_S:g} s: "
+                                      "every stamp is 0 and this node's timers wait for simulated time; start the "
+                                      "simulator's clock or set use_sim_time:=false")
+
+    timer = node.create_timer(CLOCK_GRACE_S, check, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+
 def run_node(node_cls, argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv)
     ours = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
@@ -44,6 +62,8 @@ def run_node(node_cls, argv=None) -> int:
     from algd_runtime.ros_nodes.realtime import make_realtime, pin_cpus
 
     log = node.get_logger()
+    if node.get_parameter("use_sim_time").value:
+        _warn_without_clock(node)
     cpus = list(node.get_parameter("cpu_affinity").value) if node.has_parameter("cpu_affinity") else []
     if cpus:
         refused = pin_cpus(cpus)
