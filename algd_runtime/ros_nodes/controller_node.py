@@ -68,7 +68,6 @@ class ControllerNode(ManagedNode):
         self.timer = None  # the control-rate timer, while active
         self._latch = None  # the gate's latch, kept across configurations
         self._stop_reason: str | None = None
-        self._graph_checks = 0
         self._latencies0 = 0  # latencies reported by the last diagnostics
         self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
         # The topics live as long as the node; what flows on them depends on the state.
@@ -262,9 +261,7 @@ class ControllerNode(ManagedNode):
         watch = self.core.gate.watch
         if watch is None or watch.last_at is None or now - watch.last_at <= watch.deadline_s / 2:
             return
-        with self.heartbeats.handle:
-            while (taken := self.heartbeats.handle.take_message(self.heartbeats.msg_type, False)) is not None:
-                self._on_heartbeat(taken[0])
+        m.take_waiting(self.heartbeats)
 
     def _act(self) -> None:
         start = time.monotonic()
@@ -297,9 +294,6 @@ class ControllerNode(ManagedNode):
     def _check_graph(self) -> None:
         """A second publisher on `action` (another controller, a learner) commands the same
         robot: nobody could say which command it follows."""
-        self._graph_checks += 1
-        if self._graph_checks % 10 == 1:  # once a second
-            self.qos.check()
         n = self.count_publishers(self.pub.topic_name)
         if n > 1 and self._latch is not None and self._latch.trip("duplicate_controller", f"{n} publishers on {self.pub.topic_name}"):
             self.get_logger().error(f"another node publishes on {self.pub.topic_name}: latched STOP")
@@ -335,10 +329,6 @@ class ControllerNode(ManagedNode):
         if updates:
             self.get_logger().info(f"parameters: {updates}")
         return SetParametersResult(successful=True)
-
-    def _refuse(self, reason: str) -> SetParametersResult:
-        self.get_logger().warning(f"parameter change refused: {reason}")
-        return SetParametersResult(successful=False, reason=reason)
 
     # -- reporting ----------------------------------------------------------------------------------
     def _diagnostics(self) -> None:

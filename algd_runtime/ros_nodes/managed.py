@@ -4,6 +4,7 @@ autostart."""
 
 from __future__ import annotations
 
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
 
@@ -33,6 +34,11 @@ class ManagedNode(LifecycleNode):
             self.on_deactivate(state)
         self._stop_timers()
         return super().on_shutdown(state)
+
+    def _refuse(self, reason: str) -> SetParametersResult:
+        """A refused parameter change: logged, and the reason goes back to the caller."""
+        self.get_logger().warning(f"parameter change refused: {reason}")
+        return SetParametersResult(successful=False, reason=reason)
 
     def autostart(self) -> None:
         """Configure, then activate (the `autostart` parameter); a failure destroys the node

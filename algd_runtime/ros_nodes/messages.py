@@ -92,6 +92,15 @@ def wired(profile: QoSProfile, publisher: bool) -> dict:
     return {**endpoint(copy.copy(profile), publisher), "qos_overriding_options": OVERRIDABLE}
 
 
+def take_waiting(subscription) -> None:
+    """Run the subscription's callback on every message waiting in its queue, now. rclpy's
+    executor runs due timers before waiting messages; a node that must act on the newest
+    message (a command, a heartbeat) reads them itself first."""
+    with subscription.handle:
+        while (taken := subscription.handle.take_message(subscription.msg_type, False)) is not None:
+            subscription.callback(taken[0])
+
+
 def _matching_policies(qos) -> QoSProfile:
     """The policies that decide whether two endpoints match and that the nodes set
     (reliability, durability); the graph reports deadlines and leases in a form that
@@ -104,9 +113,12 @@ class QosCheck:
     match one of ours (a reliable subscriber on a best-effort publisher, ...) is logged once,
     and kept in `incompatible`."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node, period_s: float = 1.0) -> None:
+        from rclpy.clock import Clock, ClockType
+
         self.node, self.endpoints, self.incompatible = node, [], []
         self._seen: set = set()
+        node.create_timer(period_s, self.check, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def watch(self, entity, publisher: bool):
         self.endpoints.append((entity, publisher))

@@ -81,7 +81,7 @@ class MonitorNode(ManagedNode):
         self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
         self.sees_robot = False
         self._active_timers: list = []  # heartbeat and e-stop re-assertion, while active
-        self.qos, self._graph_checks = m.QosCheck(self), 0
+        self.qos = m.QosCheck(self)
         self.estop_pub = self.create_lifecycle_publisher(Bool, m.ESTOP, **m.endpoint(m.LATCHED, True))
         self.heartbeat_pub = self.create_lifecycle_publisher(String, m.HEARTBEAT, **m.endpoint(m.RELIABLE, True))
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", **m.endpoint(m.DIAGNOSTICS, True))
@@ -89,7 +89,7 @@ class MonitorNode(ManagedNode):
         self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, **m.endpoint(m.LATCHED, True))
         self.io = load_io(self.values["io"]) if self.values["io"] else None
         self.action_map = None
-        self._io_episode, self._io_costs = 0, 0
+        self._io_episode = 0
         if self.io is None:
             self.step_sub = self.qos.watch(self.create_subscription(Float64MultiArray, m.STEP, self._on_step,
                                                                     **m.wired(m.RELIABLE, False)), False)
@@ -210,18 +210,13 @@ class MonitorNode(ManagedNode):
             self._io_episode += 1
             return
         if topic in io.observation.types and self.use_critic:
-            io.observation.update(topic, msg)
-            try:
-                self._obs = io.observation.vector()
-            except (ValueError, AttributeError, IndexError):
-                self._obs = None
+            io.observation.update(topic, msg)  # mapped only when a cost asks for the forecast
         if topic == io.cost.topic:
             self._record(topic, msg)
             try:
                 cost = float(io.cost.read(msg)[0])
             except (ValueError, AttributeError, IndexError):
                 cost = float("nan")  # unreadable: BudgetMonitor counts the worst case
-            self._io_costs += 1
             episode, t = self._robot
             self._robot = (self._io_episode, t + 1 if episode == self._io_episode else 1)
             self.seen_stamp_ns = time.time_ns()  # no robot stamp on a cost: when it was read (controller_node)
@@ -229,6 +224,11 @@ class MonitorNode(ManagedNode):
                 self._respond(tr)
 
     def _predicted(self) -> float:
+        if self.use_critic and self.io is not None:
+            try:
+                self._obs = self.io.observation.vector()
+            except (ValueError, AttributeError, IndexError):
+                self._obs = None
         if not self.use_critic or self._obs is None or self._act is None:
             return 0.0
         try:
@@ -303,9 +303,6 @@ class MonitorNode(ManagedNode):
         """Whether discovery shows the robot's step publisher: until it does, steps the robot
         took would not reach this monitor, and the controller must not move."""
         self.sees_robot = self.count_publishers(self.step_sub.topic_name) > 0
-        self._graph_checks += 1
-        if self._graph_checks % 10 == 1:  # once a second
-            self.qos.check()
 
     def _reassert(self) -> None:
         """The e-stop's state, true or false, every period (and at start): a robot that missed
@@ -375,10 +372,6 @@ class MonitorNode(ManagedNode):
         self.cfg.update({k: v for k, v in updates.items() if k in self.cfg})
         self.get_logger().info(f"parameters: {updates}")
         return SetParametersResult(successful=True)
-
-    def _refuse(self, reason: str) -> SetParametersResult:
-        self.get_logger().warning(f"parameter change refused: {reason}")
-        return SetParametersResult(successful=False, reason=reason)
 
     def _diagnostics(self) -> None:
         mon = self.monitor

@@ -101,7 +101,6 @@ class SimNode(Node):
         self.observations = 0  # distinct observations published (re-sends not counted)
         self.first_observations: list[list[float]] = []
         self.qos = m.QosCheck(self)
-        self.create_timer(1.0, self.qos.check)
         self.io = load_io(get("io")) if get("io") else None
         self.step_pub = self.qos.watch(self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE, True)),
                                        True)
@@ -273,11 +272,9 @@ class SimNode(Node):
         """The newest command before each step, as a ros2_control update reads its command
         buffer: rclpy runs a due timer before a waiting message, which would otherwise step
         on the old command while the answer sits in the queue."""
-        sub, self._reading = self.command_sub, True
+        self._reading = True
         try:
-            with sub.handle:
-                while (taken := sub.handle.take_message(sub.msg_type, False)) is not None:
-                    sub.callback(taken[0])
+            m.take_waiting(self.command_sub)
         finally:
             self._reading = False
 
