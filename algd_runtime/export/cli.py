@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     par = manifest["parity"]["max_abs_error"]
     print("parity (max abs error vs torch): " + ", ".join(f"{k} {v:.2e}" for k, v in par.items()))
+    near = {k: v for k, v in manifest["parity"]["near_kink"].items() if isinstance(v, dict) and v["points"]}
+    if near:  # either branch of a kink is right: reported, not certified
+        print("near a critic's kink (reported apart): " + ", ".join(
+            f"{k} {v['points']} points, max {v['max_abs_error']:.2e}" for k, v in near.items()))
     for key, f in manifest["files"].items():
         print(f"  {f['path']:<24} {f['bytes'] / 1024:8.1f} KiB  sha256 {f['sha256'][:16]}...")
     print(f"wrote {out}/manifest.yaml")

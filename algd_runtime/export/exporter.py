@@ -146,11 +146,45 @@ def random_observations(spec, n: int, seed: int = 0, steps: int = 2000) -> tuple
         f"Gaussian fitted to {steps} steps of {spec.name} under random actions"
 
 
+# Where float32 rounding alone can put torch and ONNX Runtime on different sides of a kink:
+# within this fraction of the magnitude of the terms summed into the kink's argument.
+KINK_BAND = 1e-5
+
+
+def near_kink(agent: ALGDAgent, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """[B] bool: (obs, act) lies within rounding of a kink of grad_a L_A, where the gradient
+    jumps: a ReLU of either reward critic, or the min of the twins. (The cost ensemble's SiLU
+    is smooth, and max(0, .)^2 of the augmented term has a continuous gradient.) There the
+    two engines may take different branches; the gradient itself is then not a parity test."""
+    def layer(x, lin):  # the layer's output and, per element, the magnitude of what it sums
+        return lin(x), torch.abs(x) @ torch.abs(lin.weight).T + torch.abs(lin.bias)
+
+    crit = agent.critic
+    with torch.no_grad():
+        near = torch.zeros(obs.shape[0], dtype=torch.bool)
+        xu, q = torch.cat([obs, act], dim=-1), []
+        for hidden1, hidden2, head in ((crit.linear1, crit.linear2, crit.linear3),
+                                       (crit.linear4, crit.linear5, crit.linear6)):
+            h = xu
+            for lin in (hidden1, hidden2):
+                z, scale = layer(h, lin)
+                near |= (torch.abs(z) <= KINK_BAND * scale).any(1)
+                h = torch.relu(z)
+            q.append(layer(h, head))
+        (q1, s1), (q2, s2) = q
+        near |= (torch.abs(q1 - q2) <= KINK_BAND * (s1 + s2)).squeeze(1)
+    return near
+
+
 def measure_parity(agent: ALGDAgent, models: dict[str, onnx.ModelProto], n: int = 1000, seed: int = 0,
-                   guidance: float = 0.5) -> tuple[dict[str, float], str]:
+                   guidance: float = 0.5) -> tuple[dict[str, float], str, dict[str, Any]]:
     """Max abs error, ONNX Runtime vs torch, over n random observations with fixed noise:
     on actions (deterministic / stochastic, unguided / w = 0 / guided) and on the critics
-    (relative to max(1, |value|): Q and its gradient scale with the task's returns)."""
+    (relative to max(1, |value|): Q and its gradient scale with the task's returns).
+
+    The critics' gradient and the guided actions (which follow it) are certified on the
+    points away from every kink (near_kink); the points near one are counted and their
+    error reported apart (third value), never refused: there either branch is correct."""
     spec, pol = agent.spec, agent.policy
     gen = torch.Generator().manual_seed(seed)
     obs_np, source = random_observations(spec, n, seed)
@@ -158,11 +192,17 @@ def measure_parity(agent: ALGDAgent, models: dict[str, onnx.ModelProto], n: int 
     x_init, noises = pol.draw_noise(n, gen)
     zeros_x, zeros_n = torch.zeros_like(x_init), torch.zeros_like(noises)
     lam = agent.lam
-    grad_fn = lambda s, a: agent.energy_grad(s, a, lam)  # noqa: E731
+    chain_near = torch.zeros(n, dtype=torch.bool)
+
+    def grad_fn(s, a):  # the guided chain's gradient, noting each row that passes near a kink
+        chain_near.logical_or_(near_kink(agent, s, a))
+        return agent.energy_grad(s, a, lam)
+
     sess = {k: _session(m) for k, m in models.items()}
     feeds = lambda x, nz: {"observation": obs.numpy(), "initial_latent": x.numpy(), "step_noise": nz.numpy()}  # noqa: E731
     lam_w = {"lagrange_multiplier": np.array([lam], np.float32), "guidance_scale": np.array([guidance], np.float32)}
     out: dict[str, float] = {}
+    near_report: dict[str, Any] = {"band": KINK_BAND}
     with torch.no_grad():
         for mode, (x, nz) in {"deterministic": (zeros_x, zeros_n), "stochastic": (x_init, noises)}.items():
             ref = pol.chain(obs, x, None if mode == "deterministic" else nz)[0].numpy()
@@ -170,9 +210,12 @@ def measure_parity(agent: ALGDAgent, models: dict[str, onnx.ModelProto], n: int 
             out[f"{mode}_unguided"] = float(np.abs(got - ref).max())
             got = sess["denoiser"].run(None, {**feeds(x, nz), **lam_w, "guidance_scale": np.zeros(1, np.float32)})[0]
             out[f"{mode}_w0"] = float(np.abs(got - ref).max())
+            chain_near.zero_()
             ref_g = pol.chain(obs, x, None if mode == "deterministic" else nz, guide=(grad_fn, guidance))[0].numpy()
             got = sess["denoiser"].run(None, {**feeds(x, nz), **lam_w})[0]
-            out[f"{mode}_guided"] = float(np.abs(got - ref_g).max())
+            err, near = np.abs(got - ref_g).max(1), chain_near.numpy().copy()
+            out[f"{mode}_guided"] = float(err[~near].max(initial=0.0))
+            near_report[f"{mode}_guided"] = {"points": int(near.sum()), "max_abs_error": float(err[near].max(initial=0.0))}
         act = torch.rand(n, spec.act_dim, generator=gen) * 2 - 1
         act = act * pol.action_scale + pol.action_bias
         la, q, qc = agent.energy(obs, act, lam)
@@ -184,8 +227,19 @@ def measure_parity(agent: ALGDAgent, models: dict[str, onnx.ModelProto], n: int 
     for name, ref in (("q_min", q), ("qc_risk", qc), ("energy", la)):
         r = ref.numpy()
         out[f"critics_{name}"] = float((np.abs(got[name] - r) / np.maximum(1.0, np.abs(r))).max())
-    out["critics_grad"] = float((np.abs(got["grad"] - grad) / np.maximum(1.0, np.abs(grad))).max())
-    return out, source
+    err, near = (np.abs(got["grad"] - grad) / np.maximum(1.0, np.abs(grad))).max(1), near_kink(agent, obs, act).numpy()
+    out["critics_grad"] = float(err[~near].max(initial=0.0))
+    near_report["critics_grad"] = {"points": int(near.sum()), "max_abs_error": float(err[near].max(initial=0.0))}
+    return out, source, near_report
+
+
+def parity_points(agent: ALGDAgent, n: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (observation, action) pairs at which measure_parity compares the critics."""
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.from_numpy(random_observations(agent.spec, n, seed)[0])
+    agent.policy.draw_noise(n, gen)
+    act = torch.rand(n, agent.spec.act_dim, generator=gen) * 2 - 1
+    return obs, act * agent.policy.action_scale + agent.policy.action_bias
 
 
 # -- the bundle -------------------------------------------------------------------------------
@@ -197,7 +251,7 @@ def _versions() -> dict[str, str]:
 
 
 def manifest_for(agent: ALGDAgent, ckpt: dict, opset: int, batch, parity: dict, parity_source: str,
-                 files: dict) -> dict[str, Any]:
+                 near: dict, files: dict) -> dict[str, Any]:
     spec, pol, cfg = agent.spec, agent.policy, agent.cfg
     schedule: dict[str, Any] = {"variant": pol.variant, "steps": pol.steps, "initial_std": pol.initial_std}
     if pol.variant == "vesde":
@@ -227,7 +281,7 @@ def manifest_for(agent: ALGDAgent, ckpt: dict, opset: int, batch, parity: dict, 
         "versions": _versions(),
         "parity": {"tolerance": PARITY_TOLERANCE, "observations": parity.pop("observations"),
                    "observations_from": parity_source, "guidance_scale": 0.5,
-                   "max_abs_error": parity},
+                   "max_abs_error": parity, "near_kink": near},
         "files": files,
     }
 
@@ -262,12 +316,12 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
     for m in models.values():
         onnx.checker.check_model(m, full_check=True)
     if batch is None:
-        parity, source = measure_parity(agent, models, parity_n)
+        parity, source, near = measure_parity(agent, models, parity_n)
     else:  # fixed batch: measure with a dynamic twin of the same graphs
         twins = {"denoiser": build_denoiser(agent, True, "batch", opset),
                  "denoiser_unguided": build_denoiser(agent, False, "batch", opset),
                  "critics": build_critics(agent, "batch", opset)}
-        parity, source = measure_parity(agent, twins, parity_n)
+        parity, source, near = measure_parity(agent, twins, parity_n)
     worst = max(parity.values())
     parity["observations"] = parity_n
     if not all(math.isfinite(v) for v in parity.values()):  # NaN > tolerance is False
@@ -285,7 +339,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
             path = tmp / FILES[key]
             onnx.save(model, path)
             files[key] = {"path": FILES[key], "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = manifest_for(agent, ckpt, opset, batch, parity, source, files)
+        manifest = manifest_for(agent, ckpt, opset, batch, parity, source, near, files)
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
         # The bundle's digest: manifest.yaml lists every other file's sha256 (sha256sum format).
         (tmp / DIGEST_FILE).write_text(f"{sha256_file(tmp / MANIFEST)}  {MANIFEST}\n")
