@@ -37,6 +37,7 @@ EXTRAS = {
         "ros-jazzy-lifecycle-msgs",
         "ros-jazzy-nav-msgs",         # io adapters: nav_msgs/Odometry in
         "ros-jazzy-geometry-msgs",    # io adapters: Twist / TwistStamped out
+        "ros-jazzy-trajectory-msgs",  # io adapters: JointTrajectory out (an expiring command)
         "mcap>=1.2",                  # run logs (algd_runtime/ros_nodes/recorder.py)
         "mcap-ros2-support>=0.5",
     ],

@@ -43,11 +43,21 @@ from typing import Any, Sequence
 import numpy as np
 
 INPUT_TYPES = ("sensor_msgs/JointState", "nav_msgs/Odometry", "sensor_msgs/Imu", "sensor_msgs/LaserScan",
-               "std_msgs/Float64MultiArray", "std_msgs/Float64")
+               "std_msgs/Float64MultiArray", "std_msgs/Float64", "geometry_msgs/PointStamped")
 EPISODE_TYPES = ("std_msgs/Empty",)
+UNSTAMPED_TYPES = ("std_msgs/Float64MultiArray", "std_msgs/Float64")  # the inputs without a header
 OUTPUT_TYPES = ("geometry_msgs/Twist", "geometry_msgs/TwistStamped", "std_msgs/Float64MultiArray",
-                "sensor_msgs/JointState")
+                "sensor_msgs/JointState", "trajectory_msgs/JointTrajectory")
+# Commands whose consumer expires them (a lease): TwistStamped after the consumer's timeout
+# from its stamp (diff_drive_controller's cmd_vel_timeout), a JointTrajectory at its point's
+# time_from_start (joint_trajectory_controller holds at the trajectory's end).
+EXPIRING_TYPES = ("geometry_msgs/TwistStamped", "trajectory_msgs/JointTrajectory")
 JOINT_FIELDS = ("position", "velocity", "effort")
+TRAJECTORY_FIELDS = ("positions", "velocities", "accelerations", "effort")
+# Without a lease, the steps a robot takes before a stop reaches it, by default: what the
+# stop path (the monitor's e-stop, the controller's command) took on a loaded 2-core
+# machine, in steps of the robot's rate, plus the step in flight.
+STOP_LATENCY_S = 0.02
 
 
 def _number(where: str, value: Any) -> float:
@@ -271,16 +281,25 @@ class ActionMap:
     fields: list[str]
     scale: np.ndarray
     offset: np.ndarray
-    joint_field: str = "position"  # JointState commands: which array the values go to
+    joint_field: str = "position"  # JointState / JointTrajectory commands: which array the values go to
+    expires_after_s: float | None = None  # the consumer drops (or ends) a command this long after its stamp
 
     def fill(self, msg, action: np.ndarray):
-        """`msg` (an empty message of self.type) carrying `action`; returns it."""
+        """`msg` (an empty message of self.type) carrying `action`; returns it. The caller
+        stamps it with the observation's stamp: the expiry runs from there."""
         values = np.asarray(action, np.float64) * self.scale + self.offset
         if self.type == "std_msgs/Float64MultiArray":
             msg.data = [float(v) for v in values]
         elif self.type == "sensor_msgs/JointState":
             msg.name = list(self.fields)
             setattr(msg, self.joint_field, [float(v) for v in values])
+        elif self.type == "trajectory_msgs/JointTrajectory":
+            msg.joint_names = list(self.fields)
+            point = _trajectory_point()
+            setattr(point, self.joint_field, [float(v) for v in values])
+            secs = self.expires_after_s or 0.0
+            point.time_from_start.sec, point.time_from_start.nanosec = int(secs), int(round((secs % 1) * 1e9))
+            msg.points = [point]
         else:
             root = msg.twist if self.type == "geometry_msgs/TwistStamped" else msg
             for path, v in zip(self.fields, values):
@@ -292,9 +311,13 @@ class ActionMap:
         """The inverse of fill: the action a command message carries (ValueError: not one)."""
         if self.type == "std_msgs/Float64MultiArray":
             values = np.asarray(msg.data, np.float64)
-        elif self.type == "sensor_msgs/JointState":
-            index = {name: i for i, name in enumerate(msg.name)}
-            arr = getattr(msg, self.joint_field)
+        elif self.type in ("sensor_msgs/JointState", "trajectory_msgs/JointTrajectory"):
+            trajectory = self.type == "trajectory_msgs/JointTrajectory"
+            if trajectory and not msg.points:
+                raise ValueError(f"{self.topic}: the trajectory has no point")
+            names = msg.joint_names if trajectory else msg.name
+            arr = getattr(msg.points[0] if trajectory else msg, self.joint_field)
+            index = {name: i for i, name in enumerate(names)}
             if any(j not in index or index[j] >= len(arr) for j in self.fields):
                 raise ValueError(f"{self.topic}: the command lacks joint(s) of {self.fields}")
             values = np.array([arr[index[j]] for j in self.fields], np.float64)
@@ -309,19 +332,33 @@ class ActionMap:
 def action_map(cfg: Any, act_dim: int, where: str = "action") -> ActionMap:
     if not isinstance(cfg, dict):
         raise ValueError(f"{where}: expected a mapping with topic, type and fields, got {cfg!r}")
-    _check_keys(where, cfg, {"topic", "type", "fields", "joints", "joint_field", "scale", "offset"})
+    _check_keys(where, cfg, {"topic", "type", "fields", "joints", "joint_field", "scale", "offset", "expires_after_s"})
     if not isinstance(cfg.get("topic"), str) or not cfg["topic"]:
         raise ValueError(f"{where}.topic: expected a non-empty string, got {cfg.get('topic')!r}")
     kind = cfg.get("type")
     if kind not in OUTPUT_TYPES:
         raise ValueError(f"{where}.type: expected one of {list(OUTPUT_TYPES)}, got {kind!r}")
-    joint_field = cfg.get("joint_field", "position")
+    trajectory = kind == "trajectory_msgs/JointTrajectory"
+    joint_field = cfg.get("joint_field", "positions" if trajectory else "position")
+    expires = cfg.get("expires_after_s")
+    if kind in EXPIRING_TYPES:
+        if expires is None:
+            raise ValueError(f"{where}.expires_after_s: expected the time (s) after its stamp at which the robot drops "
+                             f"a {kind} (diff_drive_controller's cmd_vel_timeout; a trajectory point's "
+                             f"time_from_start)")
+        expires = _number(f"{where}.expires_after_s", expires)
+        if not 0 < expires <= 10:
+            raise ValueError(f"{where}.expires_after_s: expected 0 < seconds <= 10, got {expires!r}")
+    elif expires is not None:
+        raise ValueError(f"{where}.expires_after_s: a {kind} carries no stamp to expire from (expiring: "
+                         f"{', '.join(EXPIRING_TYPES)})")
     if kind == "std_msgs/Float64MultiArray":
         fields = [f"data[{i}]" for i in range(act_dim)]
-    elif kind == "sensor_msgs/JointState":
+    elif kind in ("sensor_msgs/JointState", "trajectory_msgs/JointTrajectory"):
         fields = _names(f"{where}.joints", cfg.get("joints"))
-        if joint_field not in JOINT_FIELDS:
-            raise ValueError(f"{where}.joint_field: expected one of {list(JOINT_FIELDS)}, got {joint_field!r}")
+        allowed = TRAJECTORY_FIELDS if trajectory else JOINT_FIELDS
+        if joint_field not in allowed:
+            raise ValueError(f"{where}.joint_field: expected one of {list(allowed)}, got {joint_field!r}")
     else:
         fields = _names(f"{where}.fields", cfg.get("fields"))
         for f in fields:
@@ -333,7 +370,13 @@ def action_map(cfg: Any, act_dim: int, where: str = "action") -> ActionMap:
     if np.any(scale == 0):
         raise ValueError(f"{where}.scale: expected non-zero numbers, got {cfg.get('scale')!r}")
     return ActionMap(cfg["topic"], kind, fields, scale, _per_value(f"{where}.offset", cfg.get("offset"), act_dim, 0.0),
-                     joint_field)
+                     joint_field, expires)
+
+
+def _trajectory_point():
+    from trajectory_msgs.msg import JointTrajectoryPoint
+
+    return JointTrajectoryPoint()
 
 
 def observation_map(cfg: Any, obs_dim: int, where: str = "observation") -> ObservationMap:
@@ -363,8 +406,15 @@ class IoConfig:
     cost: ObservationEntry
     episode_topic: str | None
     trigger: str
-    steps_ahead: int = 2
+    steps_ahead: int = 3
     source: str = "io"
+    rate_hz: float | None = None  # the robot's rate, where the file gives it
+    leased: bool = False  # the command expires at the robot (steps_ahead derived from the expiry)
+
+    @property
+    def cost_stamped(self) -> bool:
+        """The cost message carries the stamp of the state that follows its step (SAFETY.md)."""
+        return self.cost.type not in UNSTAMPED_TYPES
 
     @property
     def action_topic(self) -> str:
@@ -407,7 +457,7 @@ def _action_size_hint(action: dict) -> int:
 def io_config(cfg: Any, source: str = "io") -> IoConfig:
     if not isinstance(cfg, dict):
         raise ValueError(f"{source}: expected a mapping with observation, action and cost, got {cfg!r}")
-    _check_keys(source, cfg, {"observation", "action", "cost", "episode", "trigger", "steps_ahead"})
+    _check_keys(source, cfg, {"observation", "action", "cost", "episode", "trigger", "steps_ahead", "rate_hz"})
     for key in ("observation", "action", "cost"):
         if key not in cfg:
             raise ValueError(f"{source}: missing {key!r} (observation, action and cost are required: the "
@@ -416,7 +466,7 @@ def io_config(cfg: Any, source: str = "io") -> IoConfig:
     action = cfg["action"]
     if not isinstance(action, dict):
         raise ValueError(f"{source}: action: expected a mapping with topic, type and fields, got {action!r}")
-    action_map(action, _action_size_hint(action), f"{source}: action")  # the checks that need no policy
+    command = action_map(action, _action_size_hint(action), f"{source}: action")  # the checks that need no policy
     cost = _observation_entry(f"{source}: cost", cfg["cost"])
     if cost.size != 1:
         raise ValueError(f"{source}: cost: expected one value per message, the entry gives {cost.size}")
@@ -436,18 +486,60 @@ def io_config(cfg: Any, source: str = "io") -> IoConfig:
     if trigger not in observation.topics:
         raise ValueError(f"{source}: trigger: expected one of the observation topics {observation.topics}, "
                          f"got {trigger!r}")
-    # A standard command carries no lease: the robot takes the step in flight, and maybe
-    # more, on its old command after the budget says stop. The budget stops that early.
-    ahead = cfg.get("steps_ahead", 2)
-    if isinstance(ahead, bool) or not isinstance(ahead, int) or not 1 <= ahead <= 100:
+    rate = cfg.get("rate_hz")
+    if rate is not None:
+        rate = _number(f"{source}: rate_hz", rate)
+        if not 0 < rate <= 10_000:
+            raise ValueError(f"{source}: rate_hz: expected the robot's rate, 0 < Hz <= 10000, got {rate!r}")
+    ahead = cfg.get("steps_ahead")
+    if ahead is not None and (isinstance(ahead, bool) or not isinstance(ahead, int) or not 1 <= ahead <= 100):
         raise ValueError(f"{source}: steps_ahead: expected an integer in 1..100, got {ahead!r}")
-    io = IoConfig(observation, action, cost, topic, trigger, ahead, source)
+    expires = command.expires_after_s
+    if expires is not None:
+        # The robot drops the command at its expiry: it takes at most that many steps on it.
+        if rate is None:
+            raise ValueError(f"{source}: rate_hz: expected the robot's rate (Hz): with an expiring command "
+                             f"(action.expires_after_s) the steps it may take on one are expiry x rate")
+        least = max(1, math.ceil(expires * rate - 1e-9))
+        if ahead is not None and ahead < least:
+            raise ValueError(f"{source}: steps_ahead: expected >= {least} (expires_after_s {expires:g} s x rate_hz "
+                             f"{rate:g}), got {ahead}")
+        ahead = ahead or least
+    elif ahead is None:
+        # A standard command carries no lease: the robot takes the step in flight, and maybe
+        # more, on its old command after the budget says stop. The budget stops that early.
+        ahead = math.ceil(rate * STOP_LATENCY_S - 1e-9) + 1 if rate else 3
+    io = IoConfig(observation, action, cost, topic, trigger, min(ahead, 100), source, rate, expires is not None)
     io.topics()  # the topic/type checks
     return io
 
 
-def load_io(path: str) -> IoConfig:
-    """An io file (YAML); errors name the file, the entry and the field."""
+def check_fields(io: IoConfig, message_class) -> None:
+    """Every field path of the observation and the cost exists in its message type, and is a
+    number or an array of numbers (message_class: "pkg/Type" -> class). A misspelled path
+    (twist.twist.linaer.x) would otherwise pass and fail on the first message."""
+    named = [(f"observation[{i}]", e) for i, e in enumerate(io.observation.entries)] + [("cost", io.cost)]
+    for where, e in named:
+        if e.type in ("sensor_msgs/JointState", "sensor_msgs/LaserScan"):
+            continue  # their fields are checked by name at load
+        obj = message_class(e.type)()
+        for part in e.field.split("."):
+            if part == "yaw" and all(hasattr(obj, k) for k in "xyzw"):
+                obj = 0.0
+            elif part in obj.get_fields_and_field_types():
+                obj = getattr(obj, part)
+            else:
+                known = ", ".join(obj.get_fields_and_field_types())
+                raise ValueError(f"{io.source}: {where}.field: {e.type} has no {e.field!r} ({part!r} is not one "
+                                 f"of: {known})")
+        if hasattr(obj, "get_fields_and_field_types"):
+            raise ValueError(f"{io.source}: {where}.field: {e.field!r} of {e.type} is a message, not a number; "
+                             f"name one of its fields: {', '.join(obj.get_fields_and_field_types())}")
+
+
+def load_io(path: str, message_class=None) -> IoConfig:
+    """An io file (YAML); errors name the file, the entry and the field. With message_class
+    ("pkg/Type" -> class, where ROS 2 is installed) the field paths are checked too."""
     import yaml
 
     try:
@@ -457,4 +549,7 @@ def load_io(path: str) -> IoConfig:
         raise ValueError(f"io: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"io: {path} is not valid YAML: {exc}") from None
-    return io_config(cfg, f"io {path}")
+    io = io_config(cfg, f"io {path}")
+    if message_class is not None:
+        check_fields(io, message_class)
+    return io

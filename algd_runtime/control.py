@@ -159,9 +159,12 @@ class ControllerCore:
         return self._effective
 
     def on_observation(self, obs, stamp: Any, received_at: float, meta: tuple[int, int, float] | None,
-                       stamp_ns: int | None = 0) -> None:
-        """Account the step this observation reports, then keep it as the newest."""
-        if meta is None:
+                       stamp_ns: int | None = 0, accounted: bool = False) -> None:
+        """Account the step this observation reports (accounted: the caller did, from a cost
+        topic), then keep it as the newest."""
+        if accounted:
+            pass
+        elif meta is None:
             self.gate.latch.trip("contract", "an observation without (episode, t, cost): the controller cannot "
                                  "account the budget (see SAFETY.md, the robot's side)")
         else:

@@ -857,18 +857,18 @@ def _analyze(inj: Injection, run: Run, holds: list, stop_lines: dict, end: float
     out = {"at_s": round(inj.at - run.t_fault, 3) if run.t_fault else None, "episodes_before": inj.episodes_before,
            "deadline_ms": (inj.deadline_s + run.period + SCHED_ALLOWANCE_S) * 1e3, "recovered": inj.until is not None,
            "steps_after_fault": sum(1 for s in steps if inj.at < s <= until)}
-    if not cands:
-        out.update(safe_ms=None, source="none", steps_after_safe=None)
-        run.problems.append(f"{run.fault}: no safe hold for the fault injected at {out['at_s']} s "
-                            f"(reasons {inj.reasons})")
-        return out
-    safe_at, source = min(cands)
+    # The pass rule is what safety means: no step after the fault's deadline (the time the
+    # layer is allowed to take to hold the robot), whatever hold (or none) the log shows.
+    # Which hold it was, and how soon, is a figure (safe_ms), not the rule.
     slack = run.period + SCHED_ALLOWANCE_S  # a step already leased may still land
-    moved = sum(1 for s in steps if safe_at + slack < s <= until)
-    out.update(safe_ms=(safe_at - inj.at) * 1e3, source=source, steps_after_safe=moved)
+    deadline_at = inj.at + inj.deadline_s + slack
+    moved = sum(1 for s in steps if deadline_at < s <= until)
+    safe_at, source = min(cands) if cands else (None, "none")
+    out.update(safe_ms=None if safe_at is None else (safe_at - inj.at) * 1e3, source=source,
+               steps_after_safe=moved)
     if moved:
-        run.problems.append(f"{run.fault}: the robot took {moved} steps after it was held for the fault "
-                            f"(injected at {out['at_s']} s)")
+        run.problems.append(f"{run.fault}: the robot took {moved} steps after the fault's deadline "
+                            f"({(deadline_at - inj.at) * 1e3:.0f} ms after the fault injected at {out['at_s']} s)")
     if inj.episodes_before < 1:
         run.problems.append(f"{run.fault}: no episode ran before the fault at {out['at_s']} s (vacuous)")
     return out

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
-from algd_runtime.safety import budget_verdict
+from algd_runtime.safety import Budget, StopDistance, budget_verdict
 
 
 class Level(IntEnum):
@@ -55,10 +55,7 @@ class MonitorConfig:
     steps_ahead: int = 1  # steps the robot may take before a stop reaches it (an io file's steps_ahead)
 
     def __post_init__(self) -> None:
-        if self.max_step_cost is not None and not (math.isfinite(self.max_step_cost) and self.max_step_cost > 0):
-            raise ValueError(f"max_step_cost: expected a finite value > 0 (or none), got {self.max_step_cost}")
-        if not (isinstance(self.cost_limit, (int, float)) and math.isfinite(self.cost_limit) and self.cost_limit > 0):
-            raise ValueError(f"cost_limit: expected a finite value > 0, got {self.cost_limit}")
+        self.budget  # the budget's own checks (cost_limit, max_step_cost, steps_ahead)
         if self.accounting not in ("episode", "window"):
             raise ValueError(f"accounting: expected 'episode' or 'window', got {self.accounting!r}")
         if self.stop_on not in ("budget", "forecast"):
@@ -76,8 +73,11 @@ class MonitorConfig:
             raise ValueError(f"hysteresis: expected 0 <= hysteresis < warn_at, got {self.hysteresis}")
         if self.clear_steps < 1:
             raise ValueError(f"clear_steps: expected >= 1, got {self.clear_steps}")
-        if isinstance(self.steps_ahead, bool) or not isinstance(self.steps_ahead, int) or self.steps_ahead < 1:
-            raise ValueError(f"steps_ahead: expected an integer >= 1, got {self.steps_ahead!r}")
+
+    @property
+    def budget(self) -> Budget:
+        """The same budget rule as the controller's account (safety.Budget)."""
+        return Budget(self.cost_limit, self.max_step_cost, self.steps_ahead)
 
     def threshold(self, level: Level) -> float:
         return {Level.WARN: self.warn_at, Level.ERROR: self.error_at, Level.STOP: self.stop_at}[level]
@@ -109,8 +109,10 @@ class BudgetMonitor:
     accumulated: float = 0.0
     predicted: float = 0.0
     transitions: list[Transition] = field(default_factory=list)
-    worst_step: float = 0.0  # the largest finite one-step cost seen (the "budget" stop's margin)
+    worst_step: float = 0.0  # the largest cost the robot reported for one step (the "budget" stop's margin)
     missed_steps: int = 0  # steps the robot took that never reached the monitor
+    distance: StopDistance | None = None  # a robot without a lease: the margin's steps, measured
+    _episode_start: int = 0  # `step` when the episode began
     _window: deque = field(default_factory=deque)
     _calm: int = 0
     _operator_only: bool = False  # a STOP that no episode end clears (latch_stop)
@@ -124,12 +126,17 @@ class BudgetMonitor:
         return self.forecast / self.cfg.cost_limit
 
     @property
+    def margin_steps(self) -> int:
+        """Steps the robot may take before the e-stop reaches it (measured, for a robot without a lease)."""
+        return self.distance.in_use if self.distance else self.cfg.steps_ahead
+
+    @property
     def margin(self) -> float:
         """What the steps the robot may still take before the e-stop reaches it can cost."""
-        return self.cfg.steps_ahead * max(self.cfg.max_step_cost or 0.0, self.worst_step)
+        return self.cfg.budget.margin(self.worst_step, self.margin_steps)
 
     def _worst_case(self, steps: int) -> float:
-        return steps * self.cfg.max_step_cost if self.cfg.max_step_cost else self.cfg.cost_limit
+        return self.cfg.budget.worst_case(steps)
 
     def missed(self, steps: int) -> list[Transition]:
         """Steps the robot took whose costs never arrived: each counts as the worst case."""
@@ -138,13 +145,18 @@ class BudgetMonitor:
         self.missed_steps += steps
         return self.update(self._worst_case(steps), count=steps)
 
-    def update(self, cost: float, predicted_cost_to_go: float = 0.0, count: int = 1) -> list[Transition]:
+    def update(self, cost: float, predicted_cost_to_go: float = 0.0, count: int = 1, reported: bool = True,
+               extra: float = 0.0) -> list[Transition]:
         """Account one step (or `count` steps costing `cost` together); returns the
-        transitions it caused (usually none)."""
+        transitions it caused (usually none). reported=False: not one step's own cost report
+        (it never raises the margin); extra: costs of steps whose states were lost."""
         if not math.isfinite(cost) or cost < 0:
             cost = self._worst_case(count)  # an unreadable cost is treated as the worst case
-        elif count == 1:
+        elif count == 1 and reported:
             self.worst_step = max(self.worst_step, cost)
+        if self.distance is not None:
+            self.distance.on_step(self.step + count - self._episode_start, cost + extra)
+        cost += extra if math.isfinite(extra) and extra >= 0 else self._worst_case(1)
         self.step += count
         if self.cfg.accounting == "window":
             self._window.append(cost)
@@ -158,6 +170,9 @@ class BudgetMonitor:
         return self._escalate_or_calm()
 
     def _escalate_or_calm(self) -> list[Transition]:
+        never = self.cfg.budget.never_moves(self.worst_step, self.margin_steps)
+        if never:  # no episode can move: a STOP that no episode end clears (the controller latches too)
+            return self.latch_stop(never)
         ratio, out, limit = self.ratio, [], self.cfg.cost_limit
         # stop_on "forecast" stops only on a spent budget (margin 0), "budget" one step early.
         spent = budget_verdict(self.accumulated, self.margin if self.cfg.stop_on == "budget" else 0.0, limit)
@@ -168,6 +183,8 @@ class BudgetMonitor:
                 out.append(self._move(nxt, f"forecast/limit {ratio:.3f} >= {self.cfg.threshold(nxt):g}"))
             elif spent:  # the budget is gone (or about to be) whatever the thresholds say
                 out.append(self._move(nxt, spent))
+                if nxt == Level.STOP and self.distance is not None:
+                    self.distance.stop_decided(self.step - self._episode_start)
             else:
                 break
         if out or self.level in (Level.OK, Level.STOP):
@@ -199,6 +216,9 @@ class BudgetMonitor:
         episode_clears = self.cfg.stop_latch == "episode" and not self._operator_only
         if Level.OK < self.level < Level.STOP or (self.level == Level.STOP and episode_clears):
             out.append(self._move(Level.OK, "episode ended"))  # recorded with the episode that ended
+        if self.distance is not None:
+            self.distance.episode_ended()
+        self._episode_start = self.step
         self.episode += 1
         if self.cfg.accounting == "episode":
             self.accumulated, self.predicted = 0.0, 0.0

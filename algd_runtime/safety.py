@@ -9,8 +9,10 @@ contract these pieces implement.
     BudgetAccount   an episode's cost from sequence-numbered transitions (a gap counts as
                     the worst case) and the lease: how many steps the robot may take on one
                     action before it must have a newer one
-    StepTally       the same transitions for a robot that speaks standard messages: one step
-                    per answered observation, charged the cost messages since the last one
+    Budget          the limit, step-cost bound and steps_ahead both channels guard (resolve_budget)
+    StopDistance    for a robot without a lease: the steps it takes after a stop, measured
+    CostMatcher     the same transitions for a robot that speaks standard messages: costs
+                    matched to the steps they belong to by stamp or by time
     Latch           a STOP that only the operator clears (kinds and reasons kept)
     HeartbeatWatch  the controller's view of the monitor: no verified, fresh, in-order
                     heartbeat from the same monitor process -> no motion
@@ -57,43 +59,160 @@ def lease_steps(accumulated: float, margin: float, limit: float, cap: int = LEAS
     return int(min(cap, math.floor((limit - accumulated) / margin + 1e-9)))
 
 
-@dataclass
-class BudgetAccount:
-    """One episode's cost, as the robot reports it step by step.
+@dataclass(frozen=True)
+class Budget:
+    """The one budget both channels guard (the controller's account and the monitor), made
+    by one function (resolve_budget) from the bundle's manifest and the parameters.
 
     step_bound: the largest cost one step can have (a configured or task bound), or None:
-    then the margin is the largest step cost seen so far, and a missed step (whose cost is
-    unknown) spends the whole budget.
-    """
+    then the margin is the largest step cost the robot reported, and a step whose cost is
+    unknown spends the whole budget. steps_ahead: steps the robot may take before a stop
+    reaches it (1: it obeys a lease)."""
 
     limit: float
     step_bound: float | None = None
-    steps_ahead: int = 1  # steps the robot may take before a stop reaches it (1: it obeys a lease)
-    episode: int = -1
-    t: int = 0  # steps accounted in the episode
-    accumulated: float = 0.0
-    worst_seen: float = 0.0
-    missed: int = 0  # steps never reported (counted as the worst case), over all episodes
+    steps_ahead: int = 1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.limit, (int, float)) and math.isfinite(self.limit) and self.limit > 0):
+        if isinstance(self.limit, bool) or not (isinstance(self.limit, (int, float)) and math.isfinite(self.limit)
+                                                and self.limit > 0):
             raise ValueError(f"cost_limit: expected a finite value > 0, got {self.limit!r}")
         if self.step_bound is not None and not (math.isfinite(self.step_bound) and self.step_bound > 0):
             raise ValueError(f"max_step_cost: expected a finite value > 0 (or none), got {self.step_bound!r}")
         if isinstance(self.steps_ahead, bool) or not isinstance(self.steps_ahead, int) or self.steps_ahead < 1:
             raise ValueError(f"steps_ahead: expected an integer >= 1, got {self.steps_ahead!r}")
 
-    @property
-    def margin(self) -> float:
-        """What the steps the robot may still take before a stop reaches it can cost."""
-        return self.steps_ahead * max(self.step_bound or 0.0, self.worst_seen)
-
-    def _worst_case(self, steps: int) -> float:
+    def worst_case(self, steps: int = 1) -> float:
+        """What `steps` steps of unknown cost are charged."""
         return steps * self.step_bound if self.step_bound else self.limit
 
-    def record(self, episode: int, t: int, cost: float) -> None:
+    def margin(self, worst_reported: float, steps_ahead: int | None = None) -> float:
+        """What the steps the robot may still take before a stop reaches it can cost (steps_ahead:
+        the measured number in use, else the configured one). Only a bound or a cost the robot
+        reported for one step raises it, never a worst-case charge."""
+        return (steps_ahead or self.steps_ahead) * max(self.step_bound or 0.0, worst_reported)
+
+    def never_moves(self, worst_reported: float, steps_ahead: int | None = None) -> str | None:
+        """Why no episode can ever move under this budget (a hold that cannot end by itself), or None."""
+        steps = steps_ahead or self.steps_ahead
+        margin = self.margin(worst_reported, steps)
+        if margin > self.limit:
+            measured = " measured" if steps != self.steps_ahead else ""
+            return (f"step-cost margin {margin:g} ({steps}{measured} steps ahead x step cost "
+                    f"{max(self.step_bound or 0.0, worst_reported):g}) > budget {self.limit:g}: no episode can "
+                    f"move; raise cost_limit, lower max_step_cost, or give the robot a command it expires "
+                    f"(a lease) or a lower rate")
+        return None
+
+    @property
+    def digest(self) -> str:
+        """What the heartbeat carries, so the controller knows the monitor guards the same budget."""
+        body = canonical({"limit": float(self.limit), "step_bound": self.step_bound, "steps_ahead": self.steps_ahead})
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return (f"limit {self.limit:g}, step-cost bound {self.step_bound if self.step_bound else 'largest reported'}, "
+                f"steps_ahead {self.steps_ahead}")
+
+
+def resolve_budget(manifest_budget: dict | None, cost_limit: float = -1.0, max_step_cost: float = -1.0,
+                   steps_ahead: int = 1) -> Budget:
+    """The budget a node guards: cost_limit and max_step_cost when set (> 0), else the
+    bundle's (manifest `budget`); the one rule of the controller, the monitor and the guard."""
+    budget = manifest_budget or {}
+    limit = cost_limit if cost_limit > 0 else budget.get("cost_limit")
+    if limit is None:
+        raise ValueError("cost_limit: expected a value > 0, or a bundle whose manifest gives it")
+    bound = max_step_cost if max_step_cost > 0 else budget.get("max_step_cost")
+    return Budget(float(limit), float(bound) if bound else None, steps_ahead)
+
+
+class StopDistance:
+    """For a robot without a lease (standard commands): how many steps it takes between a
+    stop decision and its stop, measured. The margin counts the larger of the configured
+    steps_ahead and the worst measured + 1; it never shrinks within a run.
+
+    A distance runs from the step at which the budget first said stop to the last step of
+    the episode that cost anything (a robot held still at no cost has stopped, whenever its
+    episode ends), plus the costs of that episode that raced its end and were charged to the
+    next one (CostMatcher: without stamps the running episode pays)."""
+
+    def __init__(self, configured: int) -> None:
+        self.configured = configured
+        self.worst = -1  # -1: nothing measured yet
+        self.last = -1  # the last episode's distance
+        self._stop_at: int | None = None
+        self._last_costly: int | None = None
+
+    @property
+    def in_use(self) -> int:
+        return max(self.configured, self.worst + 1)
+
+    def stop_decided(self, t: int) -> None:
+        """A budget stop was decided at step t of the episode (the first one counts)."""
+        if self._stop_at is None:
+            self._stop_at = t
+
+    def on_step(self, t: int, cost: float) -> None:
+        if self._stop_at is not None and t > self._stop_at and not (cost == 0):  # NaN (unknown) counts
+            self._last_costly = t
+
+    def episode_ended(self) -> bool:
+        """The episode ended; True if the margin's steps grew."""
+        before = self.in_use
+        self.last = -1
+        if self._stop_at is not None:
+            self.last = (self._last_costly - self._stop_at) if self._last_costly is not None else 0
+            self.worst = max(self.worst, self.last)
+        self._stop_at = self._last_costly = None
+        return self.in_use > before
+
+    def raced(self, steps: int) -> bool:
+        """`steps` cost messages of the last episode came after its end; True if it grew."""
+        before = self.in_use
+        if self.last >= 0 and steps > 0:
+            self.last += steps
+            self.worst = max(self.worst, self.last)
+        return self.in_use > before
+
+    def describe(self) -> str:
+        return (f"{self.in_use} steps ahead (configured {self.configured}, measured "
+                f"{self.worst if self.worst >= 0 else 'nothing yet'} steps from a stop decision to the robot's stop)")
+
+
+@dataclass
+class BudgetAccount:
+    """One episode's cost, as the robot reports it step by step. `provisional` is what steps
+    taken but not yet costed (their cost message is still on its way) are held at: their
+    worst case, for the verdict only, until the cost arrives (CostMatcher)."""
+
+    budget: Budget
+    episode: int = -1
+    t: int = 0  # steps accounted in the episode
+    accumulated: float = 0.0
+    worst_seen: float = 0.0  # the largest cost the robot reported for one step
+    missed: int = 0  # steps never reported (counted as the worst case), over all episodes
+    provisional: float = 0.0
+    distance: StopDistance | None = None  # a robot without a lease: the margin's steps, measured
+
+    @property
+    def limit(self) -> float:
+        return self.budget.limit
+
+    @property
+    def steps_ahead(self) -> int:
+        return self.distance.in_use if self.distance else self.budget.steps_ahead
+
+    @property
+    def margin(self) -> float:
+        return self.budget.margin(self.worst_seen, self.steps_ahead)
+
+    def record(self, episode: int, t: int, cost: float, reported: bool = True, extra: float = 0.0) -> None:
         """The robot's report that step t of `episode` cost `cost` (t = 0: the episode began).
-        A repeat is ignored; a gap, a late join or an unreadable cost counts as the worst case."""
+        A repeat is ignored; a gap, a late join or an unreadable cost counts as the worst case.
+        reported=False: `cost` is not one step's own report (a sum over steps whose states were
+        lost), so it does not raise the margin. extra: the costs of steps whose states were
+        lost, charged with this one."""
         if episode != self.episode:
             self.episode, self.t, self.accumulated = episode, 0, 0.0
         if t <= self.t and not (t == 0 and self.t == 0):
@@ -101,61 +220,193 @@ class BudgetAccount:
         gap = t - self.t - 1 if t > 0 else 0
         if gap > 0:
             self.missed += gap
-            self.accumulated += self._worst_case(gap)
+            self.accumulated += self.budget.worst_case(gap)
+        if t > 0 and self.distance is not None:
+            self.distance.on_step(t, cost)
         if t > 0:
             if math.isfinite(cost) and cost >= 0:
-                self.worst_seen = max(self.worst_seen, cost)
+                if reported:
+                    self.worst_seen = max(self.worst_seen, cost)
                 self.accumulated += cost
             else:
-                self.accumulated += self._worst_case(1)
+                self.accumulated += self.budget.worst_case(1)
+            self.accumulated += extra if math.isfinite(extra) and extra >= 0 else self.budget.worst_case(1)
         self.t = max(self.t, t)
 
-    def verdict(self) -> str | None:
-        return budget_verdict(self.accumulated, self.margin, self.limit)
+    def charge(self, charge: "Charge") -> None:
+        if charge.raced and self.distance is not None:
+            self.distance.raced(charge.raced)
+        self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra)
+
+    def verdict(self, with_provisional: bool = True) -> str | None:
+        """Why the robot must hold. with_provisional=False: by the costs charged so far only
+        (what may latch: a cost still on its way must not latch a STOP for the operator)."""
+        return budget_verdict(self.accumulated + (self.provisional if with_provisional else 0.0), self.margin,
+                              self.limit)
 
     def lease(self, cap: int = LEASE_MAX) -> int:
-        return lease_steps(self.accumulated, self.margin, self.limit, cap)
+        return lease_steps(self.accumulated + self.provisional, self.margin, self.limit, cap)
 
 
 @dataclass
-class StepTally:
-    """The budget contract for a robot without [episode, t, cost] on its observations (an
-    io file, SAFETY.md): each message on the trigger topic is one step, charged the sum of
-    the cost messages received since the previous one. A step with no cost message is
-    charged NaN, which BudgetAccount counts as the worst case: a robot that stops reporting
-    costs spends its budget, not nothing. Without an episode topic the run is one episode.
-    Costs belong to the episode in progress when they arrive."""
+class Charge:
+    """What CostMatcher hands the account: step t of `episode` cost `cost` (NaN: no cost came
+    in time, the worst case), plus `extra`, the costs of steps whose states were lost.
+    reported: one cost message of the robot's for this one step (only that raises the margin)."""
 
-    episode: int = 0
-    t: int = -1  # -1: no observation yet in this episode
-    pending: list = field(default_factory=list)
-    received: int = 0  # cost messages over the run (the monitor counts the same messages)
-    uncosted: int = 0  # steps with no cost message, charged the worst case
+    episode: int
+    t: int
+    cost: float
+    reported: bool = True
+    extra: float = 0.0
+    raced: int = 0  # cost messages that came before the episode's first state: the last episode's
 
-    def on_cost(self, cost: float) -> None:
-        self.pending.append(float(cost))
+
+@dataclass
+class _Step:
+    t: int
+    deadline: float
+    stamp_ns: int | None
+    costs: list | None = None  # None: its cost has not come yet
+    extra: list = field(default_factory=list)
+    raced: int = 0
+
+
+class CostMatcher:
+    """The budget contract for a robot that speaks standard messages (an io file, SAFETY.md):
+    costs matched to the steps they belong to by time, not by the order they arrive in (DDS
+    does not order two topics: a cost can arrive after the state that follows its step).
+
+    Each new state (trigger message) after the episode's first is one step. Its cost is:
+    - stamped costs: the cost message whose stamp equals the state's stamp (a state re-sent
+      with the same stamp is not a new step);
+    - unstamped: the costs that arrived since the previous state, or else the next cost to
+      arrive within `wait_s`.
+    A step whose cost does not come within `wait_s` of its state (at most one period) is
+    charged the worst case; until then it is pending, and the verdict holds it at the worst
+    case. Costs that came for states that were lost are charged with the next step. Nothing
+    is charged before the robot's first cost message: a robot already running when the node
+    starts is not charged for what discovery missed, and until then nothing moves."""
+
+    MIN_WAIT_S, MAX_WAIT_S = 0.0005, 0.1
+
+    def __init__(self, stamped: bool = False, wait_s: float | None = None) -> None:
+        """stamped: the costs carry the stamp of the state that follows their step (else they
+        are matched by arrival). wait_s: how long a step waits for its cost; None: one period
+        of the robot's, as measured between its states (the median of the last 32 intervals;
+        10 ms at first). A state's stamp, where it has one, tells a re-sent state from a step."""
+        self.stamped = stamped
+        if wait_s is not None and not (math.isfinite(wait_s) and wait_s > 0):
+            raise ValueError(f"cost wait: expected a finite time > 0, got {wait_s!r}")
+        self._fixed_wait = wait_s
+        self._intervals: deque = deque(maxlen=32)
+        self._last_state_at: float | None = None
+        self.episode, self.t = 0, -1  # -1: no state yet in this episode
+        self._early: list[tuple[float, int | None]] = []  # costs that came before their state
+        self._pending: deque[_Step] = deque()  # steps in order, some still waiting for a cost
+        self._last_stamp: int | None = None
+        self.armed = False  # the robot's first cost message arms the account
+        self.received = 0  # cost messages over the run
+        self.uncosted = 0  # steps charged the worst case: no cost within wait_s
+        self.reordered = 0  # costs that came after the state that follows their step
+        self.dropped = 0  # stamped costs whose step was charged already, or of an ended episode
+        self.carried = 0  # states still waiting for a cost when their episode ended
+
+    @property
+    def wait_s(self) -> float:
+        if self._fixed_wait is not None:
+            return self._fixed_wait
+        if not self._intervals:
+            return 0.01
+        return min(self.MAX_WAIT_S, max(self.MIN_WAIT_S, float(np.median(self._intervals))))
+
+    def counts(self) -> dict:
+        """What the summaries and /diagnostics report."""
+        return {"received": self.received, "after_their_state": self.reordered, "without_cost": self.uncosted,
+                "dropped": self.dropped, "carried_over_episode": self.carried, "wait_ms": round(self.wait_s * 1e3, 3)}
+
+    @property
+    def waiting(self) -> int:
+        """Steps taken whose cost has not come yet (the verdict holds them at the worst case)."""
+        return sum(step.costs is None for step in self._pending)
+
+    def on_cost(self, cost: float, stamp_ns: int | None, now: float) -> list[Charge]:
         self.received += 1
+        self.armed = True
+        out = self.expire(now)
+        stamp_ns = stamp_ns if self.stamped else None
+        for step in self._pending:
+            if step.costs is None and (stamp_ns is None or step.stamp_ns == stamp_ns):
+                step.costs = [float(cost)]
+                self.reordered += 1
+                return out + self._release()
+        if stamp_ns is not None and self._last_stamp is not None and stamp_ns <= self._last_stamp:
+            self.dropped += 1  # its step was charged the worst case already, or it is a repeat
+            return out
+        self._early.append((float(cost), stamp_ns))
+        return out
 
-    def on_observation(self) -> tuple[int, int, float]:
-        """(episode, t, cost) for BudgetAccount.record: the episode's first observation is
-        t = 0 (no step yet) unless costs already arrived for it."""
-        if self.t < 0 and not self.pending:
-            self.t = 0
-            return self.episode, 0, 0.0
+    def on_state(self, stamp_ns: int | None, now: float) -> list[Charge]:
+        """A state (trigger message). Returns the charges now known, in step order."""
+        out = self.expire(now)
+        if stamp_ns is not None:
+            if self._last_stamp is not None and stamp_ns <= self._last_stamp:
+                return out  # the same state re-sent while the robot waits: not a step
+            self._last_stamp = stamp_ns
+        if self._last_state_at is not None:
+            self._intervals.append(now - self._last_state_at)
+        self._last_state_at = now
+        if not self.armed:
+            return out
+        if self.stamped and stamp_ns is not None:
+            mine = [c for c, s in self._early if s == stamp_ns]
+            older = [c for c, s in self._early if s is None or s < stamp_ns]
+            self._early = [(c, s) for c, s in self._early if s is not None and s > stamp_ns]
+            if self.t < 0 and not mine:  # the episode's first state; older costs are the last episode's
+                self.t, self.dropped = 0, self.dropped + len(older)
+                return out + [Charge(self.episode, 0, 0.0)]
+        else:
+            mine, older, self._early = [c for c, _ in self._early], [], []
+            if self.t < 0 and not mine:
+                self.t = 0
+                return out + [Charge(self.episode, 0, 0.0)]
+        raced = len(mine) if self.t < 0 and not self.stamped else 0
         self.t = max(self.t, 0) + 1
-        cost = math.fsum(self.pending) if self.pending else math.nan
-        self.uncosted += not self.pending
-        self.pending.clear()
-        return self.episode, self.t, cost
+        self._pending.append(_Step(self.t, now + self.wait_s, stamp_ns, mine or None, older, raced))
+        return out + self._release()
 
-    def on_episode(self) -> tuple[int, int, float] | None:
-        """A new episode starts; returns the old one's last record if costs were still pending."""
-        last = None
-        if self.pending:
-            last = (self.episode, max(self.t, 0) + 1, math.fsum(self.pending))
-            self.pending.clear()
+    def _release(self) -> list[Charge]:
+        """Charges for the steps at the head of the queue whose cost has come, in order."""
+        out = []
+        while self._pending and self._pending[0].costs is not None:
+            step = self._pending.popleft()
+            costs = step.costs
+            if any(not (math.isfinite(c) and c >= 0) for c in costs):
+                out.append(Charge(self.episode, step.t, math.nan, False, math.fsum(step.extra), step.raced))
+            else:
+                out.append(Charge(self.episode, step.t, math.fsum(costs), len(costs) == 1, math.fsum(step.extra),
+                                  step.raced))
+        return out
+
+    def expire(self, now: float) -> list[Charge]:
+        """Steps whose cost did not come within wait_s: charged the worst case."""
+        for step in self._pending:
+            if step.costs is None and step.deadline <= now:
+                step.costs = [math.nan]
+                self.uncosted += 1
+        return self._release()
+
+    def on_episode(self, now: float) -> list[Charge]:
+        """A new episode starts. The old one's steps whose cost came are charged; a step still
+        waiting is not (the old episode is over): its cost, if it still comes, is charged to
+        the new episode unstamped (the safe side), or dropped by its stamp. The state may also
+        be the new episode's first, come before this message (DDS orders no two topics)."""
+        out = self._release()
+        self.carried += sum(step.costs is None for step in self._pending)
+        self._pending = deque(step for step in self._pending if step.costs is not None)
+        out += self._release()
         self.episode, self.t = self.episode + 1, -1
-        return last
+        return out
 
 
 # -- the latch -------------------------------------------------------------------------------------
@@ -299,6 +550,7 @@ class HeartbeatWatch:
     payload: dict = field(default_factory=dict)
     rejected: int = 0
     last_rejection: str = ""
+    budget: Budget | None = None  # the controller's: the monitor must guard the same one
 
     def __post_init__(self) -> None:
         self._unaccounted: deque = deque()  # (robot stamp ns, receipt time) of steps the monitor has not shown
@@ -320,14 +572,22 @@ class HeartbeatWatch:
             self.rejected += 1
             self.last_rejection = f"heartbeat: sequence {p['seq']} not after {self.seq} (replayed)"
             return
+        if p.get("sees_robot") is not False and self.payload.get("sees_robot") is False:
+            self._unaccounted.clear()  # steps before the monitor saw the robot were not tracked (discovery)
         self.seq, self.last_at, self.payload = int(p["seq"]), now, p
+        if self.budget is not None and p.get("budget") != self.budget.digest:
+            latch.trip("budget_mismatch", f"the monitor guards budget {p.get('budget')} (limit {p.get('limit')}), "
+                       f"this controller {self.budget.digest} ({self.budget.describe()}): the two channels must "
+                       f"guard one budget (same bundle, cost_limit, max_step_cost and io file)")
         seen = p.get("seen_stamp_ns")
         while self._unaccounted and seen is not None and self._unaccounted[0][0] <= seen:
             self._unaccounted.popleft()
 
     def on_robot_step(self, stamp_ns: int, now: float) -> None:
-        """The controller saw a step (an observation with t >= 1) taken at robot time stamp_ns."""
-        if self.boot is not None:
+        """The controller saw a step (an observation with t >= 1) taken at robot time stamp_ns.
+        Tracked only once the monitor says it sees the robot: a robot already running while
+        discovery is still under way is not a lagging monitor (its steps are held anyway)."""
+        if self.boot is not None and self.payload.get("sees_robot") is not False:
             self._unaccounted.append((stamp_ns, now))
             while len(self._unaccounted) > 100_000:
                 self._unaccounted.popleft()
@@ -436,6 +696,7 @@ class SafetyGate:
         self.account, self.watch, self.stop_latch, self.lease_cap = account, watch, stop_latch, lease_cap
         self.latch = Latch()
         self.hold_until = -math.inf  # no motion before this time (a start-up hold), without latching
+        self.waiting_for: str | None = None  # a hold until the robot's first cost (CostMatcher)
 
     def hold_for(self, now: float, seconds: float, why: str) -> None:
         self.hold_until, self.hold_reason = now + seconds, why
@@ -446,10 +707,28 @@ class SafetyGate:
         self.account.record(episode, t, cost)
         if t > 0 and self.watch is not None and stamp_ns is not None:
             self.watch.on_robot_step(stamp_ns, now)
-        if self.stop_latch == "operator":
-            spent = self.account.verdict()
+        self._latch_if_stuck()
+
+    def on_charges(self, charges: list[Charge], waiting: int) -> None:
+        """Steps costed by a CostMatcher (standard messages); `waiting` steps are held at the
+        worst case until their cost comes."""
+        for charge in charges:
+            self.account.charge(charge)
+        self.account.provisional = self.account.budget.worst_case(waiting) if waiting else 0.0
+        if charges:
+            self._latch_if_stuck()
+
+    def _latch_if_stuck(self) -> None:
+        """A budget stop latches for the operator with stop_latch "operator", and always when
+        it can never end by itself: no episode could move under the margin."""
+        account = self.account
+        never = account.budget.never_moves(account.worst_seen, account.steps_ahead)
+        if never:
+            self.latch.trip("budget_margin", never)
+        elif self.stop_latch == "operator":
+            spent = account.verdict(with_provisional=False)
             if spent:
-                self.latch.trip("budget", f"episode {episode}: {spent}")
+                self.latch.trip("budget", f"episode {account.episode}: {spent}")
 
     def verdict(self, now: float) -> Verdict:
         reason = None
@@ -460,7 +739,11 @@ class SafetyGate:
         if reason is None and now < self.hold_until:
             reason = self.hold_reason
         if reason is None:
+            reason = self.waiting_for
+        if reason is None:
             reason = self.account.verdict()
+            if reason and self.account.distance is not None:
+                self.account.distance.stop_decided(self.account.t)
         if reason:
             return Verdict(reason, 0)
         return Verdict(None, self.account.lease(self.lease_cap))

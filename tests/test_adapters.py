@@ -5,13 +5,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("sensor_msgs")
 from geometry_msgs.msg import PoseWithCovariance, Twist, TwistStamped, TwistWithCovariance  # noqa: E402
 from sensor_msgs.msg import Imu, JointState, LaserScan  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from algd_runtime.adapters import action_map, observation_map, scan_bins, yaw  # noqa: E402
+from algd_runtime.adapters import action_map, io_config, observation_map, scan_bins, yaw  # noqa: E402
 
 CONFIG = [
     {"topic": "joint_states", "type": "sensor_msgs/JointState", "field": "position", "joints": ["knee", "hip"]},
@@ -82,7 +83,7 @@ def test_the_action_fills_each_standard_command():
                         "scale": [2.0, 0.5]}, 2).fill(Twist(), a)
     assert (twist.linear.x, twist.angular.z, twist.linear.y) == (1.0, -0.5, 0.0)
     stamped = action_map({"topic": "cmd_vel", "type": "geometry_msgs/TwistStamped",
-                          "fields": ["linear.x", "angular.z"]}, 2).fill(TwistStamped(), a)
+                          "fields": ["linear.x", "angular.z"], "expires_after_s": 0.02}, 2).fill(TwistStamped(), a)
     assert (stamped.twist.linear.x, stamped.twist.angular.z) == (0.5, -1.0)
     arr = action_map({"topic": "forward_position_controller/commands", "type": "std_msgs/Float64MultiArray",
                       "offset": 1.0}, 2).fill(Float64MultiArray(), a)
@@ -113,7 +114,7 @@ def test_the_shipped_io_files_load_and_fit_the_toy_task():
                          ("vector", {"cost", "episode_start", "state"})]:
         io = load_io(str(ROOT / "config" / "io" / f"{name}.yaml"))
         assert set(io.topics()) == topics and list(io.topics())[0] == "cost"  # cost is subscribed first
-        assert io.bind(8, 2).topic in ("cmd_vel", "commands") and io.steps_ahead == 2
+        assert io.bind(8, 2).topic in ("cmd_vel", "commands") and io.steps_ahead == 3  # 100 Hz x 20 ms + 1
         with pytest.raises(ValueError, match=r"observation: the entries give 8 values, the policy observes 6"):
             io.bind(6, 2)
 
@@ -210,3 +211,42 @@ def test_the_readme_io_example_is_a_valid_io_file():
     io = io_config(yaml.safe_load(text[start:text.index("```", start)]), "README")
     assert io.observation.size == 1 + 1 + 2 + 1 + 16 + 4 and io.trigger == "odom" and io.steps_ahead == 2
     assert io.bind(25, 2).fields == ["linear.x", "angular.z"]
+
+
+def test_expiring_commands_give_the_margin_from_their_expiry():
+    """TwistStamped dropped after the consumer's timeout, a JointTrajectory ended at its
+    point's time_from_start: a command moves the robot for at most expiry x rate steps."""
+    from algd_runtime.adapters import load_io
+
+    for name, kind in (("twist_stamped", "geometry_msgs/TwistStamped"), ("trajectory", "trajectory_msgs/JointTrajectory")):
+        io = load_io(str(ROOT / "config" / "io" / f"{name}.yaml"))
+        command = io.bind(8, 2)
+        assert command.type == kind and command.expires_after_s == 0.02
+        assert io.leased and io.steps_ahead == 2  # 0.02 s x 100 Hz
+    base = yaml.safe_load((ROOT / "config" / "io" / "twist_stamped.yaml").read_text())
+    for change, error in [
+        ({"rate_hz": None}, r"rate_hz: expected the robot's rate \(Hz\): with an expiring command"),
+        ({"steps_ahead": 1}, r"steps_ahead: expected >= 2 \(expires_after_s 0.02 s x rate_hz 100\), got 1"),
+        ({"action": {**base["action"], "expires_after_s": None}}, r"action.expires_after_s: expected the time"),
+        ({"action": {**base["action"], "type": "geometry_msgs/Twist"}},
+         r"action.expires_after_s: a geometry_msgs/Twist carries no stamp to expire from"),
+    ]:
+        cfg = {k: v for k, v in {**base, **change}.items() if v is not None}
+        if "action" in change:
+            cfg["action"] = {k: v for k, v in cfg["action"].items() if v is not None}
+        with pytest.raises(ValueError, match=error):
+            io_config(cfg)
+    assert io_config({**base, "rate_hz": 500, "action": {**base["action"], "expires_after_s": 0.004}}).steps_ahead == 2
+
+
+def test_a_joint_trajectory_command_carries_the_action_and_its_end():
+    pytest.importorskip("trajectory_msgs")
+    from trajectory_msgs.msg import JointTrajectory
+
+    amap = action_map({"topic": "jt", "type": "trajectory_msgs/JointTrajectory", "joints": ["vx", "vy"],
+                       "joint_field": "velocities", "expires_after_s": 0.25}, 2)
+    msg = amap.fill(JointTrajectory(), np.array([0.5, -1.0], np.float32))
+    assert msg.joint_names == ["vx", "vy"] and list(msg.points[0].velocities) == [0.5, -1.0]
+    assert (msg.points[0].time_from_start.sec, msg.points[0].time_from_start.nanosec) == (0, 250_000_000)
+    msg.joint_names, msg.points[0].velocities = ["vy", "vx"], [-1.0, 0.5]  # another order: read by name
+    np.testing.assert_allclose(amap.read(msg), [0.5, -1.0])

@@ -8,7 +8,7 @@ import pytest
 
 from algd_runtime.control import LATENCY_WINDOW, ControllerCore, ControllerParams, check_param
 from algd_runtime.runtime import PolicyRuntime
-from algd_runtime.safety import BudgetAccount, HeartbeatWatch, SafetyGate, sign_heartbeat
+from algd_runtime.safety import Budget, BudgetAccount, HeartbeatWatch, SafetyGate, sign_heartbeat
 
 KEY, NS = b"k" * 32, "/t"
 
@@ -20,7 +20,7 @@ def beat(seq, level="OK", boot="b1", **kw):
 def make_core(bundle, watch=True, **params):
     rt = PolicyRuntime.load(bundle, provider="cpu")
     w = HeartbeatWatch(KEY, NS, deadline_s=0.05, max_lag_s=1.0) if watch else None
-    gate = SafetyGate(BudgetAccount(5.0, 1.0), w, stop_latch="episode")
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0)), w, stop_latch="episode")
     return ControllerCore(rt, gate, ControllerParams(obs_timeout_s=0.05, **params))
 
 

@@ -59,9 +59,13 @@ def test_standard_messages_drive_the_robot_and_the_budget_holds(vesde_bundle, tm
     moved = [c for c, why in zip(sim["costs"], sim["ended_by"]) if c > 0]
     assert len(moved) >= 3 and max(sim["costs"]) <= limit, (sim["costs"], sim["ended_by"])
     assert "estop" in sim["ended_by"] and "budget" in " ".join(t["reason"] for t in mon["transitions"])
-    # The monitor accounted the same costs from the cost topic.
-    ended = {e["index"]: e["monitor_accumulated"] for e in mon["episodes"]}
-    assert sorted(c for c in ended.values() if c > 0) == sorted(moved)
+    # The monitor accounted the same costs from the cost topic: episode by episode, a cost
+    # that raced the episode message is charged to the next one (without stamps the running
+    # episode pays), so the totals agree within the one cost that crosses each end. The monitor
+    # may have missed the first episode's start: the lists are compared from the end.
+    ended = [e["monitor_accumulated"] for e in mon["episodes"] if e["monitor_accumulated"] > 0]
+    k = min(len(ended), len(moved))
+    assert k >= len(moved) - 1 and abs(sum(ended[-k:]) - sum(moved[-k:])) <= 2.0, (ended, moved)
 
 
 def test_a_mistake_in_the_io_file_is_reported_once_with_the_field(vesde_bundle, tmp_path, capsys):
@@ -74,3 +78,84 @@ def test_a_mistake_in_the_io_file_is_reported_once_with_the_field(vesde_bundle, 
     assert main(["--bundle", str(vesde_bundle), "--io", str(tmp_path / "io.yaml"), "--key", str(tmp_path / "k")]) == 2
     err = capsys.readouterr().err
     assert f"error: --io: io {tmp_path / 'io.yaml'}: observation[4].joints: expected a non-empty list of names" in err
+
+
+def test_a_misspelled_field_path_stops_the_io_file_at_load_naming_the_entry(tmp_path):
+    from algd_runtime.adapters import load_io
+    from algd_runtime.ros_nodes.messages import message_class
+
+    io = yaml.safe_load((ROOT / "config" / "io" / "standard.yaml").read_text())
+    io["observation"][2]["field"] = "twist.twist.linaer.x"
+    (tmp_path / "io.yaml").write_text(yaml.safe_dump(io))
+    load_io(str(tmp_path / "io.yaml"))  # without the message types only the shape is checked
+    with pytest.raises(ValueError, match=rf"io {tmp_path / 'io.yaml'}: observation\[2\]\.field: nav_msgs/Odometry "
+                                         r"has no 'twist.twist.linaer.x' \('linaer' is not one of: linear, angular\)"):
+        load_io(str(tmp_path / "io.yaml"), message_class)
+    io["observation"][2]["field"] = "twist.twist.linear"
+    (tmp_path / "io.yaml").write_text(yaml.safe_dump(io))
+    with pytest.raises(ValueError, match=r"observation\[2\]\.field: 'twist.twist.linear' of nav_msgs/Odometry is a "
+                                         r"message, not a number; name one of its fields: x, y, z"):
+        load_io(str(tmp_path / "io.yaml"), message_class)
+
+
+def test_a_misspelled_node_parameter_stops_the_node_naming_it(vesde_bundle, tmp_path):
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(60 + os.getpid() % 20))
+    create_key(tmp_path / "op.key")
+    for node, typo, meant in (("controller", "contrl_rate_hz", "control_rate_hz"), ("monitor", "warn_att", "warn_at")):
+        out = subprocess.run([str(Path(sys.executable).parent / f"algd-{node}"), "--ros-args", "-p",
+                              f"bundle:={vesde_bundle}", "-p", f"operator_key_file:={tmp_path / 'op.key'}",
+                              "-p", f"{typo}:=1.0"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0, out.stdout[-2000:]
+        assert f"{typo}: not a parameter of the {node} (did you mean {meant}?)" in out.stderr + out.stdout
+
+
+def test_an_episode_message_behind_a_backlog_of_costs_ends_its_episode_after_them(tmp_path):
+    """Issue 19's 16-of-5 episode with "accumulated 0": a monitor busy for a while finds an
+    episode's costs and states waiting, and the next episode's start message. rclpy's executor
+    takes one message of each ready subscription in turn, so the episode message went ahead
+    of all but one of the costs, which were then charged to the next episode."""
+    import time
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Empty, Float64, Float64MultiArray
+
+    from algd_runtime.ros_nodes import messages as m
+    from algd_runtime.ros_nodes.monitor_node import MonitorNode
+
+    create_key(tmp_path / "op.key")
+    rclpy.init()
+    try:
+        ns = f"/backlog_{os.getpid()}"
+        mon = MonitorNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+            "io": str(ROOT / "config" / "io" / "vector.yaml"), "cost_limit": 50.0, "max_step_cost": 1.0,
+            "operator_key_file": str(tmp_path / "op.key"), "state_file": str(tmp_path / "state.json"),
+            "stop_latch": "episode", "use_critic": False}.items()])
+        robot = rclpy.create_node("robot", namespace=ns)
+        pubs = {"cost": robot.create_publisher(Float64, "cost", m.COSTS),
+                "state": robot.create_publisher(Float64MultiArray, "state", m.COSTS),
+                "episode_start": robot.create_publisher(Empty, "episode_start", m.RELIABLE)}
+        ex = SingleThreadedExecutor()
+        ex.add_node(mon)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not all(p.get_subscription_count() for p in pubs.values()):
+            ex.spin_once(timeout_sec=0.05)
+        state = lambda: Float64MultiArray(data=[0.0] * 8)  # noqa: E731
+        pubs["cost"].publish(Float64(data=0.0))  # the first state's cost
+        pubs["state"].publish(state())
+        for _ in range(4):  # four steps of episode 0, costing 0.5 each, while the monitor is busy
+            pubs["cost"].publish(Float64(data=0.5))
+            pubs["state"].publish(state())
+        pubs["episode_start"].publish(Empty())
+        time.sleep(0.3)  # all of it waits in the monitor's queues
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not mon.episodes:
+            ex.spin_once(timeout_sec=0.05)
+        assert [e["monitor_accumulated"] for e in mon.episodes] == [2.0], mon.episodes
+        assert mon.monitor.accumulated == 0.0  # nothing of episode 0 charged to episode 1
+        ex.shutdown()
+        robot.destroy_node()
+        mon.destroy_node()
+    finally:
+        rclpy.shutdown()

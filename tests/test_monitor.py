@@ -51,7 +51,8 @@ def test_budget_stop_ignores_the_forecast_but_stops_before_overspending():
 
 def test_stop_latch_episode_clears_stop_when_the_episode_ends():
     mon = BudgetMonitor(MonitorConfig(cost_limit=2.0, stop_latch="episode"))
-    mon.update(3.0)
+    mon.update(1.5)
+    mon.update(1.0)
     assert mon.level == Level.STOP
     mon.update(0.0)
     assert mon.level == Level.STOP  # latched for the rest of the episode
@@ -61,8 +62,18 @@ def test_stop_latch_episode_clears_stop_when_the_episode_ends():
 
 def test_budget_stop_on_a_spent_budget_in_one_jump():
     mon = BudgetMonitor(MonitorConfig(cost_limit=5.0))
-    out = mon.update(7.0)
+    out = mon.update(7.0, count=2)  # two steps reported together
     assert [t.new for t in out] == ["WARN", "ERROR", "STOP"] and "budget spent (7 >= 5)" in out[-1].reason
+
+
+def test_a_step_that_costs_more_than_the_budget_latches_a_stop_no_episode_end_clears():
+    """Without a bound the margin is the largest step cost reported: above the budget, no
+    episode could ever move. That hold says why and waits for the operator (issue 19)."""
+    mon = BudgetMonitor(MonitorConfig(cost_limit=5.0, stop_latch="episode"))
+    out = mon.update(7.0)
+    assert out[-1].new == "STOP" and "step-cost margin 7 (1 steps ahead x step cost 7) > budget 5" in out[-1].reason
+    assert mon.end_episode() == [] and mon.level == Level.STOP
+    assert [t.new for t in mon.reset_stop()] == ["OK"]
 
 
 def test_stop_is_latched_until_reset():

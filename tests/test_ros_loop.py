@@ -331,7 +331,7 @@ def test_controller_and_monitor_record_mcap_logs_that_read_back(vesde_bundle, tm
     rclpy.init()
     ns = f"/algd_mcap_{os.getpid()}"
     ctrl = controller(vesde_bundle, ns, key_file, control_rate_hz=200.0, record=str(tmp_path / "controller.mcap"),
-                      stop_latch="episode")
+                      stop_latch="episode", cost_limit=1.0)  # the monitor's budget: the two channels guard one
     sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=200.0), Parameter("max_episodes", value=1)])
     mon = monitor(vesde_bundle, ns, key_file, tmp_path / "state.json", cost_limit=1.0,
                   record=str(tmp_path / "monitor.mcap"), stop_latch="episode")

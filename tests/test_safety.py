@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from algd_runtime.safety import (BudgetAccount, HeartbeatWatch, Latch, LatchStore, OperatorKeyError, ResetAuthority,
-                                 SafetyGate, StepTally, budget_verdict, create_key, lease_steps, load_key, parse_safe_action,
+from algd_runtime.safety import (Budget, BudgetAccount, CostMatcher, resolve_budget, HeartbeatWatch, Latch, LatchStore, OperatorKeyError, ResetAuthority,
+                                 SafetyGate, budget_verdict, create_key, lease_steps, load_key, parse_safe_action,
                                  read_heartbeat, reset_proof, sign_heartbeat)
 
 KEY, NS = bytes(range(32)), "/algd"
@@ -32,7 +32,7 @@ def test_the_budget_rule_and_the_lease(acc, margin, limit, stop, lease):
 
 
 def test_account_repeats_gaps_unknown_costs_and_episodes():
-    a = BudgetAccount(5.0, step_bound=2.0)
+    a = BudgetAccount(Budget(5.0, step_bound=2.0))
     a.record(0, 0, 0.0)
     a.record(0, 1, 1.0)
     a.record(0, 1, 1.0)  # a repeat is not counted twice
@@ -49,7 +49,7 @@ def test_account_repeats_gaps_unknown_costs_and_episodes():
 
 
 def test_without_a_bound_a_gap_spends_the_budget_and_the_margin_is_the_largest_seen():
-    a = BudgetAccount(5.0)
+    a = BudgetAccount(Budget(5.0))
     a.record(0, 1, 0.5)
     assert a.margin == 0.5 and a.lease() == 9
     a.record(0, 3, 0.0)
@@ -58,42 +58,14 @@ def test_without_a_bound_a_gap_spends_the_budget_and_the_margin_is_the_largest_s
     assert "spent" in a.verdict()
 
 
-def test_standard_messages_charge_each_step_the_costs_since_the_last_and_a_silent_step_the_worst_case():
-    """StepTally: the budget contract for a robot without (episode, t, cost) on its state."""
-    tally, account = StepTally(), BudgetAccount(5.0, step_bound=1.0, steps_ahead=2)
-    account.record(*tally.on_observation())  # the first state: t = 0, nothing spent
-    assert (account.t, account.accumulated) == (0, 0.0)
-    tally.on_cost(0.25)
-    tally.on_cost(0.5)  # two costs before the next state (a state message lost on the way)
-    account.record(*tally.on_observation())
-    assert (account.t, account.accumulated) == (1, 0.75)
-    account.record(*tally.on_observation())  # a step whose cost never came: the worst case
-    assert account.accumulated == 1.75 and tally.uncosted == 1
-    # No lease with standard commands: the margin covers the steps taken before a stop lands.
-    assert account.margin == 2.0 and account.verdict() is None
-    for spent in (2.75, 3.75):
-        tally.on_cost(1.0)
-        account.record(*tally.on_observation())
-        assert account.accumulated == spent
-    assert "nearly spent (3.75 + step-cost margin 2 > 5)" in account.verdict()  # a lease would still allow 1
-    tally.on_cost(1.0)  # the last step's cost, then a new episode: charged to the old one
-    last = tally.on_episode()
-    assert last == (0, 5, 1.0)
-    account.record(*last)
-    assert account.accumulated == 4.75
-    account.record(*tally.on_observation())
-    assert (account.episode, account.accumulated, account.verdict()) == (1, 0.0, None)
-    assert tally.received == 5
-    with pytest.raises(ValueError, match=r"steps_ahead: expected an integer >= 1, got 0"):
-        BudgetAccount(5.0, steps_ahead=0)
-
-
 def test_account_refuses_bad_limits():
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="cost_limit: expected a finite value > 0"):
-            BudgetAccount(bad)
+            Budget(bad)
     with pytest.raises(ValueError, match="max_step_cost"):
-        BudgetAccount(5.0, step_bound=-1.0)
+        Budget(5.0, step_bound=-1.0)
+    with pytest.raises(ValueError, match=r"steps_ahead: expected an integer >= 1, got 0"):
+        Budget(5.0, steps_ahead=0)
 
 
 def test_latch_and_its_file_survive_and_an_unreadable_file_means_latched(tmp_path):
@@ -170,7 +142,7 @@ def test_operator_reset_accepts_a_fresh_proof_once_and_nothing_else():
 
 def test_gate_operator_latch_holds_a_spent_budget_until_reset_episode_latch_until_the_next_episode():
     for stop_latch, moves_next_episode in (("operator", False), ("episode", True)):
-        gate = SafetyGate(BudgetAccount(2.0, 1.0), None, stop_latch)
+        gate = SafetyGate(BudgetAccount(Budget(2.0, 1.0)), None, stop_latch)
         gate.on_transition(0, 1, 1.0, 0, 0.0)
         assert gate.verdict(0.0).lease == 1
         gate.on_transition(0, 2, 1.0, 0, 0.0)
@@ -182,7 +154,7 @@ def test_gate_operator_latch_holds_a_spent_budget_until_reset_episode_latch_unti
 
 
 def test_gate_start_up_hold_stops_until_its_time_without_latching():
-    gate = SafetyGate(BudgetAccount(5.0, 1.0), None, "operator")
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0)), None, "operator")
     gate.hold_for(10.0, 1.0, "starting")
     assert gate.verdict(10.5).stop == "starting" and gate.verdict(10.5).lease == 0
     assert gate.verdict(11.01).stop is None and not gate.latch.latched

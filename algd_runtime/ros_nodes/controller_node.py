@@ -29,8 +29,8 @@ from algd_runtime.ros_nodes.managed import ManagedNode
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
-from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, HeartbeatWatch, SafetyGate, StepTally,
-                                 default_key_path, load_key)
+from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, CostMatcher, HeartbeatWatch, SafetyGate, StopDistance,
+                                 default_key_path, load_key, resolve_budget)
 
 # Start-up only: what the bundle is, where the key is, and every safety setting.
 # With an io file the cost messages carry no robot stamp: the monitor's heartbeat says when
@@ -68,13 +68,14 @@ class ControllerNode(ManagedNode):
         self.timer = None  # the control-rate timer, while active
         self._latch = None  # the gate's latch, kept across configurations
         self._stop_reason: str | None = None
+        self._steps_ahead_logged: int | None = None
         self._latencies0 = 0  # latencies reported by the last diagnostics
         self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
         # The topics live as long as the node; what flows on them depends on the state.
         self.qos = m.QosCheck(self)
         self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat,
                                                    **m.endpoint(m.RELIABLE, False))
-        self.io = load_io(self.values["io"]) if self.values["io"] else None
+        self.io = load_io(self.values["io"], m.message_class) if self.values["io"] else None
         self.io_errors: dict[str, int] = {}
         self.first_observations: list[list[float]] = []  # with an io file: what the mapping made (tests)
         if self.io is None:  # our own contract: observation / action with (episode, t, cost) and leases
@@ -89,13 +90,14 @@ class ControllerNode(ManagedNode):
             # Cost and episode first and the trigger last: when several are waiting, the
             # executor takes them in this order, so a step's cost and the other sources'
             # newest messages are in before the trigger's message is answered.
-            topics = self.io.topics()
+            topics, self._subs = self.io.topics(), {}
             for topic in sorted(topics, key=lambda t: t == self.io.trigger):
                 qos = m.OBSERVATIONS if topic in self.io.observation.types else m.COSTS
                 type_name = topics[topic]
-                self.qos.watch(self.create_subscription(m.message_class(type_name), topic,
-                                                        lambda msg, topic=topic: self._on_io(topic, msg),
-                                                        **m.wired(qos, False)), False)
+                self._subs[topic] = self.qos.watch(self.create_subscription(
+                    m.message_class(type_name), topic, lambda msg, topic=topic: self._on_io(topic, msg),
+                    **m.wired(qos, False)), False)
+            self._cost_sub = self._subs[self.io.cost.topic]
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", **m.endpoint(m.DIAGNOSTICS, True))
         self.reset = ResetEndpoint(self, self._operator_reset)
         # After the QoS overrides are declared (they are read-only parameters, not ours).
@@ -120,28 +122,35 @@ class ControllerNode(ManagedNode):
         runtime = PolicyRuntime.load(bundle, provider=get("provider"), expect_task=get("task") or None,
                                      expect_digest=get("bundle_digest") or None)
         manifest, digest = runtime.manifest, runtime.digest
-        budget = manifest.get("budget") or {}
-        limit = get("cost_limit")
-        limit = limit if limit > 0 else float(budget.get("cost_limit", 0))
-        bound = get("max_step_cost")
-        bound = bound if bound > 0 else budget.get("max_step_cost")
+        budget = resolve_budget(manifest.get("budget"), get("cost_limit"), get("max_step_cost"),
+                                self.io.steps_ahead if self.io else 1)
+        never = budget.never_moves(0.0)
+        if never:
+            raise ValueError(never)
+        limit, bound = budget.limit, budget.step_bound
         key = load_key(get("operator_key_file") or str(default_key_path()))
         watch = None
         if get("require_monitor"):
-            watch = HeartbeatWatch(key, self.get_namespace(), get("monitor_timeout_s"), get("monitor_max_lag_s"))
-        account = BudgetAccount(limit, float(bound) if bound else None, self.io.steps_ahead if self.io else 1)
+            watch = HeartbeatWatch(key, self.get_namespace(), get("monitor_timeout_s"), get("monitor_max_lag_s"),
+                                   budget=budget)
+        # No lease on a standard command: the margin's steps are measured (StopDistance).
+        account = BudgetAccount(budget, distance=StopDistance(budget.steps_ahead)
+                                if self.io and not self.io.leased else None)
         gate = SafetyGate(account, watch, get("stop_latch"))
         if self._latch is not None:
             gate.latch = self._latch  # a reconfiguration never clears a STOP
         self._latch = gate.latch
         if self.io is not None:
             self.action_map = self.io.bind(int(runtime.obs_dim), len(runtime.act_low))
-            self.tally = StepTally()
+            self.matcher = CostMatcher(self.io.cost_stamped)
+            self._steps_ahead_logged = budget.steps_ahead
+            gate.waiting_for = "no cost message from the robot yet (its budget starts at the first)"
         live = ControllerParams(**{k: get(k) for k in vars(ControllerParams())})
         self.core = ControllerCore(runtime, gate, live)
         self.reset.set_key(key)
         # What guards this run, as it was configured (the summary and the demo report say it).
-        self.safety = {"budget": limit, "step_cost_bound": float(bound) if bound else None,
+        self.safety = {"budget": limit, "step_cost_bound": bound, "steps_ahead": budget.steps_ahead,
+                       "budget_digest": budget.digest,
                        "stop_latch": get("stop_latch"), "safe_action": live.safe_action,
                        "monitor_interlock": bool(watch), "monitor_timeout_s": get("monitor_timeout_s"),
                        "monitor_max_lag_s": get("monitor_max_lag_s"),
@@ -199,14 +208,18 @@ class ControllerNode(ManagedNode):
             self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
     def _on_io(self, topic: str, msg) -> None:
-        """A message on one of the io file's topics (StepTally is the budget's contract)."""
+        """A message on one of the io file's topics (CostMatcher is the budget's contract)."""
         if self.core is None:
             return
-        now, io, gate = time.monotonic(), self.io, self.core.gate
+        now, io = time.monotonic(), self.io
         if topic == io.episode_topic:
-            last = self.tally.on_episode()
-            if last:
-                gate.on_transition(*last, None, now)
+            # Costs and states already waiting were sent before this episode began: the
+            # executor would take one of each and then this message (SAFETY.md, io).
+            self._take_waiting_steps()
+            self._charge(self.matcher.on_episode(now))
+            if self.core.gate.account.distance is not None:
+                self.core.gate.account.distance.episode_ended()
+                self._charge([])  # logs a margin that grew
             return
         if topic == io.cost.topic:
             try:
@@ -214,30 +227,45 @@ class ControllerNode(ManagedNode):
             except (ValueError, AttributeError, IndexError) as exc:  # unreadable: the worst case
                 cost = math.nan
                 self._io_problem(f"cost: {exc}")
-            self.tally.on_cost(cost)
-            if gate.watch is not None:  # the monitor must show it read a cost this recent
-                gate.watch.on_robot_step(time.time_ns() - IO_CLOCK_TOLERANCE_NS, now)
+            self._charge(self.matcher.on_cost(cost, _stamp_ns(msg), now))
+            self.core.gate.waiting_for = None
+            if self.core.gate.watch is not None:  # the monitor must show it read a cost this recent
+                self.core.gate.watch.on_robot_step(time.time_ns() - IO_CLOCK_TOLERANCE_NS, now)
         if topic in io.observation.types:
             io.observation.update(topic, msg, now)
         if topic != io.trigger:
             return
-        meta = self.tally.on_observation()
+        if self._cost_sub is not None and self._cost_sub is not self._subs.get(topic):
+            m.take_waiting(self._cost_sub)  # a step's cost that came with its state is read first
+        self._charge(self.matcher.on_state(_stamp_ns(msg), now))
         try:
             obs = io.observation.vector(now)
         except (ValueError, AttributeError, IndexError) as exc:
             # The step is accounted; the policy keeps its last observation, which goes stale
             # (obs_timeout_s) into the safe action while a source is missing or stale.
-            gate.on_transition(*meta, None, now)
             self._io_problem(str(exc))
             return
         if len(self.first_observations) < 5:
             self.first_observations.append(obs.tolist())
         stamp = m.header_stamp(msg) or self.get_clock().now().to_msg()
-        self.core.on_observation(obs, stamp, now, meta, None)  # the watch is told per cost message
+        self.core.on_observation(obs, stamp, now, None, None, accounted=True)
         if self.recorder:
             self.recorder.write(topic, msg, time.time_ns())
         if self.timer is not None:
             self._act()
+
+    def _charge(self, charges) -> None:
+        gate = self.core.gate
+        gate.on_charges(charges, self.matcher.waiting)
+        distance = gate.account.distance
+        if distance is not None and distance.in_use != self._steps_ahead_logged:
+            self._steps_ahead_logged = distance.in_use
+            self.get_logger().warning(f"budget margin: {distance.describe()}; set steps_ahead >= {distance.in_use} "
+                                      f"in the io file")
+
+    def _take_waiting_steps(self) -> None:
+        for topic in (self.io.cost.topic, self.io.trigger):
+            m.take_waiting(self._subs[topic])
 
     def _io_problem(self, what: str) -> None:
         n = self.io_errors[what] = self.io_errors.get(what, 0) + 1
@@ -266,6 +294,8 @@ class ControllerNode(ManagedNode):
     def _act(self) -> None:
         start = time.monotonic()
         self._drain_heartbeats(start)
+        if self.io is not None:
+            self._charge(self.matcher.expire(start))  # steps whose cost did not come in time
         decision = self.core.tick(start)
         msg = self._publish(decision.action, decision.stamp, decision.lease, decision.stop)
         done = time.monotonic()
@@ -355,10 +385,19 @@ class ControllerNode(ManagedNode):
         if watch is not None and watch.rejected:
             problems.append(f"{watch.rejected} heartbeats rejected ({watch.last_rejection})")
         level = DiagnosticStatus.ERROR if problems else DiagnosticStatus.OK
-        if watch is None and not problems:
-            level, problems = DiagnosticStatus.WARN, ["monitor interlock off (require_monitor:=false)"]
+        warnings = []
+        if watch is None:
+            warnings.append("monitor interlock off (require_monitor:=false)")
+        distance = core.gate.account.distance
+        if distance is not None and distance.in_use > distance.configured:
+            warnings.append(f"steps_ahead {distance.configured} too small: {distance.describe()}")
+        if warnings and not problems:
+            level = DiagnosticStatus.WARN
+        problems += warnings
+        account = core.gate.account
         values = {"rate_hz": rate, "mode": core.effective_params().mode, "lease": verdict.lease,
-                  "accumulated": core.gate.account.accumulated, "limit": core.gate.account.limit,
+                  "accumulated": account.accumulated, "limit": account.limit, "margin": account.margin,
+                  "steps_ahead": account.steps_ahead, "waiting_for_cost": account.provisional,
                   "latched": core.gate.latch.describe() or "no", **stats}
         self.diag.publish(m.diagnostics(self, "controller", level, "; ".join(problems) or "running", values))
 
@@ -376,12 +415,20 @@ class ControllerNode(ManagedNode):
         if self.io is not None:
             stats["io_errors"] = dict(self.io_errors)
             stats["first_observations"] = self.first_observations
-            stats["steps_without_cost"] = self.tally.uncosted
+            stats["steps_without_cost"] = self.matcher.uncosted
+            stats["costs"] = self.matcher.counts()
+            stats["steps_ahead"] = self.core.gate.account.steps_ahead
             stats["accounted"] = {"episode": self.core.gate.account.episode, "t": self.core.gate.account.t,
                                   "accumulated": self.core.gate.account.accumulated}
         stats["safety"] = self.safety
         print(f"controller: {stats}")
         m.write_summary(self.get_parameter("summary_file").value, stats)
+
+
+def _stamp_ns(msg) -> int | None:
+    """The robot's stamp on a message with a header (a stamped cost, a stamped state), else None."""
+    stamp = m.header_stamp(msg)
+    return None if stamp is None else m.stamp_ns(stamp)
 
 
 def main(argv=None) -> int:

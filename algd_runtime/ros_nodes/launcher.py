@@ -103,9 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     io = {}
     if args.io:
         from algd_runtime.adapters import load_io
+        from algd_runtime.ros_nodes.messages import message_class
 
         try:
-            load_io(str(args.io))  # a mistake in it is reported once, here, not by three nodes
+            load_io(str(args.io), message_class)  # a mistake in it is reported once, here, not by three nodes
         except ValueError as exc:
             print(f"error: --io: {exc}", file=sys.stderr)
             return 2

@@ -15,7 +15,7 @@
 
 With an io file (parameter `io`, adapters.py) the controller reads standard messages on the
 topics the file names and writes standard commands instead of observation and action, and
-the budget follows the contract for standard messages (SAFETY.md, safety.StepTally).
+the budget follows the contract for standard messages (SAFETY.md, safety.CostMatcher).
 
 The budget contract (SAFETY.md): observation t carries the cost of the step that produced it,
 so the controller has accounted every step before it answers; an action's lease is the
@@ -55,7 +55,7 @@ COMMANDS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Rel
 # dropped (a dropped one still counts, as the worst case).
 OBSERVATIONS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 # An io file's cost and episode topics, read: best effort matches any publisher, and a lost
-# cost message is charged as the worst case (safety.StepTally), so losing one is safe.
+# cost message is charged as the worst case (safety.CostMatcher), so losing one is safe.
 COSTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
 # /diagnostics: rclpy's default (reliable, keep-last 10), as diagnostic aggregators expect.
 DIAGNOSTICS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)

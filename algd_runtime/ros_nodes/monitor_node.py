@@ -43,7 +43,9 @@ from algd_runtime.ros_nodes.managed import ManagedNode
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
-from algd_runtime.safety import LatchStore, default_key_path, load_key, sign_heartbeat
+from algd_runtime.safety import CostMatcher, LatchStore, StopDistance, default_key_path, load_key, resolve_budget, sign_heartbeat
+
+RESTART_PREFIX = "latched before restart: "
 
 CONFIG_KEYS = ("cost_limit", "accounting", "window_steps", "warn_at", "error_at", "stop_at", "stop_on", "stop_latch",
                "hysteresis", "clear_steps", "max_step_cost", "steps_ahead")
@@ -87,8 +89,9 @@ class MonitorNode(ManagedNode):
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", **m.endpoint(m.DIAGNOSTICS, True))
         # The monitor's state for standard tools; latched, so a late subscriber has it at once.
         self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, **m.endpoint(m.LATCHED, True))
-        self.io = load_io(self.values["io"]) if self.values["io"] else None
+        self.io = load_io(self.values["io"], m.message_class) if self.values["io"] else None
         self.action_map = None
+        self.matcher: CostMatcher | None = None
         self._io_episode = 0
         if self.io is None:
             self.step_sub = self.qos.watch(self.create_subscription(Float64MultiArray, m.STEP, self._on_step,
@@ -100,18 +103,18 @@ class MonitorNode(ManagedNode):
                 self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False))
         else:
             subs = {}
-            wanted = {self.io.cost.topic, self.io.episode_topic}
+            wanted = {self.io.cost.topic, self.io.episode_topic, self.io.trigger}  # the trigger: one step each
             if self.values["use_critic"]:
                 wanted |= set(self.io.observation.types)
                 self.qos.watch(self.create_subscription(m.message_class(self.io.action_type), self.io.action_topic,
                                                         self._on_command, **m.wired(m.LATEST, False)), False)
             for topic, type_name in self.io.topics().items():
                 if topic in wanted:
-                    qos = m.LATEST if topic in self.io.observation.types and topic != self.io.cost.topic else m.COSTS
+                    qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic) else m.OBSERVATIONS
                     subs[topic] = self.qos.watch(self.create_subscription(
                         m.message_class(type_name), topic, lambda msg, topic=topic: self._on_io(topic, msg),
                         **m.wired(qos, False)), False)
-            self.step_sub = subs[self.io.cost.topic]
+            self.step_sub, self._subs = subs[self.io.cost.topic], subs
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
         self.reset = ResetEndpoint(self, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -124,20 +127,20 @@ class MonitorNode(ManagedNode):
     def _configure(self) -> None:
         get = self.values.__getitem__
         runtime = PolicyRuntime.load(get("bundle"), provider="cpu") if get("bundle") else None
-        budget = (runtime.manifest.get("budget") or {}) if runtime else {}
-        limit = float(get("cost_limit"))
-        if limit <= 0:
-            if runtime is None:
-                raise ValueError("cost_limit: expected a value > 0, or a bundle whose manifest gives it")
-            limit = float(budget["cost_limit"])
-        bound = float(get("max_step_cost"))
-        bound = bound if bound > 0 else budget.get("max_step_cost")
+        budget = resolve_budget(runtime.manifest.get("budget") if runtime else None, float(get("cost_limit")),
+                                float(get("max_step_cost")), self.io.steps_ahead if self.io else 1)
+        limit, bound = budget.limit, budget.step_bound
+        never = budget.never_moves(0.0)
+        if never:
+            raise ValueError(never)
         monitor = BudgetMonitor(MonitorConfig(
             cost_limit=limit, accounting=get("accounting"), window_steps=get("window_steps"), warn_at=get("warn_at"),
             error_at=get("error_at"), stop_at=get("stop_at"), stop_on=get("stop_on"),
             stop_latch=get("stop_latch"), hysteresis=get("hysteresis"),
-            clear_steps=get("clear_steps"), max_step_cost=float(bound) if bound else None,
-            steps_ahead=self.io.steps_ahead if self.io else 1))
+            clear_steps=get("clear_steps"), max_step_cost=bound, steps_ahead=budget.steps_ahead))
+        self.matcher = CostMatcher(self.io.cost_stamped) if self.io is not None else None
+        if self.io is not None and not self.io.leased:  # no lease: the margin's steps are measured
+            monitor.distance = StopDistance(budget.steps_ahead)
         self.key = load_key(get("operator_key_file") or default_key_path())
         self.store = LatchStore(get("state_file") or default_state_file(self.get_namespace()))
         self.runtime, self.monitor = runtime, monitor
@@ -150,7 +153,8 @@ class MonitorNode(ManagedNode):
             self.recorder = McapRecorder(get("record"))
         persisted = self.store.load()
         if persisted:  # a STOP latched before this process (or configuration) stays latched
-            for t in monitor.latch_stop("latched before restart: " + "; ".join(persisted.values())):
+            why = "; ".join(v[len(RESTART_PREFIX):] if v.startswith(RESTART_PREFIX) else v for v in persisted.values())
+            for t in monitor.latch_stop(RESTART_PREFIX + why):
                 self._respond(t)
         self.get_logger().info(f"monitor: limit {limit:g} per {get('accounting')}, step-cost bound "
                                f"{bound or 'largest seen'}, critic {'on' if self.use_critic else 'off'}, "
@@ -199,12 +203,16 @@ class MonitorNode(ManagedNode):
                 self._act = None
 
     def _on_io(self, topic: str, msg) -> None:
-        """A message on the io file's cost, episode or (for the forecast) observation topics."""
+        """A message on the io file's cost, episode, trigger or (for the forecast) observation
+        topics; CostMatcher turns costs and states into steps, as in the controller."""
         if self.monitor is None:
             return
-        io = self.io
+        io, now = self.io, time.monotonic()
         if topic == io.episode_topic:  # a new episode: the one in progress (if it took steps) ends
+            for waiting in {io.cost.topic, io.trigger}:  # sent before it (controller_node)
+                m.take_waiting(self._subs[waiting])
             self._record(topic, msg)
+            self._charge(self.matcher.on_episode(now))
             if self._robot[0] == self._io_episode and self._robot[1] > 0:
                 self._episode_end({"event": "end", "index": self._io_episode})
             self._io_episode += 1
@@ -216,12 +224,22 @@ class MonitorNode(ManagedNode):
             try:
                 cost = float(io.cost.read(msg)[0])
             except (ValueError, AttributeError, IndexError):
-                cost = float("nan")  # unreadable: BudgetMonitor counts the worst case
-            episode, t = self._robot
-            self._robot = (self._io_episode, t + 1 if episode == self._io_episode else 1)
+                cost = float("nan")  # unreadable: the worst case
             self.seen_stamp_ns = time.time_ns()  # no robot stamp on a cost: when it was read (controller_node)
-            for tr in self.monitor.update(cost, self._predicted()):
-                self._respond(tr)
+            self._charge(self.matcher.on_cost(cost, _stamp_ns(msg), now))
+        if topic == io.trigger:
+            if io.cost.topic != topic:
+                m.take_waiting(self.step_sub)  # a step's cost that came with its state is read first
+            self._charge(self.matcher.on_state(_stamp_ns(msg), now))
+
+    def _charge(self, charges) -> None:
+        for c in charges:
+            if c.raced and self.monitor.distance is not None and self.monitor.distance.raced(c.raced):
+                self._margin_grew()
+            self._robot = (self._io_episode, c.t)
+            if c.t > 0:
+                for tr in self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra):
+                    self._respond(tr)
 
     def _predicted(self) -> float:
         if self.use_critic and self.io is not None:
@@ -268,8 +286,17 @@ class MonitorNode(ManagedNode):
 
     def _episode_end(self, event: dict) -> None:
         self.episodes.append({**event, "level": self.monitor.level.name, "monitor_accumulated": self.monitor.accumulated})
+        distance = self.monitor.distance
+        before = distance.in_use if distance else None
         for t in self.monitor.end_episode():
             self._respond(t)
+        if distance is not None and distance.in_use != before:
+            self._margin_grew()
+
+    def _margin_grew(self) -> None:
+        distance = self.monitor.distance
+        self.get_logger().warning(f"budget margin: {distance.describe()}; set steps_ahead >= {distance.in_use} in "
+                                  f"the io file")
 
     def _on_unauthenticated_reset(self, request, response):
         """The old, unauthenticated reset service: kept so that a caller learns why it fails."""
@@ -291,11 +318,14 @@ class MonitorNode(ManagedNode):
     # -- the interlock ------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         mon = self.monitor
+        if self.matcher is not None:
+            self._charge(self.matcher.expire(time.monotonic()))  # steps whose cost did not come in time
         self.seq += 1
         reason = mon.transitions[-1].reason if mon.level == Level.STOP and mon.transitions else ""
         payload = {"boot": self.boot, "seq": self.seq, "level": mon.level.name, "latched": mon.level == Level.STOP,
                    "reason": reason, "episode": self._robot[0], "t": self._robot[1],
-                   "accumulated": mon.accumulated, "limit": mon.cfg.cost_limit, "seen_stamp_ns": self.seen_stamp_ns,
+                   "accumulated": mon.accumulated, "limit": mon.cfg.cost_limit, "budget": mon.cfg.budget.digest,
+                   "seen_stamp_ns": self.seen_stamp_ns,
                    "missed": mon.missed_steps, "response": self._response(), "sees_robot": self.sees_robot}
         self.heartbeat_pub.publish(String(data=sign_heartbeat(self.key, self.get_namespace(), payload)))
 
@@ -322,7 +352,7 @@ class MonitorNode(ManagedNode):
         new = Level[t.new]
         if new == Level.STOP:
             self.estop_pub.publish(Bool(data=True))
-            if self.monitor.cfg.stop_latch == "operator" or t.reason.startswith("latched before restart"):
+            if self.monitor.cfg.stop_latch == "operator" or t.reason.startswith(RESTART_PREFIX):
                 self.store.save({"monitor": t.reason})
             self._heartbeat()  # the controller hears of it now, not a period later
             return
@@ -379,12 +409,18 @@ class MonitorNode(ManagedNode):
             self.diag.publish(m.diagnostics(self, "monitor", DiagnosticStatus.WARN, "unconfigured", {}))
             return
         vals = {"accumulated": mon.accumulated, "predicted": mon.predicted, "forecast": mon.forecast,
+                "margin": mon.margin,
                 "limit": mon.cfg.cost_limit, "ratio": mon.ratio, "episode": mon.episode, "steps": mon.step,
                 "missed_steps": mon.missed_steps, "transitions": len(mon.transitions)}
         if mon.transitions:
             last = mon.transitions[-1]
             vals["last_transition"] = f"{last.old}->{last.new} at step {last.step}: {last.reason}"
-        status = m.status(self, "monitor", _DIAG_LEVEL[mon.level], mon.level.name, {"level": mon.level.name, **vals})
+        level, message = _DIAG_LEVEL[mon.level], mon.level.name
+        if mon.distance is not None and mon.distance.in_use > mon.distance.configured:
+            vals["steps_ahead"] = mon.distance.in_use
+            message += f"; steps_ahead {mon.distance.configured} too small: {mon.distance.describe()}"
+            level = max(level, DiagnosticStatus.WARN)
+        status = m.status(self, "monitor", level, message, {"level": mon.level.name, **vals})
         self.status_pub.publish(status)
         self.diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
 
@@ -404,7 +440,13 @@ class MonitorNode(ManagedNode):
             "missed_steps": self.monitor.missed_steps, "stop_latch": self.monitor.cfg.stop_latch,
             "heartbeat_rate_hz": float(self.get_parameter("heartbeat_rate_hz").value),
             "estop_period_s": float(self.get_parameter("estop_period_s").value),
-            "transitions": [t.as_dict() for t in self.monitor.transitions], "episodes": self.episodes})
+            "transitions": [t.as_dict() for t in self.monitor.transitions], "episodes": self.episodes,
+            **({"costs": self.matcher.counts(), "steps_ahead": self.monitor.margin_steps} if self.matcher else {})})
+
+
+def _stamp_ns(msg) -> int | None:
+    stamp = m.header_stamp(msg)
+    return None if stamp is None else m.stamp_ns(stamp)
 
 
 def default_state_file(namespace: str) -> str:

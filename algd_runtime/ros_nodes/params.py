@@ -33,8 +33,31 @@ def coerce(name: str, value: Any, default: Any) -> Any:
     raise ValueError(f"{name}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {value!r}")
 
 
+# Parameters a node may be given that are not its own: rclpy's and ROS 2's.
+_FOREIGN = ("use_sim_time", "start_type_description_service", "start_parameter_event_publisher")
+
+
+def unknown(given: Any, declared: Any, node_name: str) -> str | None:
+    """Why a parameter the node was given is none of its own (a typo would otherwise leave
+    the node running on the default), or None."""
+    import difflib
+
+    for name in sorted(given):
+        if name in declared or name in _FOREIGN or name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, list(declared), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return (f"{name}: not a parameter of the {node_name}{hint}; it would be ignored and the default used "
+                f"(from --ros-args -p or a params file)")
+    return None
+
+
 def declare(node, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Declare `defaults` on `node` and return the values it was started with, checked."""
+    """Declare `defaults` on `node` and return the values it was started with, checked; a
+    parameter it was given that is not one of them is refused (ValueError)."""
+    why = unknown(node._parameter_overrides, defaults, node.get_name())
+    if why:
+        raise ValueError(why)
     loose = ParameterDescriptor(dynamic_typing=True)
     for name, default in defaults.items():
         node.declare_parameter(name, default, loose)

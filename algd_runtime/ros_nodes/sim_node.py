@@ -21,12 +21,16 @@ It keeps the robot's side of the budget contract (SAFETY.md):
 
 With `io` (an io file, adapters.py) it speaks standard messages instead, from the robot's
 side of that file: the observation on the file's topics (JointState joints listed in reverse,
-as a driver lists them in its own order), each step's cost on the cost topic before the
-state, an Empty on the episode topic as each episode starts, and the command read back
-through the action map. A standard command has no lease and no stop: the robot applies the
-newest one, and the e-stop and cmd_timeout_s still hold it. Without a lease nothing else
-can hold it, so it also holds until the monitor's e-stop has said "clear" once (a robot
-that starts before its monitor must not move on the controller's first commands).
+as a driver lists them in its own order), a cost for every state on the cost topic before
+it (the step's cost; 0 for an episode's first state and for the state re-sent, stamped
+anew, every REPUBLISH_S while it waits), the last step's state too, an Empty on the episode
+topic as each episode starts, and the command read back through the action map. A
+standard command has no stop: the robot applies the newest one, and the e-stop and
+cmd_timeout_s still hold it; an expiring one (TwistStamped, JointTrajectory with
+expires_after_s) is dropped that long after its stamp, as diff_drive_controller and
+joint_trajectory_controller do. It also holds until the monitor's e-stop has said "clear"
+once (a robot that starts before its monitor must not move on the controller's first
+commands).
 
 Service `reset_episode` (std_srvs/Trigger) ends the episode in progress (an "end" event with
 "reason": "reset") and starts the next one; on an episode with no step taken yet it changes
@@ -86,6 +90,7 @@ class SimNode(Node):
         self._published_at = 0.0
         self._published: OrderedDict = OrderedDict()  # stamp ns -> (episode, t) of recent observations
         self._cmd = None  # (episode, t answered, lease, stop reason) of the newest action
+        self._cmd_expires_ns: int | None = None  # an expiring standard command: when it is dropped
         self._cmd_at: float | None = None
         self.estop = False
         self.estop_heard = False
@@ -101,7 +106,7 @@ class SimNode(Node):
         self.observations = 0  # distinct observations published (re-sends not counted)
         self.first_observations: list[list[float]] = []
         self.qos = m.QosCheck(self)
-        self.io = load_io(get("io")) if get("io") else None
+        self.io = load_io(get("io"), m.message_class) if get("io") else None
         self.step_pub = self.qos.watch(self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE, True)),
                                        True)
         self.ep_pub = self.qos.watch(self.create_publisher(String, m.EPISODE, **m.wired(m.RELIABLE, True)), True)
@@ -127,7 +132,6 @@ class SimNode(Node):
                         for topic, kind in io.topics().items()}
         self.command_sub = self.qos.watch(self.create_subscription(
             m.message_class(io.action_type), io.action_topic, self._on_command, **m.wired(m.LATEST, False)), False)
-        self._io_resend: list = []  # (publisher, message) of the current state, cost excluded
 
     def _start_episode(self) -> None:
         self.obs, _ = self.env.reset(seed=self.seed + self.episode)
@@ -163,7 +167,9 @@ class SimNode(Node):
                                        "observation": [float(x) for x in self.obs]})
         return response
 
-    def _publish_obs(self, stamp=None, start: bool = False) -> None:
+    def _publish_obs(self, stamp=None, start: bool = False, cost: float | None = None) -> None:
+        """The current observation, stamped now (or `stamp`); with an io file, with the cost
+        of the step that led to it (`cost` overrides: 0 for a state re-sent while waiting)."""
         self._stamp = stamp or self.get_clock().now().to_msg()
         self._answered = False
         self._published_at = time.monotonic()
@@ -177,7 +183,7 @@ class SimNode(Node):
         self._sent_at = time.monotonic()
         self.observations += 1
         if self.io is not None:
-            self._publish_io(self.ep_costs[-1] if self.ep_costs else None)
+            self._publish_io(cost if cost is not None else self.ep_costs[-1] if self.ep_costs else None)
         else:
             self._obs_msg = m.observation_msg(self.obs, self._stamp, self.episode, t,
                                               self.ep_costs[-1] if self.ep_costs else 0.0)
@@ -192,14 +198,18 @@ class SimNode(Node):
 
     def _publish_io(self, cost: float | None) -> None:
         """The state as the io file's messages: the cost first, the trigger topic last."""
+        msgs = self._io_messages(cost)
+        for topic in sorted(msgs, key=lambda topic: topic == self.io.trigger):
+            self.io_pubs[topic].publish(msgs[topic])
+
+    def _io_messages(self, cost: float | None) -> dict:
+        """topic -> message of the state (and of the step's cost when it has one)."""
         io = self.io
         msgs = io.observation.write(self.obs, lambda kind: m.message_class(kind)())
-        if io.cost.topic in msgs:  # the cost rides on a state message (0 at an episode's start)
-            io.cost.write(msgs[io.cost.topic], [cost or 0.0])
-        elif cost is not None:
-            cost_msg = m.message_class(io.cost.type)()
-            io.cost.write(cost_msg, [cost])
-            self.io_pubs[io.cost.topic].publish(cost_msg)
+        # A cost for every state (SAFETY.md), 0 where no step led to it (an episode's start).
+        if io.cost.topic not in msgs:
+            msgs[io.cost.topic] = m.message_class(io.cost.type)()
+        io.cost.write(msgs[io.cost.topic], [cost or 0.0])
         for msg in msgs.values():
             if hasattr(msg, "header"):
                 msg.header.stamp = self._stamp
@@ -209,10 +219,7 @@ class SimNode(Node):
                 for arr in ("position", "velocity", "effort"):
                     if len(getattr(msg, arr)) == n:
                         setattr(msg, arr, list(reversed(getattr(msg, arr))))
-        order = sorted(msgs, key=lambda topic: topic == io.trigger)
-        self._io_resend = [(self.io_pubs[t], msgs[t]) for t in order if t != io.cost.topic]
-        for topic in order:
-            self.io_pubs[topic].publish(msgs[topic])
+        return msgs
 
     def _republish(self, now: float) -> None:
         """A robot publishes its state continuously: a controller that started late or lost
@@ -222,8 +229,8 @@ class SimNode(Node):
             self._sent_at = now
             if self.io is None:
                 self.obs_pub.publish(self._obs_msg)
-            for pub, msg in self._io_resend if self.io is not None else ():
-                pub.publish(msg)
+            else:  # as a robot on standard messages does: its state, stamped now, no step taken
+                self._publish_obs(cost=0.0)
 
     def _on_action(self, msg: JointState) -> None:
         if len(msg.effort) != self.spec.act_dim:
@@ -250,6 +257,9 @@ class SimNode(Node):
         except (ValueError, AttributeError):
             return
         self._cmd, self._cmd_at, self.action = ("io", None, None), time.monotonic(), action
+        expiry = self.action_map.expires_after_s
+        if expiry is not None:  # as diff_drive / joint_trajectory_controller: dropped at stamp + expiry
+            self._cmd_expires_ns = m.stamp_ns(msg.header.stamp) + int(expiry * 1e9)
         if self._stamp is not None and not self._answered:  # no stamp on a command: the first after it
             self._answered = True
             self.answered += 1
@@ -296,8 +306,10 @@ class SimNode(Node):
             return
         self.holding = None
         answers, lease, _ = self._cmd
-        if self.io is None and (answers is None or answers[0] != self.episode
-                                or len(self.ep_costs) - answers[1] >= lease):
+        expired = (self.io is not None and self._cmd_expires_ns is not None
+                   and self.get_clock().now().nanoseconds > self._cmd_expires_ns)
+        if expired or self.io is None and (answers is None or answers[0] != self.episode
+                                           or len(self.ep_costs) - answers[1] >= lease):
             self.lease_waits += 1
             self._republish(now)
             return  # no action valid for this step: wait for a newer one
@@ -321,10 +333,8 @@ class SimNode(Node):
             return
         if step is not None:
             self.step_pub.publish(step)
-        elif self.io.cost.topic not in self.io.observation.types:
-            cost_msg = m.message_class(self.io.cost.type)()  # the last step's cost, before the episode ends
-            self.io.cost.write(cost_msg, [c])
-            self.io_pubs[self.io.cost.topic].publish(cost_msg)
+        else:  # the last step's cost and the state it ended in, before the episode ends
+            self._publish_obs(stamp)
         self._end_episode("terminated" if term else "truncated")
         if not (self.max_episodes and self.episode >= self.max_episodes):
             self._start_episode()

@@ -1,0 +1,277 @@
+"""The budget on standard messages (issue 19), in plain Python: costs matched to steps by
+time (CostMatcher), one budget for both channels (Budget), no ratchet, no silent stall.
+
+Each `replay` feeds a CostMatcher and the controller's SafetyGate, and a BudgetMonitor, the
+events a robot's messages make, in the order they arrive. The first tests are the rows of
+the issue that failed with the old rule (each step charged the costs that arrived since the
+previous state, a silent step the worst case at once)."""
+
+import math
+
+import pytest
+
+from algd_runtime.monitor import BudgetMonitor, MonitorConfig
+from algd_runtime.safety import (Budget, BudgetAccount, CostMatcher, HeartbeatWatch, SafetyGate, resolve_budget,
+                                 sign_heartbeat)
+
+KEY, NS = bytes(range(32)), "/algd"
+PERIOD = 0.002  # 500 Hz
+
+
+def replay(events, budget=Budget(5.0, 1.0, steps_ahead=3), stop_latch="episode", wait_s=None):
+    """events: ("cost", value[, stamp]), ("state"[, stamp]), ("episode",), ("tick",), each
+    one PERIOD / 4 after the last. Returns (gate, matcher, monitor)."""
+    stamped = any(ev[0] == "cost" and len(ev) > 2 for ev in events)
+    matcher, gate = CostMatcher(stamped, wait_s), SafetyGate(BudgetAccount(budget), None, stop_latch)
+    monitor = BudgetMonitor(MonitorConfig(budget.limit, max_step_cost=budget.step_bound,
+                                          steps_ahead=budget.steps_ahead, stop_latch=stop_latch))
+    mon_matcher = CostMatcher(stamped, wait_s)
+    now = 0.0
+    for ev in events:
+        now += PERIOD / 4
+        kind, args = ev[0], ev[1:]
+        if kind == "cost":
+            got = [m.on_cost(args[0], args[1] if len(args) > 1 else None, now) for m in (matcher, mon_matcher)]
+        elif kind == "state":
+            got = [m.on_state(args[0] if args else None, now) for m in (matcher, mon_matcher)]
+        elif kind == "episode":
+            got = [m.on_episode(now) for m in (matcher, mon_matcher)]
+            monitor.end_episode()
+        else:
+            got = [m.expire(now) for m in (matcher, mon_matcher)]
+        gate.on_charges(got[0], matcher.waiting)
+        for c in got[1]:
+            if c.t > 0:
+                monitor.update(c.cost, reported=c.reported, extra=c.extra)
+    return gate, matcher, monitor
+
+
+def steps(costs, late=(), stamped=False, first=0):
+    """A robot's messages for one episode: the first state, then cost and state per step;
+    the steps in `late` send their cost after their state (as DDS may deliver them)."""
+    stamp = (lambda t: 1_000 + first + t) if stamped else (lambda t: None)
+    out = [("state", stamp(0)) if stamped else ("state",)]
+    for t, c in enumerate(costs, start=1):
+        cost = ("cost", c, stamp(t)) if stamped else ("cost", c)
+        state = ("state", stamp(t)) if stamped else ("state",)
+        out += [state, cost] if t in late else [cost, state]
+    return out
+
+
+# -- the rows of the issue, reproduced --------------------------------------------------------
+def test_a_cost_that_arrives_after_its_state_is_not_charged_twice_and_never_ratchets_the_margin():
+    """Issue 19, "why it stalls": one step charged twice made the margin 6 (then 9 .. 33),
+    and with a budget of 5 the robot never moved again."""
+    events = steps([0.0] * 5, late={2, 4})
+    gate, matcher, monitor = replay(events)
+    account = gate.account
+    assert account.accumulated == 0.0 and account.worst_seen == 0.0 and account.margin == 3.0
+    assert matcher.reordered == 2 and matcher.uncosted == 0
+    assert gate.verdict(1.0).stop is None and monitor.accumulated == 0.0 and monitor.margin == 3.0
+
+
+def test_the_old_rule_is_what_ratcheted():
+    """The same messages under the old rule (the costs since the previous state, a silent
+    step the worst case at once) charge 1 + 2: the margin it took from that sum was 6."""
+    charged, pending = [], []
+    for ev in steps([1.0] * 3, late={2})[1:]:
+        if ev[0] == "cost":
+            pending.append(ev[1])
+        else:
+            charged.append(sum(pending) if pending else math.nan)
+            pending.clear()
+    assert math.isnan(charged[1]) and charged[2] == 2.0  # the sum that raised worst_seen to 2
+    gate, _, _ = replay(steps([1.0] * 3, late={2}), budget=Budget(10.0, None, 3))
+    assert gate.account.worst_seen == 1.0 and gate.account.accumulated == 3.0  # no bound: only real reports
+
+
+def test_a_cost_that_never_comes_is_the_worst_case_after_one_period_and_leaves_the_margin_alone():
+    events = steps([0.25]) + [("state",)] + [("tick",)] * 5  # step 2's cost is lost
+    gate, matcher, monitor = replay(events, budget=Budget(5.0, 1.0, 2), wait_s=PERIOD)
+    assert matcher.uncosted == 1 and gate.account.accumulated == 1.25 and gate.account.margin == 2.0
+    assert monitor.accumulated == 1.25 and monitor.worst_step == 0.25
+
+
+def test_while_a_step_waits_for_its_cost_the_verdict_holds_it_at_the_worst_case_without_latching():
+    events = steps([1.0, 1.0, 1.0]) + [("state",)]  # step 4 taken, its cost not yet here
+    gate, matcher, _ = replay(events, budget=Budget(5.0, 1.0, 2), stop_latch="operator")
+    assert matcher.waiting == 1 and gate.account.accumulated == 3.0
+    assert "budget nearly spent (4 + step-cost margin 2 > 5)" == gate.verdict(1.0).stop
+    assert not gate.latch.latched  # a cost on its way never latches a STOP for the operator
+    gate.on_charges(matcher.on_cost(0.0, None, 0.0), matcher.waiting)  # it comes: 0
+    assert gate.account.accumulated == 3.0 and gate.verdict(1.0).stop is None
+
+
+def test_stamped_costs_match_their_states_whatever_the_order():
+    events = steps([1.0, 0.0, 1.0, 0.0], late={2, 3}, stamped=True)
+    events.insert(3, ("state", 1_001))  # a state re-sent with its stamp while the robot waits
+    gate, matcher, monitor = replay(events, budget=Budget(10.0, 1.0, 2))
+    assert gate.account.t == 4 and gate.account.accumulated == 2.0 and matcher.reordered == 2
+    assert monitor.accumulated == 2.0
+
+
+def test_a_stamped_cost_of_the_last_episode_that_arrives_after_the_episode_message_stays_there():
+    first = steps([1.0, 1.0], stamped=True)
+    last_cost = first.pop()  # the last state, and its cost after the new episode began
+    last_cost, last_state = first.pop(), last_cost
+    events = first + [last_state, ("episode",), last_cost] + steps([0.0], stamped=True, first=100)
+    gate, matcher, _ = replay(events, budget=Budget(10.0, 1.0, 2))
+    assert (gate.account.episode, gate.account.accumulated) == (1, 0.0)
+
+
+def test_unstamped_costs_that_race_the_episode_message_are_charged_to_the_new_episode():
+    """Without stamps nothing says which episode a cost belongs to: the running one pays."""
+    events = steps([1.0]) + [("episode",), ("cost", 1.0)] + steps([0.0])
+    gate, _, _ = replay(events, budget=Budget(10.0, 1.0, 2))
+    assert (gate.account.episode, gate.account.accumulated) == (1, 1.0)
+
+
+def test_costs_of_lost_states_are_charged_with_the_next_step_and_do_not_raise_the_margin():
+    events = [("state", 1_000), ("cost", 1.0, 1_001), ("cost", 1.0, 1_002), ("state", 1_002)]
+    gate, _, monitor = replay(events, budget=Budget(10.0, None, 2))
+    assert gate.account.accumulated == 2.0 and gate.account.worst_seen == 1.0
+    assert monitor.accumulated == 2.0
+    gate, _, _ = replay([("state",), ("cost", 1.0), ("cost", 1.0), ("state",)], budget=Budget(10.0, None, 2))
+    assert gate.account.accumulated == 2.0 and gate.account.worst_seen == 0.0  # a sum is no step's report
+
+
+def test_nothing_is_charged_before_the_robots_first_cost_and_nothing_moves():
+    """A robot already running when the nodes start: the states discovery showed before its
+    first cost are not its first episode's worst case."""
+    matcher, gate = CostMatcher(wait_s=PERIOD), SafetyGate(BudgetAccount(Budget(5.0, 1.0, 2)), None, "episode")
+    gate.waiting_for = "no cost message from the robot yet"
+    for i in range(50):
+        gate.on_charges(matcher.on_state(None, i * PERIOD), matcher.waiting)
+    assert gate.account.accumulated == 0.0 and gate.verdict(1.0).stop == "no cost message from the robot yet"
+    gate.on_charges(matcher.on_cost(0.0, None, 0.2), matcher.waiting)
+    gate.waiting_for = None
+    gate.on_charges(matcher.on_state(None, 0.201), matcher.waiting)
+    assert gate.account.accumulated == 0.0 and gate.verdict(1.0).stop is None
+
+
+def test_the_wait_is_one_period_of_the_robot_as_measured():
+    matcher = CostMatcher()
+    assert matcher.wait_s == 0.01
+    for i in range(40):
+        matcher.on_state(None, i * PERIOD)
+    assert matcher.wait_s == pytest.approx(PERIOD)
+
+
+# -- no silent stall -------------------------------------------------------------------------
+def test_a_margin_no_episode_can_move_under_latches_with_its_numbers():
+    gate, _, _ = replay(steps([2.0]), budget=Budget(5.0, None, 3))  # a step reported 2: margin 6 > 5
+    assert "budget_margin" in gate.latch.reasons
+    assert "step-cost margin 6 (3 steps ahead x step cost 2) > budget 5" in gate.latch.reasons["budget_margin"]
+    with pytest.raises(ValueError, match=r"step-cost margin 6 .* > budget 5"):
+        raise ValueError(Budget(5.0, 2.0, 3).never_moves(0.0))
+
+
+# -- one budget, both channels ------------------------------------------------------------------
+def test_one_function_makes_the_budget_and_both_channels_share_its_rule():
+    manifest = {"cost_limit": 5.0, "max_step_cost": 1.0}
+    assert resolve_budget(manifest) == Budget(5.0, 1.0, 1)
+    assert resolve_budget(manifest, cost_limit=8.0, max_step_cost=-1.0, steps_ahead=3) == Budget(8.0, 1.0, 3)
+    assert resolve_budget({"cost_limit": 5.0}) == Budget(5.0, None, 1)
+    with pytest.raises(ValueError, match="cost_limit: expected a value > 0, or a bundle"):
+        resolve_budget(None)
+    budget = Budget(5.0, 1.0, 3)
+    account = BudgetAccount(budget)
+    monitor = BudgetMonitor(MonitorConfig(5.0, max_step_cost=1.0, steps_ahead=3))
+    assert monitor.cfg.budget == budget and monitor.margin == account.margin == 3.0
+    assert budget.digest == Budget(5.0, 1.0, 3).digest != Budget(5.0, 1.0, 2).digest
+
+
+def test_a_monitor_that_guards_another_budget_latches_the_controller():
+    watch = HeartbeatWatch(KEY, NS, 0.25, 0.25, budget=Budget(5.0, 1.0, 3))
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0, 3)), watch)
+    beat = {"boot": "b", "level": "OK", "latched": False, "limit": 50.0}
+    watch.on_message(sign_heartbeat(KEY, NS, {**beat, "seq": 1, "budget": Budget(5.0, 1.0, 3).digest}), 0.0, gate.latch)
+    assert not gate.latch.latched
+    watch.on_message(sign_heartbeat(KEY, NS, {**beat, "seq": 2, "budget": Budget(50.0, 1.0, 3).digest}), 0.01,
+                     gate.latch)
+    assert "budget_mismatch" in gate.latch.reasons and "limit 50" in gate.latch.reasons["budget_mismatch"]
+
+
+def test_steps_seen_before_the_monitor_sees_the_robot_are_not_a_lagging_monitor():
+    """Issue 19: monitor_lagging latched ~250 ms after start (robot already running)."""
+    watch = HeartbeatWatch(KEY, NS, 0.25, 0.25)
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0)), watch)
+    beat = {"boot": "b", "level": "OK", "latched": False}
+    now, seq = 0.0, 0
+    for i in range(60):  # 300 ms at 200 Hz: the robot steps, the monitor has not discovered it
+        now += 0.005
+        watch.on_robot_step(int(now * 1e9), now)
+        if i % 2 == 0:
+            seq += 1
+            watch.on_message(sign_heartbeat(KEY, NS, {**beat, "seq": seq, "sees_robot": False,
+                                                      "seen_stamp_ns": None}), now, gate.latch)
+    assert "monitor_lagging" not in gate.latch.reasons
+    assert "does not see the robot" in watch.check(now, gate.latch)
+    for _ in range(60):  # now it does, and shows every step
+        now += 0.005
+        watch.on_robot_step(int(now * 1e9), now)
+        seq += 1
+        watch.on_message(sign_heartbeat(KEY, NS, {**beat, "seq": seq, "sees_robot": True,
+                                                  "seen_stamp_ns": int(now * 1e9)}), now, gate.latch)
+    assert watch.check(now, gate.latch) is None and not gate.latch.latched
+    for _ in range(60):  # and a monitor that stops showing them is still caught
+        now += 0.005
+        watch.on_robot_step(int(now * 1e9), now)
+        seq += 1
+        watch.on_message(sign_heartbeat(KEY, NS, {**beat, "seq": seq, "sees_robot": True,
+                                                  "seen_stamp_ns": int(0.3 * 1e9)}), now, gate.latch)
+    assert "monitor_lagging" in (watch.check(now, gate.latch) or "")
+
+
+# -- a measured margin where no lease bounds the robot ---------------------------------------
+def test_the_margin_grows_to_the_steps_a_robot_took_after_a_stop_and_never_shrinks():
+    """A robot that takes 4 steps after the stop decision before its episode ends (its e-stop
+    is slow) overspent with steps_ahead 2; the measured distance makes the next stop earlier."""
+    from algd_runtime.safety import StopDistance
+
+    gate = SafetyGate(BudgetAccount(Budget(10.0, 1.0, 2), distance=StopDistance(2)), None, "episode")
+    matcher = CostMatcher(wait_s=PERIOD)
+    now, stops = 0.0, []
+
+    def episode(after_stop):
+        nonlocal now
+        stopped_at = None
+        gate.on_charges(matcher.on_episode(now), 0)
+        gate.account.distance.episode_ended()
+        gate.on_charges(matcher.on_state(None, now), 0)
+        while True:
+            now += PERIOD
+            if stopped_at is None and gate.verdict(now).stop:
+                stopped_at = gate.account.t
+            if stopped_at is not None and gate.account.t - stopped_at >= after_stop:
+                return gate.account.accumulated
+            gate.on_charges(matcher.on_cost(1.0, None, now), 0)
+            gate.on_charges(matcher.on_state(None, now), 0)
+
+    gate.on_charges(matcher.on_cost(0.0, None, now), 0)  # arm
+    first = episode(after_stop=4)
+    assert first == 13.0 and gate.account.steps_ahead == 2  # 9 + 4: over, and nothing measured until it ends
+    second = episode(after_stop=4)
+    assert gate.account.distance.worst == 4 and gate.account.steps_ahead == 5
+    assert second == 10.0  # stopped at 6 (6 + 5 > 10), then 4 more steps: the budget, not over
+    third = episode(after_stop=1)  # a quicker stop does not shrink it
+    assert gate.account.steps_ahead == 5 and third <= 10.0
+
+
+def test_costs_that_raced_the_episode_message_count_in_the_distance_and_a_still_robot_does_not():
+    from algd_runtime.safety import StopDistance
+
+    distance = StopDistance(2)
+    distance.stop_decided(3)
+    for t, cost in ((4, 1.0), (5, 0.0), (6, 0.0), (7, 0.0)):  # one costly step, then held still at no cost
+        distance.on_step(t, cost)
+    assert not distance.episode_ended() and distance.worst == 1
+    matcher = CostMatcher()  # two costs of that episode come after the episode message
+    matcher.on_cost(0.0, None, 0.0)
+    matcher.on_state(None, 0.0)
+    matcher.on_episode(0.01)
+    matcher.on_cost(1.0, None, 0.011)
+    matcher.on_cost(1.0, None, 0.012)
+    (first,) = matcher.on_state(None, 0.013)
+    assert first.raced == 2 and first.cost == 2.0  # the running episode pays, and the distance grows
+    assert distance.raced(first.raced) and distance.worst == 3 and distance.in_use == 4
