@@ -239,6 +239,9 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     sf.add_argument("--rate", type=float, action="append", help="control rate(s) in Hz for faults without @rate")
     sf.add_argument("--seconds", type=float, default=8.0, help="run time after warm-up per cell")
     sf.add_argument("--workdir", type=Path, help="keep each run's logs and summaries here (default: a temp folder)")
+    sf.add_argument("--io", type=Path, metavar="FILE",
+                    help="the robot speaks standard messages (an io file): its own faults too, at 100, 500 and 1000 Hz")
+    sf.add_argument("--load", type=int, default=0, metavar="N", help="N CPU-bound processes beside each run")
     args = p.parse_args(argv)
     if args.what == "safety":
         return _bench_safety(args)
@@ -301,7 +304,12 @@ def _bench_safety(args) -> int:
 
     try:
         PolicyRuntime.load(str(args.bundle), provider="cpu")  # a bad bundle fails here, with its reason
-        rows = bench_safety(args.bundle, args.fault, args.rate, args.seconds, workdir=args.workdir)
+        if args.load < 0:
+            raise ValueError(f"--load: expected a count >= 0, got {args.load}")
+        if args.io is not None and not args.io.is_file():
+            raise ValueError(f"--io: {args.io} is not a file")
+        rows = bench_safety(args.bundle, args.fault, args.rate, args.seconds, workdir=args.workdir, io=args.io,
+                            load=args.load)
     except (BundleError, ValueError) as exc:
         return _fail(str(exc))
     failed = [f"{r['fault']}@{r['rate_hz']:g}" for r in rows if not r["ok"]]

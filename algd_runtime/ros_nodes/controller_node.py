@@ -18,7 +18,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import JointState
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 
 from algd_runtime.adapters import load_io
 from algd_runtime.control import ControllerCore, ControllerParams
@@ -98,6 +98,11 @@ class ControllerNode(ManagedNode):
                     m.message_class(type_name), topic, lambda msg, topic=topic: self._on_io(topic, msg),
                     **m.wired(qos, False)), False)
             self._cost_sub = self._subs[self.io.cost.topic]
+            # The second channel's own e-stop: either channel alone must end an episode whose
+            # robot keeps costing while it stands (SAFETY.md, standard messages).
+            self.estop_pub = self.create_publisher(Bool, m.CONTROLLER_ESTOP, **m.endpoint(m.LATCHED, True))
+            self._estop: bool | None = None
+            self.create_timer(1.0, lambda: self._assert_estop(force=True))
         self.diag = self.create_publisher(DiagnosticArray, "/diagnostics", **m.endpoint(m.DIAGNOSTICS, True))
         self.reset = ResetEndpoint(self, self._operator_reset)
         # After the QoS overrides are declared (they are read-only parameters, not ours).
@@ -254,6 +259,16 @@ class ControllerNode(ManagedNode):
         if self.timer is not None:
             self._act()
 
+    def _assert_estop(self, force: bool = False) -> None:
+        """True while a latch or the budget stops the robot (not for the start-up holds)."""
+        if self.core is None:
+            return
+        gate = self.core.gate
+        want = gate.latch.latched or gate.account.verdict(with_provisional=False) is not None
+        if force or want != self._estop:
+            self._estop = want
+            self.estop_pub.publish(Bool(data=want))
+
     def _charge(self, charges) -> None:
         gate = self.core.gate
         gate.on_charges(charges, self.matcher.waiting)
@@ -302,6 +317,8 @@ class ControllerNode(ManagedNode):
         if self.recorder:
             self.recorder.write(self.io.action_topic if self.io else m.ACTION, msg, time.time_ns())
         self.core.handed_over(decision, done, done - start)
+        if self.io is not None:
+            self._assert_estop()
         if self.timer is not None and not self.timer.is_canceled():
             self.timer.reset()  # the deadline restarts: the timer fires only after a silent period
         if decision.stop != self._stop_reason and (decision.stop or decision.source == "policy"):

@@ -38,6 +38,10 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 
 OBSERVATION, ACTION, STEP, EPISODE, ESTOP = "observation", "action", "step", "episode", "estop"
+# With an io file the controller's own e-stop (std_msgs/Bool, latched): a standard command
+# cannot say "stop and end the episode" as our action's "stop=" does. The robot holds while
+# either e-stop is true.
+CONTROLLER_ESTOP = "controller/estop"
 MONITOR_STATUS = "monitor/status"
 HEARTBEAT, RESET, RESET_RESULT, RESET_CHALLENGE = "heartbeat", "~/reset", "~/reset_result", "~/reset_challenge"
 OBS_META = ("episode", "t", "cost")  # t: steps taken in the episode; cost: step t's (0 at t = 0)

@@ -153,8 +153,7 @@ class MonitorNode(ManagedNode):
             self.recorder = McapRecorder(get("record"))
         persisted = self.store.load()
         if persisted:  # a STOP latched before this process (or configuration) stays latched
-            why = "; ".join(v[len(RESTART_PREFIX):] if v.startswith(RESTART_PREFIX) else v for v in persisted.values())
-            for t in monitor.latch_stop(RESTART_PREFIX + why):
+            for t in monitor.latch_stop(restart_reason(persisted)):
                 self._respond(t)
         self.get_logger().info(f"monitor: limit {limit:g} per {get('accounting')}, step-cost bound "
                                f"{bound or 'largest seen'}, critic {'on' if self.use_critic else 'off'}, "
@@ -442,6 +441,13 @@ class MonitorNode(ManagedNode):
             "estop_period_s": float(self.get_parameter("estop_period_s").value),
             "transitions": [t.as_dict() for t in self.monitor.transitions], "episodes": self.episodes,
             **({"costs": self.matcher.counts(), "steps_ahead": self.monitor.margin_steps} if self.matcher else {})})
+
+
+def restart_reason(persisted: dict[str, str]) -> str:
+    """The reason of a STOP reloaded from the state file, readable after any number of
+    restarts (the prefix is not nested: "latched before restart: latched before restart: ...")."""
+    return RESTART_PREFIX + "; ".join(v[len(RESTART_PREFIX):] if v.startswith(RESTART_PREFIX) else v
+                                      for v in persisted.values())
 
 
 def _stamp_ns(msg) -> int | None:

@@ -22,8 +22,8 @@ It keeps the robot's side of the budget contract (SAFETY.md):
 With `io` (an io file, adapters.py) it speaks standard messages instead, from the robot's
 side of that file: the observation on the file's topics (JointState joints listed in reverse,
 as a driver lists them in its own order), a cost for every state on the cost topic before
-it (the step's cost; 0 for an episode's first state and for the state re-sent, stamped
-anew, every REPUBLISH_S while it waits), the last step's state too, an Empty on the episode
+it (the step's cost; 0 for an episode's first state and for the state it publishes,
+stamped anew, every period while it waits), the last step's state too, an Empty on the episode
 topic as each episode starts, and the command read back through the action map. A
 standard command has no stop: the robot applies the newest one, and the e-stop and
 cmd_timeout_s still hold it; an expiring one (TwistStamped, JointTrajectory with
@@ -74,9 +74,24 @@ class SimNode(Node):
             "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros_nodes/realtime.py)
             "cpu_affinity": [],  # CPUs to run on ([]: any)
             "io": "",  # an io file: speak standard messages (see the module's docstring)
+            "cost_scale": 1.0,  # each step's cost x this: a cost per unit of time at another rate
+            # A robot as DDS and a careless driver treat its io messages (the fault matrix):
+            "io_cost_drop": 0.0,  # this fraction of cost messages never sent
+            "io_cost_late": 0.0,  # this fraction sent after the state that follows the step
+            "io_episode_drop": 0.0,  # this fraction of episode messages never sent
+            "io_steps": False,  # also publish the raw `step` messages (for a probe that counts steps)
             **SHIFT}).__getitem__
         shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
         self.seed = get("seed")
+        self.cost_scale = get("cost_scale")
+        if not self.cost_scale > 0:
+            raise ValueError(f"cost_scale: expected a value > 0, got {self.cost_scale}")
+        self.io_faults = {k: get(k) for k in ("io_cost_drop", "io_cost_late", "io_episode_drop")}
+        for k, v in self.io_faults.items():
+            if not 0 <= v <= 1:
+                raise ValueError(f"{k}: expected a fraction in 0..1, got {v}")
+        self.io_steps = get("io_steps")
+        self._fault_rng = np.random.default_rng(self.seed + 7919)
         # The bundle's budget: a policy trained with budget: safety_gymnasium meets the same
         # costs and episode length here (make_task refuses a budget the task does not have).
         self.env = make_task(get("task"), seed=self.seed, budget=get("budget"), **shift)
@@ -119,6 +134,10 @@ class SimNode(Node):
             self._wire_io()
         self.create_service(Trigger, "reset_episode", self._on_reset_episode)
         self.create_subscription(Bool, m.ESTOP, self._on_estop, **m.endpoint(m.LATCHED, False))
+        self._estops = {"monitor": False, "controller": False}
+        if self.io is not None:  # a robot on standard messages holds while either e-stop says so
+            self.create_subscription(Bool, m.CONTROLLER_ESTOP, lambda msg: self._on_estop(msg, "controller"),
+                                     **m.endpoint(m.LATCHED, False))
         period = self.period = 1.0 / (get("rate_hz") * get("real_time_factor"))
         self.paused = False
         self._start_episode()
@@ -136,7 +155,7 @@ class SimNode(Node):
     def _start_episode(self) -> None:
         self.obs, _ = self.env.reset(seed=self.seed + self.episode)
         self.ep_return, self.ep_costs = 0.0, []
-        if self.io is not None and self.io.episode_topic:
+        if self.io is not None and self.io.episode_topic and not self._faulty("io_episode_drop"):
             self.io_pubs[self.io.episode_topic].publish(m.message_class("std_msgs/Empty")())
         self._publish_obs(start=True)
 
@@ -153,8 +172,10 @@ class SimNode(Node):
                                           reason=reason))
         self.episode += 1
 
-    def _on_estop(self, msg: Bool) -> None:
-        self.estop, self.estop_heard = bool(msg.data), True
+    def _on_estop(self, msg: Bool, source: str = "monitor") -> None:
+        self._estops[source] = bool(msg.data)
+        self.estop = any(self._estops.values())
+        self.estop_heard = self.estop_heard or source == "monitor"
         if self.estop:
             self._step()  # hold now, not a period later
 
@@ -199,8 +220,19 @@ class SimNode(Node):
     def _publish_io(self, cost: float | None) -> None:
         """The state as the io file's messages: the cost first, the trigger topic last."""
         msgs = self._io_messages(cost)
-        for topic in sorted(msgs, key=lambda topic: topic == self.io.trigger):
+        order = sorted(msgs, key=lambda topic: topic == self.io.trigger)
+        cost_topic = self.io.cost.topic
+        if cost_topic not in self.io.observation.types:  # a cost message of its own: faults apply
+            if self._faulty("io_cost_drop"):
+                order.remove(cost_topic)
+            elif self._faulty("io_cost_late"):
+                order.remove(cost_topic)
+                order.append(cost_topic)
+        for topic in order:
             self.io_pubs[topic].publish(msgs[topic])
+
+    def _faulty(self, kind: str) -> bool:
+        return self.io_faults[kind] > 0 and self._fault_rng.random() < self.io_faults[kind]
 
     def _io_messages(self, cost: float | None) -> dict:
         """topic -> message of the state (and of the step's cost when it has one)."""
@@ -225,7 +257,8 @@ class SimNode(Node):
         """A robot publishes its state continuously: a controller that started late or lost
         the one observation still hears it while the robot waits (same stamp and step, so
         nothing is counted twice)."""
-        if now - self._sent_at >= REPUBLISH_S:
+        # A robot on standard messages publishes its state at its rate, moving or not.
+        if now - self._sent_at >= (self.period * 0.9 if self.io is not None else REPUBLISH_S):
             self._sent_at = now
             if self.io is None:
                 self.obs_pub.publish(self._obs_msg)
@@ -319,10 +352,11 @@ class SimNode(Node):
         self.steps += 1
         action = self.action.copy()
         self.obs, r, c, term, trunc, _ = self.env.step(action)
+        c *= self.cost_scale
         self.ep_return += r
         self.ep_costs.append(c)
         stamp = self.get_clock().now().to_msg()
-        step = None if self.io else m.step_msg(r, c, term, trunc, self.episode, len(self.ep_costs), stamp, action,
+        step = None if self.io and not self.io_steps else m.step_msg(r, c, term, trunc, self.episode, len(self.ep_costs), stamp, action,
                                                self.obs)
         if not (term or trunc):
             # The controller's message first: it is on the loop's critical path, the
@@ -331,10 +365,10 @@ class SimNode(Node):
             if step is not None:
                 self.step_pub.publish(step)
             return
+        if self.io is not None:  # the last step's cost and the state it ended in, before the episode ends
+            self._publish_obs(stamp)
         if step is not None:
             self.step_pub.publish(step)
-        else:  # the last step's cost and the state it ended in, before the episode ends
-            self._publish_obs(stamp)
         self._end_episode("terminated" if term else "truncated")
         if not (self.max_episodes and self.episode >= self.max_episodes):
             self._start_episode()
