@@ -114,12 +114,16 @@ def save_checkpoint(path: str | Path, agent: ALGDAgent, config: dict[str, Any],
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a policy.pt; every failure is a CheckpointError naming the problem."""
     path = Path(path)
+    if path.is_dir():
+        bundle = " (a bundle: give the policy.pt it was exported from)" if (path / "manifest.yaml").is_file() else ""
+        raise CheckpointError(f"{path}: a folder, not a policy file{bundle}; expected the policy.pt algd-train wrote")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such policy file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a torn or foreign file
-        raise CheckpointError(f"{path}: not a readable policy.pt ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a policy.pt written by algd-train (torch.load: {type(exc).__name__}: "
+                              f"{exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("schema") != SCHEMA:
         got = ckpt.get("schema") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: schema: expected {SCHEMA!r}, got {got!r}")

@@ -45,6 +45,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/<task>-seed<S>/policy.pt")
+    p.add_argument("--force", action="store_true", help="start over in a folder that holds a run (its files are removed)")
     p.add_argument("--shift", action="append", metavar="NAME=VALUE", help="domain-shift parameter")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -73,7 +74,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     run_dir = args.out / f"{cfg.task}-seed{cfg.seed}"
     try:
-        trainer = Trainer(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+        if args.resume and args.force:
+            raise ValueError("--resume and --force: expected one of them (continue the run, or start over)")
+        trainer = Trainer(cfg, run_dir, resume=args.resume, progress=not args.no_progress, force=args.force)
+        cfg = trainer.cfg  # what will actually run (a resume runs the run's own config)
         print(f"training {cfg.task} ({cfg.algo.variant}, seed {cfg.seed}, {cfg.total_steps} steps, "
               f"cost limit {trainer.spec.cost_limit:g} per {trainer.spec.cost_semantics}) -> {run_dir}",
               flush=True)

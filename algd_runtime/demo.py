@@ -51,7 +51,8 @@ def ensure_policy(out: Path, seed: int, minutes: float, echo: Callable[[str], No
     else:
         echo(f"[1/4] train: {TASK}, seed {seed}, {cfg.total_steps} steps (configs/{TASK}.yaml: about 5-6 "
              f"minutes on 2 CPU cores; at most {minutes:g})")
-    trainer = Trainer(cfg, run_dir, resume=policy.is_file())
+    # An unfinished run is resumed; one killed before its first checkpoint starts over.
+    trainer = Trainer(cfg, run_dir, resume=policy.is_file(), force=not policy.is_file())
     timer = threading.Timer(minutes * 60.0, trainer.request_stop)
     timer.daemon = True
     timer.start()
@@ -85,7 +86,7 @@ def ensure_bundle(policy: Path, bundle: Path, echo: Callable[[str], None]) -> Pa
         echo(f"[2/4] export: {bundle} already holds this policy")
         return bundle
     echo(f"[2/4] export: {policy} -> {bundle} (ONNX, parity on 1000 observations)")
-    m = export_bundle(policy, bundle)
+    m = export_bundle(policy, bundle, force=True)  # the demo's own bundle, made again each run
     echo(f"      parity max abs error {max(m['parity']['max_abs_error'].values()):.1e} (tolerance "
          f"{m['parity']['tolerance']:g})")
     return bundle

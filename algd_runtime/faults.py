@@ -905,7 +905,9 @@ def _analyze(inj: Injection, run: Run, holds: list, stop_lines: dict, end: float
     safe_at, source = min(cands) if cands else (None, "none")
     out.update(safe_ms=None if safe_at is None else (safe_at - inj.at) * 1e3, source=source,
                steps_after_safe=moved)
-    if moved:
+    # A second controller is safe while it never commands: the running one may keep driving
+    # until discovery shows it the other (both latch then; _finish checks that).
+    if moved and run.fault != "duplicate_controller":
         run.problems.append(f"{run.fault}: the robot took {moved} steps after the fault's deadline "
                             f"({(deadline_at - inj.at) * 1e3:.0f} ms after the fault injected at {out['at_s']} s)")
     if inj.episodes_before < 1:

@@ -158,6 +158,9 @@ def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions
              progress: bool = True, echo: Callable[[str], None] = print) -> dict:
     policy_path, out_dir = Path(policy_path), Path(out_dir)
     ckpt = load_checkpoint(policy_path)
+    if out_dir.resolve() == policy_path.resolve().parent:
+        raise ValueError(f"--out: {out_dir} holds the policy being fine-tuned ({policy_path}); fine-tuning never "
+                         f"writes over its source: choose another folder (nothing was written)")
     cfg = config_from_dict(ckpt["config"], check_task=False)
     source = agent_from_checkpoint(ckpt, opts.device, with_optimizers=False)
     target = opts.target

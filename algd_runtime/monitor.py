@@ -169,6 +169,13 @@ class BudgetMonitor:
         self.predicted = max(0.0, predicted_cost_to_go) if math.isfinite(predicted_cost_to_go) else 0.0
         return self._escalate_or_calm()
 
+    def refund(self, cost: float) -> list[Transition]:
+        """A step charged the worst case (its cost was late) costs `cost` after all."""
+        if math.isfinite(cost) and cost >= 0:
+            self.accumulated += cost - self._worst_case(1)
+            self.worst_step = max(self.worst_step, cost)
+        return self._escalate_or_calm()
+
     def _escalate_or_calm(self) -> list[Transition]:
         never = self.cfg.budget.never_moves(self.worst_step, self.margin_steps)
         if never:  # no episode can move: a STOP that no episode end clears (the controller latches too)

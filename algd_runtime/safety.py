@@ -234,6 +234,11 @@ class BudgetAccount:
         self.t = max(self.t, t)
 
     def charge(self, charge: "Charge") -> None:
+        if charge.refund:  # a late cost replaces the worst case its step was charged
+            if charge.episode == self.episode and math.isfinite(charge.cost) and charge.cost >= 0:
+                self.accumulated += charge.cost - self.budget.worst_case(1)
+                self.worst_seen = max(self.worst_seen, charge.cost)
+            return
         if charge.raced and self.distance is not None:
             self.distance.raced(charge.raced)
         self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra)
@@ -260,6 +265,7 @@ class Charge:
     reported: bool = True
     extra: float = 0.0
     raced: int = 0  # cost messages that came before the episode's first state: the last episode's
+    refund: bool = False  # the late cost of a step charged the worst case: it replaces that charge
 
 
 @dataclass
@@ -304,12 +310,14 @@ class CostMatcher:
         self.episode, self.t = 0, -1  # -1: no state yet in this episode
         self._early: list[tuple[float, int | None]] = []  # costs that came before their state
         self._pending: deque[_Step] = deque()  # steps in order, some still waiting for a cost
+        self._worst: deque = deque(maxlen=256)  # (t, stamp) of steps charged the worst case this episode
         self._last_stamp: int | None = None
         self.armed = False  # the robot's first cost message arms the account
         self.received = 0  # cost messages over the run
         self.uncosted = 0  # steps charged the worst case: no cost within wait_s
         self.reordered = 0  # costs that came after the state that follows their step
         self.dropped = 0  # stamped costs whose step was charged already, or of an ended episode
+        self.refunded = 0  # late costs that replaced a worst-case charge
         self.carried = 0  # states still waiting for a cost when their episode ended
 
     @property
@@ -323,6 +331,7 @@ class CostMatcher:
     def counts(self) -> dict:
         """What the summaries and /diagnostics report."""
         return {"received": self.received, "after_their_state": self.reordered, "without_cost": self.uncosted,
+                "late_refunded": self.refunded,
                 "dropped": self.dropped, "carried_over_episode": self.carried, "wait_ms": round(self.wait_s * 1e3, 3)}
 
     @property
@@ -335,6 +344,15 @@ class CostMatcher:
         self.armed = True
         out = self.expire(now)
         stamp_ns = stamp_ns if self.stamped else None
+        # The oldest step without its own cost takes it: one charged the worst case when the
+        # cost was late (the cost replaces that charge), else one still waiting. Unstamped, a
+        # lost cost shifts costs to later steps, and the latest steps stay at the worst case:
+        # the account never holds less than the costs sent.
+        for i, (t, stamp) in enumerate(self._worst):
+            if stamp_ns is None or stamp == stamp_ns:
+                del self._worst[i]
+                self.refunded += 1
+                return out + [Charge(self.episode, t, float(cost), True, refund=True)]
         for step in self._pending:
             if step.costs is None and (stamp_ns is None or step.stamp_ns == stamp_ns):
                 step.costs = [float(cost)]
@@ -394,6 +412,7 @@ class CostMatcher:
             if step.costs is None and step.deadline <= now:
                 step.costs = [math.nan]
                 self.uncosted += 1
+                self._worst.append((step.t, step.stamp_ns))
         return self._release()
 
     def on_episode(self, now: float) -> list[Charge]:
@@ -402,6 +421,7 @@ class CostMatcher:
         the new episode unstamped (the safe side), or dropped by its stamp. The state may also
         be the new episode's first, come before this message (DDS orders no two topics)."""
         out = self._release()
+        self._worst.clear()
         self.carried += sum(step.costs is None for step in self._pending)
         self._pending = deque(step for step in self._pending if step.costs is not None)
         out += self._release()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import shutil
 import signal
 import threading
 import time
@@ -162,21 +163,74 @@ _TRAIN_FIELDS = ["step", "time_s", "episodes", "train_return", "train_cost", "la
 _EPISODE_FIELDS = ["step", "episode", "return", "cost", "cost_limit", "length", "ended_by_guard", "shielded_steps"]
 
 
+# What a run writes in its folder: what --force removes to start over (nothing else).
+RUN_FILES = ("policy.pt", "progress.csv", "train.csv", "episodes.csv", "tb", "replay-*.npz")
+# Config changes a resumed run takes (printed): they change how long or where it runs, not
+# what it learns. Any other change is refused.
+RESUME_MAY_CHANGE = ("total_steps", "device", "num_threads", "eval_every", "eval_episodes", "log_every",
+                     "checkpoint_every")
+
+
+def _check_run_dir(run_dir: Path, resume: bool, force: bool, echo: Callable[[str], None]) -> None:
+    """A new run never writes into another one: a folder holding a run needs --resume (to
+    continue it) or --force (to start over: the run's own files are removed, nothing else)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out: {run_dir} is a file; expected a folder for the run (nothing was written)")
+    if resume or not run_dir.is_dir():
+        return
+    ours = [p for pattern in RUN_FILES for p in run_dir.glob(pattern)]
+    if not ours:
+        return
+    if not force:
+        what = "a finished or interrupted run" if (run_dir / POLICY_FILE).exists() else "a run's files"
+        raise ValueError(f"{run_dir} holds {what} ({', '.join(sorted(p.name for p in ours)[:4])}); continue it "
+                         f"with --resume, or start over with --force (nothing was changed)")
+    for p in ours:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    echo(f"--force: removed the earlier run in {run_dir} ({len(ours)} files and folders)")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "shift" else {f"{prefix}{k}": v})
+    return out
+
+
+def _resumed_config(stored: TrainConfig, given: TrainConfig, where: Path, echo: Callable[[str], None]) -> TrainConfig:
+    """The run's own config, with the changes a resume may take (RESUME_MAY_CHANGE) applied
+    and printed; any other change is refused, listed."""
+    old, new = _flat(stored.to_dict()), _flat(given.to_dict())
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    refused = {k: v for k, v in changed.items() if k not in RESUME_MAY_CHANGE}
+    if refused:
+        listed = ", ".join(f"{k} (run: {a!r}, given: {b!r})" for k, (a, b) in list(refused.items())[:6])
+        more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+        raise ValueError(f"--resume: the config differs from the run's in {where}: {listed}{more}; resume with the "
+                         f"run's config, or start over with --force (may change on resume: "
+                         f"{', '.join(RESUME_MAY_CHANGE)})")
+    for k, (a, b) in changed.items():
+        setattr(stored, k, b)
+        echo(f"resume: {k} {a!r} -> {b!r}")
+    return stored
+
+
 class Trainer:
     """Trains `cfg` in `run_dir`. Fine-tuning passes what it starts from: `env` (and
     `eval_env`, else no evaluation) instead of cfg.task, an `agent`, a `replay`, and a
     `guard` config that puts the budget guard (guard.py) between the policy and the task."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
-                 progress: bool = True, echo: Callable[[str], None] = print, *, env=None, eval_env=None,
+                 progress: bool = True, echo: Callable[[str], None] = print, *, force: bool = False, env=None,
+                 eval_env=None,
                  agent: ALGDAgent | None = None, replay: ReplayBuffer | None = None,
                  guard: GuardConfig | None = None, origin: str = "trained",
                  on_evaluation: Callable[[EvalResult, "Trainer"], None] | None = None):
         self.cfg, self.run_dir, self.echo, self.progress = cfg, Path(run_dir), echo, progress
         self.origin = origin
         self.on_evaluation = on_evaluation  # called after each evaluation (fine-tuning keeps its best)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy_path = self.run_dir / POLICY_FILE
+        _check_run_dir(self.run_dir, resume, force, echo)
         device = cfg.device
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device; use --device cpu")
@@ -185,10 +239,8 @@ class Trainer:
 
         ckpt = self._read_resume_checkpoint() if resume else None
         if ckpt is not None:
-            # The stored config wins, except for the length of the run.
-            stored = config_from_dict(ckpt["config"], check_task=False)
-            stored.total_steps = cfg.total_steps
-            self.cfg = cfg = stored
+            self.cfg = cfg = _resumed_config(config_from_dict(ckpt["config"], check_task=False), cfg,
+                                             self.policy_path, echo)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         if env is None:
@@ -228,6 +280,7 @@ class Trainer:
             self.guard = BudgetGuard(self.agent, guard) if guard else None
             self._restore(ckpt)
         resume_step = self.env_steps if ckpt is not None else None
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder
         self.eval_log = _CsvLog(self.run_dir / "progress.csv", EVAL_FIELDS, resume_step)
         self.train_log = _CsvLog(self.run_dir / "train.csv", _TRAIN_FIELDS, resume_step)
         self.episode_log = _CsvLog(self.run_dir / "episodes.csv", _EPISODE_FIELDS, resume_step)
@@ -235,6 +288,9 @@ class Trainer:
 
     # -- resume ---------------------------------------------------------------------------
     def _read_resume_checkpoint(self) -> dict | None:
+        if not self.policy_path.exists() and any(p for pattern in RUN_FILES for p in self.run_dir.glob(pattern)):
+            raise ValueError(f"--resume: {self.run_dir} has no {POLICY_FILE} to resume from, but holds a run's "
+                             f"files; start over with --force (nothing was changed)")
         if not self.policy_path.exists():
             self.echo(f"--resume: no {self.policy_path} yet; starting a new run")
             return None

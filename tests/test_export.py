@@ -160,3 +160,52 @@ def test_trained_policies_of_several_seeds_all_export(tmp_path, seed):
     Trainer(cfg, tmp_path / "run", progress=False, echo=lambda m: None).run()
     manifest = export_bundle(tmp_path / "run" / "policy.pt", tmp_path / "bundle")  # raises if refused
     assert max(manifest["parity"]["max_abs_error"].values()) < 1e-4
+
+
+def _tree(root):
+    """Every file under root with its bytes: what a refused command must leave unchanged."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_never_deletes_what_it_did_not_make(tmp_path):
+    """Issue 20: `-o runs` once wiped the training runs, and `-o` the run folder deleted the
+    policy it was exporting."""
+    from algd_runtime.checkpoint import CheckpointError
+
+    run = tmp_path / "runs" / "PointHazard-v0-seed0"
+    run.mkdir(parents=True)
+    small_policy(run / "policy.pt", updates=2)
+    (run / "progress.csv").write_text("step\n1\n")
+    (tmp_path / "a_file").write_text("keep")
+    before = _tree(tmp_path)
+    for out, force, error in [(tmp_path / "runs", True, r"-o: .*runs holds the policy being exported"),
+                              (run, True, r"holds the policy being exported"),
+                              (tmp_path / "a_file", True, r"-o: .*a_file is a file; expected a folder"),
+                              (tmp_path, False, r"holds the policy being exported")]:
+        with pytest.raises(ExportError, match=error + r".*\(nothing was written\)"):
+            export_bundle(run / "policy.pt", out, force=force)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    before = _tree(tmp_path)
+    with pytest.raises(ExportError, match=r"notes is not empty and holds no bundle \(1 entries: todo.txt\)"):
+        export_bundle(run / "policy.pt", other, force=True)
+    with pytest.raises(CheckpointError, match=r"a folder, not a policy file; expected the policy.pt algd-train wrote"):
+        export_bundle(run, tmp_path / "b")
+    assert _tree(tmp_path) == before  # nothing changed, nothing left behind
+
+
+def test_export_replaces_a_bundle_only_with_force(tmp_path):
+    small_policy(tmp_path / "policy.pt", updates=2)
+    (tmp_path / "empty").mkdir()
+    export_bundle(tmp_path / "policy.pt", tmp_path / "empty")  # an empty folder is fine
+    first = _tree(tmp_path / "empty")
+    with pytest.raises(ExportError, match=r"holds a bundle already; add --force to replace it"):
+        export_bundle(tmp_path / "policy.pt", tmp_path / "empty")
+    assert _tree(tmp_path / "empty") == first
+    small_policy(tmp_path / "policy.pt", updates=3, seed=1)  # a new policy, exported over the old bundle
+    export_bundle(tmp_path / "policy.pt", tmp_path / "empty", force=True)
+    assert _tree(tmp_path / "empty") != first and sorted(p.name for p in tmp_path.iterdir()) == ["empty", "policy.pt"]
+    out = subprocess.run([sys.executable, "-m", "algd_runtime.export.cli", str(tmp_path / "policy.pt"), "-o",
+                          str(tmp_path / "empty")], capture_output=True, text=True)
+    assert out.returncode == 2 and "add --force to replace it" in out.stderr and "Traceback" not in out.stderr

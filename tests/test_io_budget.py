@@ -275,3 +275,46 @@ def test_costs_that_raced_the_episode_message_count_in_the_distance_and_a_still_
     (first,) = matcher.on_state(None, 0.013)
     assert first.raced == 2 and first.cost == 2.0  # the running episode pays, and the distance grows
     assert distance.raced(first.raced) and distance.worst == 3 and distance.in_use == 4
+
+
+def test_a_cost_later_than_one_period_replaces_the_worst_case_it_was_charged():
+    """A robot standing still at 500 Hz, its cost 3 ms behind its state: each step is charged
+    the worst case after one period, then the cost that comes replaces it. Before, those
+    charges added up and spent the budget of a robot that never moved."""
+    for stamped in (False, True):
+        matcher, gate = CostMatcher(stamped, wait_s=PERIOD), SafetyGate(BudgetAccount(Budget(5.0, 0.2, 2)), None)
+        monitor = BudgetMonitor(MonitorConfig(5.0, max_step_cost=0.2, steps_ahead=2))
+
+        def apply(charges):
+            gate.on_charges(charges, matcher.waiting)
+            for c in charges:
+                if c.refund:
+                    monitor.refund(c.cost)
+                elif c.t > 0:
+                    monitor.update(c.cost, reported=c.reported, extra=c.extra)
+
+        apply(matcher.on_cost(0.0, 1 if stamped else None, 0.0))
+        apply(matcher.on_state(1 if stamped else None, 0.0))
+        for k in range(2, 300):
+            now = k * PERIOD
+            apply(matcher.on_state(k if stamped else None, now))
+            apply(matcher.expire(now + 0.0025))  # a period passes without its cost
+            apply(matcher.on_cost(0.0, k if stamped else None, now + 0.003))
+        assert matcher.uncosted > 250 and matcher.refunded == matcher.uncosted
+        assert gate.account.accumulated == pytest.approx(0.0, abs=1e-9) and not gate.latch.latched
+        assert monitor.accumulated == pytest.approx(0.0, abs=1e-9) and monitor.level.name == "OK"
+
+
+def test_lost_costs_shift_to_later_steps_and_the_account_never_holds_less_than_was_spent():
+    matcher, gate = CostMatcher(wait_s=PERIOD), SafetyGate(BudgetAccount(Budget(100.0, 1.0, 2)), None)
+    gate.on_charges(matcher.on_cost(0.0, None, 0.0), 0)
+    gate.on_charges(matcher.on_state(None, 0.0), 0)
+    spent, now = 0.0, 0.0
+    for k in range(1, 60):
+        now += PERIOD
+        spent += 0.5
+        if k % 7:  # every seventh cost is lost
+            gate.on_charges(matcher.on_cost(0.5, None, now), matcher.waiting)
+        gate.on_charges(matcher.on_state(None, now + 0.0001), matcher.waiting)
+        gate.on_charges(matcher.expire(now + 1.5 * PERIOD), matcher.waiting)
+        assert gate.account.accumulated >= spent - 1e-9, k

@@ -128,3 +128,46 @@ def test_copies_of_the_task_train_and_resume_exactly(tmp_path, vector_envs):
         assert torch.equal(p, q)
     rows = list(csv.DictReader((tmp_path / "straight" / "episodes.csv").open()))
     assert rows, "episodes of both copies are logged"
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_run_folder_is_never_trained_over_without_resume_or_force(tmp_path):
+    """Issue 20: training into a finished run started from step 0, overwrote policy.pt and
+    emptied progress.csv."""
+    run(tmp_path / "r", 200)
+    before = _tree(tmp_path)
+    cfg = config_from_dict({**TINY, "total_steps": 300, "algo": {**TINY["algo"], "variant": "ddpm"}})
+    with pytest.raises(ValueError, match=r"holds a finished or interrupted run \(.*policy.pt.*\); continue it with "
+                                         r"--resume, or start over with --force \(nothing was changed\)"):
+        Trainer(cfg, tmp_path / "r", progress=False, echo=lambda m: None)
+    # --resume with another config: refused, the changed keys listed
+    with pytest.raises(ValueError, match=r"--resume: the config differs from the run's .*algo.variant \(run: 'vesde', "
+                                         r"given: 'ddpm'\)"):
+        Trainer(cfg, tmp_path / "r", resume=True, progress=False, echo=lambda m: None)
+    assert _tree(tmp_path) == before
+    # ... except what a resume may change, which it applies and says
+    said = []
+    t = Trainer(config_from_dict({**TINY, "total_steps": 300}), tmp_path / "r", resume=True, progress=False,
+                echo=said.append)
+    assert t.cfg.total_steps == 300 and "resume: total_steps 200 -> 300" in said
+    # --force starts over: the run's own files go, nothing else
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    said.clear()
+    t = Trainer(cfg, tmp_path / "r", force=True, progress=False, echo=said.append)
+    assert t.env_steps == 0 and not (tmp_path / "r" / "policy.pt").exists()
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine" and any("--force: removed" in m for m in said)
+
+
+def test_a_refused_run_leaves_no_folder_and_a_file_is_no_run_folder(tmp_path):
+    cfg = config_from_dict({**TINY, "total_steps": 100, "device": "cuda"})
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ValueError, match="device: 'cuda' was asked for"):
+        Trainer(cfg, tmp_path / "new", progress=False, echo=lambda m: None)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=r"--out: .*f is a file; expected a folder for the run"):
+        Trainer(config_from_dict({**TINY, "total_steps": 100}), tmp_path / "f", progress=False, echo=lambda m: None)

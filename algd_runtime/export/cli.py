@@ -14,6 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-o", "--out", type=Path, help="bundle folder (default: bundle/ beside the policy)")
     p.add_argument("--batch", type=int, help="fix the batch size (default: dynamic batch)")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--force", action="store_true", help="replace a bundle already in the output folder")
     args = p.parse_args(argv)
 
     from algd_runtime.checkpoint import CheckpointError
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"exporting {args.policy} -> {out} (opset {args.opset}, batch {args.batch or 'dynamic'}); "
           f"measuring parity on 1000 observations ...", flush=True)
     try:
-        manifest = export_bundle(args.policy, out, batch=args.batch, opset=args.opset)
+        manifest = export_bundle(args.policy, out, batch=args.batch, opset=args.opset, force=args.force)
     except (CheckpointError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

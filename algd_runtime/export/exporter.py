@@ -297,15 +297,49 @@ def _remove_stale_temps(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _is_bundle(folder: Path) -> bool:
+    """A folder that holds a bundle and nothing else (what --force may replace)."""
+    names = {p.name for p in folder.iterdir()}
+    if not names <= {*FILES.values(), MANIFEST, DIGEST_FILE} or MANIFEST not in names:
+        return False
+    try:
+        manifest = yaml.safe_load((folder / MANIFEST).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("schema") == BUNDLE_SCHEMA
+
+
+def check_out_dir(policy: str | Path, out_dir: str | Path, force: bool = False) -> None:
+    """Where a bundle may go: a new or empty folder, or, with force, a folder that holds a
+    bundle and nothing else; never a file, and never a folder that holds the policy itself.
+    ExportError says why not and that nothing was written."""
+    policy, out = Path(policy).resolve(), Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"-o: {out_dir} is a file; expected a folder for the bundle (nothing was written)")
+    if out == policy or out in policy.parents:
+        raise ExportError(f"-o: {out_dir} holds the policy being exported ({policy}); choose another folder "
+                          f"(nothing was written)")
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_bundle(out):
+            names = sorted(p.name for p in out.iterdir())
+            raise ExportError(f"-o: {out_dir} is not empty and holds no bundle ({len(names)} entries: "
+                              f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); choose a new or empty "
+                              f"folder (nothing was written)")
+        if not force:
+            raise ExportError(f"-o: {out_dir} holds a bundle already; add --force to replace it (nothing was written)")
+
+
 def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = None, opset: int = DEFAULT_OPSET,
-                  parity_n: int = 1000, tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
-    """Write the bundle atomically (a temp folder renamed into place); refuse above tolerance."""
+                  parity_n: int = 1000, tolerance: float = PARITY_TOLERANCE, force: bool = False) -> dict[str, Any]:
+    """Write the bundle atomically (a temp folder renamed into place); refuse above tolerance.
+    out_dir: new or empty, or (force) an older bundle, which is replaced (check_out_dir)."""
     if not 13 <= opset <= 21:
         raise ExportError(f"--opset: expected 13..21, got {opset}")
     if batch is not None and batch < 1:
         raise ExportError(f"--batch: expected a value >= 1, got {batch}")
     if parity_n < 1000:
         raise ExportError(f"parity: expected >= 1000 observations, got {parity_n}")
+    check_out_dir(policy, out_dir, force)
     _remove_stale_temps(Path(out_dir))
     ckpt = load_checkpoint(policy)
     agent = agent_from_checkpoint(ckpt, "cpu", with_optimizers=False)
@@ -346,9 +380,14 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
         for f in tmp.iterdir():
             f.chmod(0o644)
         tmp.chmod(0o755)  # mkdtemp makes 0700: other users (the ROS nodes' user) must read it
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        check_out_dir(policy, out_dir, force)  # again: the folder may have changed during the parity run
+        old = None
+        if out_dir.exists():  # empty, or a bundle replaced with force: moved aside, then removed
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            out_dir.rename(old / out_dir.name)
         tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -232,7 +232,7 @@ class ControllerNode(ManagedNode):
             except (ValueError, AttributeError, IndexError) as exc:  # unreadable: the worst case
                 cost = math.nan
                 self._io_problem(f"cost: {exc}")
-            self._charge(self.matcher.on_cost(cost, _stamp_ns(msg), now))
+            self._charge(self.matcher.on_cost(cost, m.header_stamp_ns(msg), now))
             self.core.gate.waiting_for = None
             if self.core.gate.watch is not None:  # the monitor must show it read a cost this recent
                 self.core.gate.watch.on_robot_step(time.time_ns() - IO_CLOCK_TOLERANCE_NS, now)
@@ -242,7 +242,7 @@ class ControllerNode(ManagedNode):
             return
         if self._cost_sub is not None and self._cost_sub is not self._subs.get(topic):
             m.take_waiting(self._cost_sub)  # a step's cost that came with its state is read first
-        self._charge(self.matcher.on_state(_stamp_ns(msg), now))
+        self._charge(self.matcher.on_state(m.header_stamp_ns(msg), now))
         try:
             obs = io.observation.vector(now)
         except (ValueError, AttributeError, IndexError) as exc:
@@ -441,11 +441,6 @@ class ControllerNode(ManagedNode):
         print(f"controller: {stats}")
         m.write_summary(self.get_parameter("summary_file").value, stats)
 
-
-def _stamp_ns(msg) -> int | None:
-    """The robot's stamp on a message with a header (a stamped cost, a stamped state), else None."""
-    stamp = m.header_stamp(msg)
-    return None if stamp is None else m.stamp_ns(stamp)
 
 
 def main(argv=None) -> int:

@@ -59,6 +59,10 @@ def run_node(node_cls, argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    except KeyboardInterrupt:  # stopped while starting (a sibling failed under algd-launch): no traceback
+        print(f"{node_cls.NAME}: stopped while starting", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 130
     from algd_runtime.ros_nodes.realtime import make_realtime, pin_cpus
 
     log = node.get_logger()
@@ -78,6 +82,10 @@ def run_node(node_cls, argv=None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001
+        if rclpy.ok():
+            raise  # a failure while running: in full
+        # SIGINT shut the context down while a callback was still publishing: that is the stop
     finally:
         node.summarize()
         node.destroy_node()

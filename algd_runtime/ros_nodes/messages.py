@@ -207,6 +207,12 @@ def stamp_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def header_stamp_ns(msg) -> int | None:
+    """The robot's stamp on a message with a header (a stamped cost or state), else None."""
+    stamp = header_stamp(msg)
+    return None if stamp is None else stamp_ns(stamp)
+
+
 # A step message is one whole transition, so that a learner (RosEnv) or a recorded log can
 # rebuild (obs, action, reward, cost, next_obs, done) from it alone. Only the first two
 # fields are required: the monitor reads reward and cost, and a robot driver that knows no

@@ -225,14 +225,19 @@ class MonitorNode(ManagedNode):
             except (ValueError, AttributeError, IndexError):
                 cost = float("nan")  # unreadable: the worst case
             self.seen_stamp_ns = time.time_ns()  # no robot stamp on a cost: when it was read (controller_node)
-            self._charge(self.matcher.on_cost(cost, _stamp_ns(msg), now))
+            self._charge(self.matcher.on_cost(cost, m.header_stamp_ns(msg), now))
         if topic == io.trigger:
             if io.cost.topic != topic:
                 m.take_waiting(self.step_sub)  # a step's cost that came with its state is read first
-            self._charge(self.matcher.on_state(_stamp_ns(msg), now))
+            self._charge(self.matcher.on_state(m.header_stamp_ns(msg), now))
 
     def _charge(self, charges) -> None:
         for c in charges:
+            if c.refund:
+                if c.episode == self.matcher.episode:
+                    for tr in self.monitor.refund(c.cost):
+                        self._respond(tr)
+                continue
             if c.raced and self.monitor.distance is not None and self.monitor.distance.raced(c.raced):
                 self._margin_grew()
             self._robot = (self._io_episode, c.t)
@@ -449,10 +454,6 @@ def restart_reason(persisted: dict[str, str]) -> str:
     return RESTART_PREFIX + "; ".join(v[len(RESTART_PREFIX):] if v.startswith(RESTART_PREFIX) else v
                                       for v in persisted.values())
 
-
-def _stamp_ns(msg) -> int | None:
-    stamp = m.header_stamp(msg)
-    return None if stamp is None else m.stamp_ns(stamp)
 
 
 def default_state_file(namespace: str) -> str:
