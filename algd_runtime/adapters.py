@@ -500,10 +500,11 @@ def io_config(cfg: Any, source: str = "io") -> IoConfig:
         if rate is None:
             raise ValueError(f"{source}: rate_hz: expected the robot's rate (Hz): with an expiring command "
                              f"(action.expires_after_s) the steps it may take on one are expiry x rate")
-        least = max(1, math.ceil(expires * rate - 1e-9))
+        # ... plus the step in flight when the stop was decided (measured at 1 kHz: one more).
+        least = math.ceil(expires * rate - 1e-9) + 1
         if ahead is not None and ahead < least:
             raise ValueError(f"{source}: steps_ahead: expected >= {least} (expires_after_s {expires:g} s x rate_hz "
-                             f"{rate:g}), got {ahead}")
+                             f"{rate:g} + 1), got {ahead}")
         ahead = ahead or least
     elif ahead is None:
         # A standard command carries no lease: the robot takes the step in flight, and maybe
@@ -542,9 +543,11 @@ def load_io(path: str, message_class=None) -> IoConfig:
     ("pkg/Type" -> class, where ROS 2 is installed) the field paths are checked too."""
     import yaml
 
+    from algd_runtime.yamlfile import load_yaml
+
     try:
         with open(path) as f:
-            cfg = yaml.safe_load(f)
+            cfg = load_yaml(f.read())
     except OSError as exc:
         raise ValueError(f"io: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

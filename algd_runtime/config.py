@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from algd_runtime.yamlfile import load_yaml
+
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names the field."""
@@ -208,7 +210,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     data = {} if data is None else data

@@ -158,6 +158,8 @@ def finetune(policy_path: str | Path, out_dir: str | Path, opts: FinetuneOptions
              progress: bool = True, echo: Callable[[str], None] = print) -> dict:
     policy_path, out_dir = Path(policy_path), Path(out_dir)
     ckpt = load_checkpoint(policy_path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out: {out_dir} is a file; expected a folder for the fine-tuned run (nothing was written)")
     if out_dir.resolve() == policy_path.resolve().parent:
         raise ValueError(f"--out: {out_dir} holds the policy being fine-tuned ({policy_path}); fine-tuning never "
                          f"writes over its source: choose another folder (nothing was written)")

@@ -209,7 +209,7 @@ def test_the_readme_io_example_is_a_valid_io_file():
     text = (ROOT / "README.md").read_text()
     start = text.index("```yaml\nobservation:") + len("```yaml\n")
     io = io_config(yaml.safe_load(text[start:text.index("```", start)]), "README")
-    assert io.observation.size == 1 + 1 + 2 + 1 + 16 + 4 and io.trigger == "odom" and io.steps_ahead == 2
+    assert io.observation.size == 1 + 1 + 2 + 1 + 16 + 4 and io.trigger == "odom" and io.steps_ahead == 3
     assert io.bind(25, 2).fields == ["linear.x", "angular.z"]
 
 
@@ -222,11 +222,11 @@ def test_expiring_commands_give_the_margin_from_their_expiry():
         io = load_io(str(ROOT / "config" / "io" / f"{name}.yaml"))
         command = io.bind(8, 2)
         assert command.type == kind and command.expires_after_s == 0.02
-        assert io.leased and io.steps_ahead == 2  # 0.02 s x 100 Hz
+        assert io.leased and io.steps_ahead == 3  # 0.02 s x 100 Hz, and the step in flight
     base = yaml.safe_load((ROOT / "config" / "io" / "twist_stamped.yaml").read_text())
     for change, error in [
         ({"rate_hz": None}, r"rate_hz: expected the robot's rate \(Hz\): with an expiring command"),
-        ({"steps_ahead": 1}, r"steps_ahead: expected >= 2 \(expires_after_s 0.02 s x rate_hz 100\), got 1"),
+        ({"steps_ahead": 2}, r"steps_ahead: expected >= 3 \(expires_after_s 0.02 s x rate_hz 100 \+ 1\), got 2"),
         ({"action": {**base["action"], "expires_after_s": None}}, r"action.expires_after_s: expected the time"),
         ({"action": {**base["action"], "type": "geometry_msgs/Twist"}},
          r"action.expires_after_s: a geometry_msgs/Twist carries no stamp to expire from"),
@@ -236,7 +236,7 @@ def test_expiring_commands_give_the_margin_from_their_expiry():
             cfg["action"] = {k: v for k, v in cfg["action"].items() if v is not None}
         with pytest.raises(ValueError, match=error):
             io_config(cfg)
-    assert io_config({**base, "rate_hz": 500, "action": {**base["action"], "expires_after_s": 0.004}}).steps_ahead == 2
+    assert io_config({**base, "rate_hz": 500, "action": {**base["action"], "expires_after_s": 0.004}}).steps_ahead == 3
 
 
 def test_a_joint_trajectory_command_carries_the_action_and_its_end():

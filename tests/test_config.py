@@ -79,3 +79,25 @@ def test_ints_are_accepted_for_floats_and_overrides_apply(tmp_path):
     cfg = load_config(write(tmp_path, "algo:\n  lr: 1\n"), {"seed": 7})
     assert cfg.algo.lr == 1.0 and isinstance(cfg.algo.lr, float) and cfg.seed == 7
     assert config_from_dict(cfg.to_dict()) == cfg  # round trip through the checkpoint form
+
+
+def test_a_key_given_twice_is_refused_in_configs_io_files_and_params_files(tmp_path, monkeypatch):
+    """Issue 20: the last one won, silently."""
+    import yaml as _yaml
+
+    from algd_runtime.adapters import load_io
+    from algd_runtime.config import ConfigError, load_config
+
+    (tmp_path / "c.yaml").write_text("task: PointHazard-v0\ntotal_steps: 100\nalgo:\n  batch_size: 32\n  batch_size: 64\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML: the key 'batch_size' is given twice \(lines 4 and 5\)"):
+        load_config(tmp_path / "c.yaml")
+    io = (Path(__file__).resolve().parents[1] / "config" / "io" / "vector.yaml").read_text()
+    (tmp_path / "io.yaml").write_text(io + "steps_ahead: 2\nsteps_ahead: 9\n")
+    with pytest.raises(ValueError, match=r"io: .*io.yaml is not valid YAML: the key 'steps_ahead' is given twice"):
+        load_io(str(tmp_path / "io.yaml"))
+    from algd_runtime.ros_nodes.entry import _params_files_problem
+
+    (tmp_path / "p.yaml").write_text("/**/controller:\n  ros__parameters:\n    cost_limit: 5.0\n    cost_limit: 50.0\n")
+    assert "the key 'cost_limit' is given twice (lines 3 and 4)" in _params_files_problem(
+        ["algd-controller", "--ros-args", "--params-file", str(tmp_path / "p.yaml")])
+    assert _yaml.safe_load((tmp_path / "p.yaml").read_text())["/**/controller"]["ros__parameters"]["cost_limit"] == 50.0

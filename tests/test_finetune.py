@@ -204,3 +204,15 @@ def test_worse_after_fine_tuning_is_said_and_the_best_policy_within_budget_kept(
     assert best.describe()["from"] == "the source policy"
     best.consider(EvalResult(returns=[12.0] * 4, costs=[1.0] * 4, cost_limit=5.0), trainer)
     assert best.describe()["from"] == "fine-tuned, step 200" and load_checkpoint(tmp_path / "best.pt")["origin"] == "finetune"
+
+
+def test_finetune_never_writes_over_its_source_or_into_a_file(tmp_path):
+    """Issue 20: --out the source run folder overwrote the source policy.pt."""
+    run = tmp_path / "run"
+    run.mkdir()
+    small_policy(run / "policy.pt", updates=2)
+    (tmp_path / "f").write_text("x")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert finetune_main([str(run / "policy.pt"), "--target", "sim", "--out", str(run)]) == 2
+    assert finetune_main([str(run / "policy.pt"), "--target", "sim", "--out", str(tmp_path / "f")]) == 2
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before and (tmp_path / "f").read_text() == "x"

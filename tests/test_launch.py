@@ -165,3 +165,25 @@ def test_use_sim_time_without_a_clock_publisher_is_reported(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert "use_sim_time is true but nothing publishes /clock after 5 s" in out, out[-2000:]
+
+
+def test_launch_refuses_a_negative_duration_and_a_params_file_with_a_key_twice(vesde_bundle, tmp_path, capsys):
+    from algd_runtime.ros_nodes.launcher import main
+    from algd_runtime.safety import create_key
+
+    create_key(tmp_path / "k")
+    assert main(["--bundle", str(vesde_bundle), "--key", str(tmp_path / "k"), "--duration", "-3"]) == 2
+    assert "error: --duration: expected seconds >= 0 (0: until Ctrl-C), got -3" in capsys.readouterr().err
+    (tmp_path / "p.yaml").write_text("/**/monitor:\n  ros__parameters:\n    stop_latch: operator\n    stop_latch: episode\n")
+    assert main(["--bundle", str(vesde_bundle), "--key", str(tmp_path / "k"), "--params-file", str(tmp_path / "p.yaml")]) == 2
+    assert "the key 'stop_latch' is given twice (lines 3 and 4)" in capsys.readouterr().err
+
+
+def test_the_monitors_default_latch_file_is_one_per_namespace_and_domain(monkeypatch, tmp_path):
+    from algd_runtime.ros_nodes.monitor_node import default_state_file
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setenv("ROS_DOMAIN_ID", "7")
+    seven = default_state_file("/robot")
+    monkeypatch.setenv("ROS_DOMAIN_ID", "8")
+    assert seven != default_state_file("/robot") and seven.endswith("monitor_robot_domain7.json")

@@ -46,12 +46,32 @@ def _warn_without_clock(node) -> None:
     timer = node.create_timer(CLOCK_GRACE_S, check, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
 
+def _params_files_problem(argv: list[str]) -> str | None:
+    """A --params-file that gives a key twice (rcl keeps one of them silently)."""
+    import yaml
+
+    from algd_runtime.yamlfile import load_yaml
+
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--params-file":
+            try:
+                with open(value) as f:
+                    load_yaml(f.read())
+            except (OSError, yaml.YAMLError) as exc:
+                return f"--params-file: {value}: {exc}"
+    return None
+
+
 def run_node(node_cls, argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv)
     ours = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
     if "-h" in ours or "--help" in ours:
         print(node_help(node_cls))
         return 0
+    why = _params_files_problem(argv)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     rclpy.init(args=argv)
     try:
         node = node_cls()

@@ -100,6 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not params.is_file():
         print(f"error: --params-file: {params} does not exist", file=sys.stderr)
         return 2
+    import yaml
+
+    from algd_runtime.yamlfile import load_yaml
+
+    try:
+        load_yaml(params.read_text())  # a key given twice would leave one node on the other value
+    except yaml.YAMLError as exc:
+        print(f"error: --params-file: {params}: {exc}", file=sys.stderr)
+        return 2
+    if args.duration < 0 or args.duration != args.duration:
+        print(f"error: --duration: expected seconds >= 0 (0: until Ctrl-C), got {args.duration:g}", file=sys.stderr)
+        return 2
     io = {}
     if args.io:
         from algd_runtime.adapters import load_io

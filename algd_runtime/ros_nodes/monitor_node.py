@@ -457,12 +457,14 @@ def restart_reason(persisted: dict[str, str]) -> str:
 
 
 def default_state_file(namespace: str) -> str:
-    """Where a monitor keeps its latch by default: per user, per namespace."""
+    """Where a monitor keeps its latch by default: per user, per namespace and per DDS domain
+    (two robots on one machine with the same namespace on two domains are two robots)."""
     import os
     from pathlib import Path
 
     base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "algd-runtime"
-    return str(base / f"monitor{namespace.replace('/', '_') or '_'}.json")
+    domain = os.environ.get("ROS_DOMAIN_ID", "0") or "0"
+    return str(base / f"monitor{namespace.replace('/', '_') or '_'}_domain{domain}.json")
 
 
 def main(argv=None) -> int:
