@@ -68,7 +68,7 @@ def test_wrong_schema_version_and_foreign_and_torn_files(tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
     data = path.read_bytes()
     (tmp_path / "torn.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="not a readable policy.pt"):
+    with pytest.raises(CheckpointError, match="not a policy.pt written by algd-train"):
         load_checkpoint(tmp_path / "torn.pt")
     with pytest.raises(CheckpointError, match="no such policy file"):
         load_checkpoint(tmp_path / "absent.pt")

@@ -46,7 +46,7 @@ def test_bad_config_and_bad_policy_give_clear_errors(tmp_path):
     assert out.returncode == 2 and "task: unknown task 'NoSuchTask-v0'" in out.stderr
     (tmp_path / "junk.pt").write_bytes(b"junk")
     out = cli("algd-eval", tmp_path / "junk.pt")
-    assert out.returncode == 2 and "not a readable policy.pt" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "not a policy.pt written by algd-train" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_bench_train_prints_a_table_with_rates():
