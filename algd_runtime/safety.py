@@ -306,6 +306,7 @@ class CostMatcher:
             raise ValueError(f"cost wait: expected a finite time > 0, got {wait_s!r}")
         self._fixed_wait = wait_s
         self._intervals: deque = deque(maxlen=32)
+        self._measured_wait = 0.01  # the median interval, kept current as states arrive
         self._last_state_at: float | None = None
         self.episode, self.t = 0, -1  # -1: no state yet in this episode
         self._early: list[tuple[float, int | None]] = []  # costs that came before their state
@@ -322,11 +323,7 @@ class CostMatcher:
 
     @property
     def wait_s(self) -> float:
-        if self._fixed_wait is not None:
-            return self._fixed_wait
-        if not self._intervals:
-            return 0.01
-        return min(self.MAX_WAIT_S, max(self.MIN_WAIT_S, float(np.median(self._intervals))))
+        return self._fixed_wait if self._fixed_wait is not None else self._measured_wait
 
     def counts(self) -> dict:
         """What the summaries and /diagnostics report."""
@@ -373,6 +370,7 @@ class CostMatcher:
             self._last_stamp = stamp_ns
         if self._last_state_at is not None:
             self._intervals.append(now - self._last_state_at)
+            self._measured_wait = min(self.MAX_WAIT_S, max(self.MIN_WAIT_S, float(np.median(self._intervals))))
         self._last_state_at = now
         if not self.armed:
             return out
@@ -420,11 +418,10 @@ class CostMatcher:
         waiting is not (the old episode is over): its cost, if it still comes, is charged to
         the new episode unstamped (the safe side), or dropped by its stamp. The state may also
         be the new episode's first, come before this message (DDS orders no two topics)."""
-        out = self._release()
         self._worst.clear()
         self.carried += sum(step.costs is None for step in self._pending)
         self._pending = deque(step for step in self._pending if step.costs is not None)
-        out += self._release()
+        out = self._release()
         self.episode, self.t = self.episode + 1, -1
         return out
 
