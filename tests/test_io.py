@@ -113,7 +113,9 @@ def test_an_episode_message_behind_a_backlog_of_costs_ends_its_episode_after_the
     """Issue 19's 16-of-5 episode with "accumulated 0": a monitor busy for a while finds an
     episode's costs and states waiting, and the next episode's start message. rclpy's executor
     takes one message of each ready subscription in turn, so the episode message went ahead
-    of all but one of the costs, which were then charged to the next episode."""
+    of all but one of the costs, which were then charged to the next episode. And the other
+    way (the loaded twist_stamped run's 6 of 5): reading everything waiting before the episode
+    message charged the next episode's first steps to the one that had ended."""
     import time
 
     import rclpy
@@ -148,15 +150,49 @@ def test_an_episode_message_behind_a_backlog_of_costs_ends_its_episode_after_the
             pubs["cost"].publish(Float64(data=0.5))
             pubs["state"].publish(state())
         pubs["episode_start"].publish(Empty())
+        pubs["cost"].publish(Float64(data=0.0))  # episode 1 begins: its first state
+        pubs["state"].publish(state())
+        for _ in range(3):  # and three of its steps, costing 1 each, also sent while the monitor is busy
+            pubs["cost"].publish(Float64(data=1.0))
+            pubs["state"].publish(state())
         time.sleep(0.3)  # all of it waits in the monitor's queues
         end = time.monotonic() + 5
-        while time.monotonic() < end and not mon.episodes:
+        while time.monotonic() < end and (not mon.episodes or mon.monitor.accumulated < 3.0):
             ex.spin_once(timeout_sec=0.05)
+        # Episode 0 is charged its own four steps, not the next episode's: those were sent after
+        # the episode message (its publisher's timestamps say so), and episode 1 pays them.
         assert [e["monitor_accumulated"] for e in mon.episodes] == [2.0], mon.episodes
-        assert mon.monitor.accumulated == 0.0  # nothing of episode 0 charged to episode 1
+        assert mon.monitor.accumulated == 3.0
         ex.shutdown()
         robot.destroy_node()
         mon.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+def test_a_stop_on_an_expiring_command_renews_no_lease(vesde_bundle, tmp_path):
+    """The loaded twist_stamped run's 6 of 5: the safe action, re-sent every period with a
+    fresh stamp, kept a robot that costs while it stands stepping until the e-stop landed.
+    A stop keeps the stamp it began at, so the robot drops it when that lease ends."""
+    import rclpy
+    from builtin_interfaces.msg import Time
+    from rclpy.parameter import Parameter
+
+    from algd_runtime.ros_nodes.controller_node import ControllerNode
+
+    create_key(tmp_path / "op.key")
+    rclpy.init()
+    try:
+        node = ControllerNode(namespace=f"/lease_{os.getpid()}", parameter_overrides=[
+            Parameter(k, value=v) for k, v in {
+                "bundle": str(vesde_bundle), "io": str(ROOT / "config" / "io" / "twist_stamped.yaml"),
+                "operator_key_file": str(tmp_path / "op.key"), "autostart": False}.items()])
+        node.trigger_configure()
+        action = np.zeros(2, np.float32)
+        stamps = [node._publish(action, Time(sec=s), 3, stop).header.stamp.sec
+                  for s, stop in ((1, None), (2, "budget"), (3, "budget"), (4, "estop"), (5, None), (6, "budget"))]
+        assert stamps == [1, 2, 2, 2, 5, 6], stamps
+        node.destroy_node()
     finally:
         rclpy.shutdown()
 

@@ -68,6 +68,7 @@ class ControllerNode(ManagedNode):
         self.timer = None  # the control-rate timer, while active
         self._latch = None  # the gate's latch, kept across configurations
         self._stop_reason: str | None = None
+        self._stop_stamp = None  # with an expiring command: the stamp the stop in progress began at
         self._steps_ahead_logged: int | None = None
         self._latencies0 = 0  # latencies reported by the last diagnostics
         self._t0, self._ticks0, self._errors0 = time.monotonic(), 0, 0
@@ -95,7 +96,7 @@ class ControllerNode(ManagedNode):
                 qos = m.OBSERVATIONS if topic in self.io.observation.types else m.COSTS
                 type_name = topics[topic]
                 self._subs[topic] = self.qos.watch(self.create_subscription(
-                    m.message_class(type_name), topic, lambda msg, topic=topic: self._on_io(topic, msg),
+                    m.message_class(type_name), topic, lambda msg, info, topic=topic: self._on_io(topic, msg, info),
                     **m.wired(qos, False)), False)
             self._cost_sub = self._subs[self.io.cost.topic]
             # The second channel's own e-stop: either channel alone must end an episode whose
@@ -212,19 +213,21 @@ class ControllerNode(ManagedNode):
         if self.timer is not None:
             self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
-    def _on_io(self, topic: str, msg) -> None:
+    def _on_io(self, topic: str, msg, info: dict | None = None) -> None:
         """A message on one of the io file's topics (CostMatcher is the budget's contract)."""
         if self.core is None:
             return
         now, io = time.monotonic(), self.io
         if topic == io.episode_topic:
-            # Costs and states already waiting were sent before this episode began: the
-            # executor would take one of each and then this message (SAFETY.md, io).
-            self._take_waiting_steps()
+            # Costs and states sent before this episode began may wait behind this message (the
+            # executor takes one of each ready subscription in turn); those its publisher sent
+            # after it are the new episode's (SAFETY.md, io).
+            later = self._take_waiting_steps(m.source_ns(info))
             self._charge(self.matcher.on_episode(now))
             if self.core.gate.account.distance is not None:
                 self.core.gate.account.distance.episode_ended()
                 self._charge([])  # logs a margin that grew
+            m.deliver(later)  # the new episode's first costs and states, if they are waiting too
             return
         if topic == io.cost.topic:
             try:
@@ -278,9 +281,11 @@ class ControllerNode(ManagedNode):
             self.get_logger().warning(f"budget margin: {distance.describe()}; set steps_ahead >= {distance.in_use} "
                                       f"in the io file")
 
-    def _take_waiting_steps(self) -> None:
-        for topic in (self.io.cost.topic, self.io.trigger):
-            m.take_waiting(self._subs[topic])
+    def _take_waiting_steps(self, sent_before_ns: int | None) -> list:
+        """Costs and states sent before the episode message; those sent after it are returned.
+        Costs first: a state read now reads the costs still waiting (see _on_io)."""
+        return [taken for topic in dict.fromkeys((self.io.cost.topic, self.io.trigger))
+                for taken in m.take_waiting(self._subs[topic], sent_before_ns)]
 
     def _io_problem(self, what: str) -> None:
         n = self.io_errors[what] = self.io_errors.get(what, 0) + 1
@@ -328,11 +333,20 @@ class ControllerNode(ManagedNode):
 
     def _publish(self, action, stamp, lease: int, stop: str | None):
         """Our action (with its lease or stop), or with an io file the standard command: a
-        stop is then the safe action itself, re-sent every period (SAFETY.md)."""
+        stop is then the safe action itself, re-sent every period (SAFETY.md); an expiring
+        one with the stamp the stop began at."""
         if self.io is None:
             msg = m.action_msg(action, stamp, lease, stop)
         else:
             msg = self.action_map.fill(self.command_cls(), action)
+            if stop is None:
+                self._stop_stamp = None
+            elif self.action_map.expires_after_s is not None:
+                # A stop renews no lease: the safe action keeps the stamp of the observation
+                # the stop began at, and the robot drops it when that lease ends. Re-stamped,
+                # it would keep a robot that costs while it stands stepping until the e-stop
+                # lands (the loaded twist_stamped run's 6 of 5).
+                self._stop_stamp = stamp = self._stop_stamp or stamp
             if stamp is not None and hasattr(msg, "header"):
                 msg.header.stamp = stamp
         self.pub.publish(msg)

@@ -96,13 +96,40 @@ def wired(profile: QoSProfile, publisher: bool) -> dict:
     return {**endpoint(copy.copy(profile), publisher), "qos_overriding_options": OVERRIDABLE}
 
 
-def take_waiting(subscription) -> None:
+def take_waiting(subscription, sent_before_ns: int | None = None) -> list:
     """Run the subscription's callback on every message waiting in its queue, now. rclpy's
     executor runs due timers before waiting messages; a node that must act on the newest
-    message (a command, a heartbeat) reads them itself first."""
+    message (a command, a heartbeat) reads them itself first.
+
+    sent_before_ns: only the messages their publisher sent before then (the DDS source
+    timestamp) are handled; the later ones are returned, for `deliver` once the caller has
+    handled what they come after."""
+    later = []
     with subscription.handle:
         while (taken := subscription.handle.take_message(subscription.msg_type, False)) is not None:
-            subscription.callback(taken[0])
+            if sent_before_ns is not None and taken[1].get("source_timestamp", 0) >= sent_before_ns:
+                later.append((taken[1].get("source_timestamp", 0), subscription, taken))
+            else:
+                _call(subscription, taken)
+    return later
+
+
+def source_ns(info: dict | None) -> int | None:
+    """When the publisher sent a message (its DDS source timestamp), from rclpy's message info."""
+    return info.get("source_timestamp") if info else None
+
+
+def deliver(later: list) -> None:
+    """Messages `take_waiting` put aside, handled in the order their publishers sent them."""
+    for _, subscription, taken in sorted(later, key=lambda item: item[0]):
+        _call(subscription, taken)
+
+
+def _call(subscription, taken) -> None:
+    if subscription._callback_type is subscription.CallbackType.WithMessageInfo:
+        subscription.callback(*taken)
+    else:
+        subscription.callback(taken[0])
 
 
 def _matching_policies(qos) -> QoSProfile:

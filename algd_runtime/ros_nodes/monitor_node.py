@@ -112,7 +112,7 @@ class MonitorNode(ManagedNode):
                 if topic in wanted:
                     qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic) else m.OBSERVATIONS
                     subs[topic] = self.qos.watch(self.create_subscription(
-                        m.message_class(type_name), topic, lambda msg, topic=topic: self._on_io(topic, msg),
+                        m.message_class(type_name), topic, lambda msg, info, topic=topic: self._on_io(topic, msg, info),
                         **m.wired(qos, False)), False)
             self.step_sub, self._subs = subs[self.io.cost.topic], subs
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
@@ -201,20 +201,23 @@ class MonitorNode(ManagedNode):
             except (ValueError, AttributeError):
                 self._act = None
 
-    def _on_io(self, topic: str, msg) -> None:
+    def _on_io(self, topic: str, msg, info: dict | None = None) -> None:
         """A message on the io file's cost, episode, trigger or (for the forecast) observation
         topics; CostMatcher turns costs and states into steps, as in the controller."""
         if self.monitor is None:
             return
         io, now = self.io, time.monotonic()
         if topic == io.episode_topic:  # a new episode: the one in progress (if it took steps) ends
-            for waiting in {io.cost.topic, io.trigger}:  # sent before it (controller_node)
-                m.take_waiting(self._subs[waiting])
+            # Sent before it (controller_node). Costs first: a state read now reads the costs
+            # still waiting, which must not include those sent after this message.
+            later = [taken for waiting in dict.fromkeys((io.cost.topic, io.trigger))
+                     for taken in m.take_waiting(self._subs[waiting], m.source_ns(info))]
             self._record(topic, msg)
             self._charge(self.matcher.on_episode(now))
             if self._robot[0] == self._io_episode and self._robot[1] > 0:
                 self._episode_end({"event": "end", "index": self._io_episode})
             self._io_episode += 1
+            m.deliver(later)
             return
         if topic in io.observation.types and self.use_critic:
             io.observation.update(topic, msg)  # mapped only when a cost asks for the forecast
