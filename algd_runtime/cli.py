@@ -246,9 +246,22 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     sf.add_argument("--io", type=Path, metavar="FILE",
                     help="the robot speaks standard messages (an io file): its own faults too, at 100, 500 and 1000 Hz")
     sf.add_argument("--load", type=int, default=0, metavar="N", help="N CPU-bound processes beside each run")
+    ch = sub.add_parser("chaos", help="soak: the graph for a long time, a random fault every --every seconds, "
+                                      "each followed by the operator's reset")
+    ch.add_argument("bundle", type=Path)
+    ch.add_argument("--io", type=Path, metavar="FILE", help="the robot speaks standard messages (an io file)")
+    ch.add_argument("--minutes", type=float, default=30.0)
+    ch.add_argument("--rate", type=float, default=500.0, help="control rate in Hz")
+    ch.add_argument("--every", type=float, default=30.0, metavar="S", help="seconds between faults (>= 10)")
+    ch.add_argument("--seed", type=int, default=0, help="which faults, in which order")
+    ch.add_argument("--fault", action="append", help="draw from these faults only (default: all of the contract's)")
+    ch.add_argument("--workdir", type=Path, help="keep the logs, summaries and chaos.json here")
+    ch.add_argument("--load", type=int, default=0, metavar="N", help="N CPU-bound processes beside the graph")
     args = p.parse_args(argv)
     if args.what == "safety":
         return _bench_safety(args)
+    if args.what == "chaos":
+        return _bench_chaos(args)
     if args.what == "infer":
         return _bench_infer(args)
     if args.what == "envs":
@@ -320,6 +333,31 @@ def _bench_safety(args) -> int:
     if failed:
         print(f"expectations failed in: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+def _bench_chaos(args) -> int:
+    from algd_runtime.chaos import bench_chaos
+    from algd_runtime.runtime import BundleError, PolicyRuntime
+
+    try:
+        PolicyRuntime.load(str(args.bundle), provider="cpu")  # a bad bundle fails here, with its reason
+        if args.load < 0:
+            raise ValueError(f"--load: expected a count >= 0, got {args.load}")
+        if args.io is not None and not args.io.is_file():
+            raise ValueError(f"--io: {args.io} is not a file")
+        if not (args.minutes > 0 and args.rate > 0):
+            raise ValueError(f"--minutes and --rate: expected values > 0, got {args.minutes}, {args.rate}")
+        if not args.every >= 10:
+            raise ValueError(f"--every: expected >= 10 seconds (a fault, its recovery and motion again), "
+                             f"got {args.every}")
+        from algd_runtime.chaos import fault_pool
+
+        fault_pool(args.io, args.fault)  # a misspelled fault fails before the graph starts
+        r = bench_chaos(args.bundle, args.minutes, args.rate, args.io, args.every, args.seed, args.workdir, args.load,
+                        faults=args.fault)
+    except (BundleError, ValueError) as exc:
+        return _fail(str(exc))
+    return 0 if r["ok"] else 1
 
 
 def _bench_infer(args) -> int:

@@ -66,7 +66,6 @@ IO_FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop
 IO_ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
                    "episode_lost": {"io_episode_drop": 0.1}}
 IO_LEASE_STEPS = 2  # an expiring command's expiry in these runs: 2 periods
-REPEATABLE = ("kill_monitor", "restart_monitor", "sigstop_monitor", "kill_controller")
 RATE_VARIANTS = ("none@100", "none@1000")  # the baseline at other control rates
 DEFAULT_RATES = (500.0,)
 
@@ -532,72 +531,82 @@ def _new_monitor_and_reset(run: Run, inj: Injection, quiet_s: float, controller_
     return run.wait_motion(inj.until, "episodes after the operator's reset")
 
 
-def _fault_kill_monitor(run: Run) -> None:
+def _recover_killed_monitor(run: Run, inj: Injection) -> bool:
+    return _new_monitor_and_reset(run, inj, 0.2)
+
+
+def _recover_restarted_monitor(run: Run, inj: Injection) -> bool:
+    ok = _new_monitor_and_reset(run, inj, 1.0, controller_sees="monitor_restarted")
+    ctl = run.graph.current("controller")
+    lines = [r for t, r in run.graph.stop_lines(ctl, run.probe.offset) if inj.at <= t <= (inj.until or math.inf)]
+    if not any("monitor_restarted" in r for r in lines):
+        run.problems.append("restart_monitor: the controller never stopped for monitor_restarted before the reset")
+    return ok
+
+
+def _sigstop_monitor(run: Run) -> Injection:
+    label = run.graph.current("monitor")
+    before = len(run.probe.ends)
+    at = time.monotonic()
+    run.graph.send(label, signal.SIGSTOP)
+    return Injection(at, ("monitor_lost",), run.monitor_timeout_s, before,
+                     log_labels=(run.graph.current("controller"),))
+
+
+def _recover_stopped_monitor(run: Run, inj: Injection) -> bool:
+    n = len(run.probe.heartbeats)
+    run.graph.send(run.graph.current("monitor"), signal.SIGCONT)
+    if not run.wait(lambda: len(run.probe.heartbeats) > n, 10.0, "heartbeats after SIGCONT"):
+        return False
+    run.sleep_until(time.monotonic() + 0.5)  # a monitor back alone does not restart motion
+    inj.until = time.monotonic()
+    run.operator_reset()
+    return run.wait_motion(inj.until, "episodes after the operator's reset")
+
+
+def _kill_controller(run: Run) -> Injection:
+    before = len(run.probe.ends)
+    at = time.monotonic()
+    run.graph.send(run.graph.current("controller"), signal.SIGKILL)
+    return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before)
+
+
+def _recover_killed_controller(run: Run, inj: Injection) -> bool:
+    inj.until = time.monotonic()
+    run.start_node("controller")  # it hears the observation the waiting robot re-sends
+    run.ensure_motion("after a new controller")
+    return True
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """A fault that can be injected into a running graph again and again (the matrix's
+    repeated cells, the chaos soak): inject, hold `window_s`, recover."""
+
+    inject: Callable[[Run], Injection]
+    recover: Callable[[Run, Injection], bool]
+    window_s: float
+    latches: tuple[str, ...] = ()  # what the controller must stop for
+    recover_always: bool = False  # recover even when the run's time is nearly up
+    first_cycle_s: float = 5.0
+
+
+CYCLES: dict[str, Cycle] = {
+    "kill_monitor": Cycle(_kill_monitor, _recover_killed_monitor, 1.0, ("monitor_lost",)),
+    "restart_monitor": Cycle(lambda run: _kill_monitor(run, ("monitor_lost", "monitor_restarted")),
+                             _recover_restarted_monitor, 0.3, ("monitor_lost", "monitor_restarted"), True, 6.0),
+    "sigstop_monitor": Cycle(_sigstop_monitor, _recover_stopped_monitor, SIGSTOP_S, ("monitor_lost",), True, 4.0),
+    "kill_controller": Cycle(_kill_controller, _recover_killed_controller, 0.6, (), False, 8.0),
+}
+
+
+def _fault_cycles(run: Run) -> None:
+    cycle = CYCLES[run.fault]
     run.warm_up()
-    run.expect_latch = ("monitor_lost",)
+    run.expect_latch = cycle.latches
     run.sleep_until(run.t_fault + 0.5)
-    _cycles(run, lambda: _kill_monitor(run), lambda inj: _new_monitor_and_reset(run, inj, 0.2), window_s=1.0,
-            recover_always=False, first_cycle_s=5.0)
-
-
-def _fault_restart_monitor(run: Run) -> None:
-    run.warm_up()
-    run.expect_latch = ("monitor_lost", "monitor_restarted")
-    run.sleep_until(run.t_fault + 0.5)
-
-    def recover(inj: Injection) -> bool:
-        ok = _new_monitor_and_reset(run, inj, 1.0, controller_sees="monitor_restarted")
-        ctl = run.graph.current("controller")
-        lines = [r for t, r in run.graph.stop_lines(ctl, run.probe.offset) if inj.at <= t <= (inj.until or math.inf)]
-        if not any("monitor_restarted" in r for r in lines):
-            run.problems.append("restart_monitor: the controller never stopped for monitor_restarted before the reset")
-        return ok
-
-    _cycles(run, lambda: _kill_monitor(run, ("monitor_lost", "monitor_restarted")), recover, window_s=0.3,
-            recover_always=True, first_cycle_s=6.0)
-
-
-def _fault_sigstop_monitor(run: Run) -> None:
-    run.warm_up()
-    run.expect_latch = ("monitor_lost",)
-    run.sleep_until(run.t_fault + 0.5)
-
-    def inject() -> Injection:
-        before = len(run.probe.ends)
-        at = time.monotonic()
-        run.graph.send("monitor", signal.SIGSTOP)
-        return Injection(at, ("monitor_lost",), run.monitor_timeout_s, before, log_labels=("controller",))
-
-    def recover(inj: Injection) -> bool:
-        n = len(run.probe.heartbeats)
-        run.graph.send("monitor", signal.SIGCONT)
-        if not run.wait(lambda: len(run.probe.heartbeats) > n, 10.0, "heartbeats after SIGCONT"):
-            return False
-        run.sleep_until(time.monotonic() + 0.5)  # a monitor back alone does not restart motion
-        inj.until = time.monotonic()
-        run.operator_reset()
-        return run.wait_motion(inj.until, "episodes after the operator's reset")
-
-    _cycles(run, inject, recover, window_s=SIGSTOP_S, recover_always=True, first_cycle_s=4.0)
-
-
-def _fault_kill_controller(run: Run) -> None:
-    run.warm_up()
-    run.sleep_until(run.t_fault + 0.5)
-
-    def inject() -> Injection:
-        before = len(run.probe.ends)
-        at = time.monotonic()
-        run.graph.send(run.graph.current("controller"), signal.SIGKILL)
-        return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before)
-
-    def recover(inj: Injection) -> bool:
-        inj.until = time.monotonic()
-        run.start_node("controller")  # it hears the observation the waiting robot re-sends
-        run.ensure_motion("after a new controller")
-        return True
-
-    _cycles(run, inject, recover, window_s=0.6, recover_always=False, first_cycle_s=8.0)
+    _cycles(run, lambda: cycle.inject(run), lambda inj: cycle.recover(run, inj), cycle.window_s,
+            cycle.recover_always, cycle.first_cycle_s)
 
 
 def _fault_late_monitor(run: Run) -> None:
@@ -861,9 +870,9 @@ def _check_attack(run: Run, phase: str, t0: float, t1: float, log: dict, hostile
 
 
 _FAULTS: dict[str, Callable[[Run], None]] = {
-    "none": _fault_none, "kill_monitor": _fault_kill_monitor, "late_monitor": _fault_late_monitor,
-    "restart_monitor": _fault_restart_monitor, "sigstop_monitor": _fault_sigstop_monitor,
-    "kill_controller": _fault_kill_controller, "hostile": _fault_hostile,
+    "none": _fault_none, "kill_monitor": _fault_cycles, "late_monitor": _fault_late_monitor,
+    "restart_monitor": _fault_cycles, "sigstop_monitor": _fault_cycles,
+    "kill_controller": _fault_cycles, "hostile": _fault_hostile,
     "cost_drop": _fault_none, "cost_late": _fault_none, "episode_lost": _fault_none,
     "robot_first": _fault_robot_first,
     "duplicate_controller": _fault_duplicate_controller,
@@ -1053,19 +1062,12 @@ def _launch_value(node: str, name: str, default):
         return default
 
 
-def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domain_id: int | None = None,
-              io=None) -> dict:
-    """One fault at one control rate: the three nodes as processes, the fault, the numbers.
-    The result has `ok` and `problems` (each failed expectation, in words). io: an io file:
-    the graph speaks standard messages (its rate_hz, and an expiring command's expiry of
-    IO_LEASE_STEPS periods, set for the run's rate)."""
-    names = IO_FAULTS if io else FAULTS
-    if fault not in names:
-        raise ValueError(f"fault: expected one of {', '.join(names)}{' (with --io)' if io else ''}, got {fault!r}")
-    if not (rate_hz > 0 and seconds > 0):
-        raise ValueError(f"rate_hz and seconds: expected values > 0, got {rate_hz}, {seconds}")
+def prepare_graph(bundle, workdir, rate_hz: float, domain_id: int | None, io, sim_extra: dict | None,
+                  monitor_latch: str = "episode") -> tuple[Graph, int, float]:
+    """The three processes' Graph for one run in workdir (its own namespace, domain, operator
+    key and monitor state), the domain, and the budget's limit from the bundle."""
     from algd_runtime.runtime import read_manifest
-    from algd_runtime.safety import create_key, load_key
+    from algd_runtime.safety import create_key
 
     bundle, workdir = Path(bundle), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1079,13 +1081,31 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
     ns = f"faults_{os.getpid()}_{next(_counter)}"
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
                XDG_STATE_HOME=str(workdir), RCUTILS_CONSOLE_OUTPUT_FORMAT=LOG_FORMAT, RCUTILS_COLORIZED_OUTPUT="0")
-    io_file = _io_for_rate(Path(io), float(rate_hz), workdir) if io else None
-    graph = Graph(bundle, workdir, ns, float(rate_hz), env, key_file,
-                  monitor_latch="operator" if fault == "hostile" else "episode", io=io_file,
-                  sim_extra=IO_ROBOT_FAULTS.get(fault))
+    io_file = _io_for_rate(Path(io), rate_hz, workdir) if io else None
+    graph = Graph(bundle, workdir, ns, rate_hz, env, key_file, monitor_latch=monitor_latch, io=io_file,
+                  sim_extra=sim_extra)
+    return graph, domain, limit
+
+
+def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domain_id: int | None = None,
+              io=None) -> dict:
+    """One fault at one control rate: the three nodes as processes, the fault, the numbers.
+    The result has `ok` and `problems` (each failed expectation, in words). io: an io file:
+    the graph speaks standard messages (its rate_hz, and an expiring command's expiry of
+    IO_LEASE_STEPS periods, set for the run's rate)."""
+    names = IO_FAULTS if io else FAULTS
+    if fault not in names:
+        raise ValueError(f"fault: expected one of {', '.join(names)}{' (with --io)' if io else ''}, got {fault!r}")
+    if not (rate_hz > 0 and seconds > 0):
+        raise ValueError(f"rate_hz and seconds: expected values > 0, got {rate_hz}, {seconds}")
+    from algd_runtime.safety import load_key
+
+    graph, domain, limit = prepare_graph(bundle, workdir, float(rate_hz), domain_id, io, IO_ROBOT_FAULTS.get(fault),
+                                         monitor_latch="operator" if fault == "hostile" else "episode")
+    workdir = graph.workdir
     with _RosEnviron(domain):
-        probe = Probe(ns, domain)
-        run = Run(fault, float(rate_hz), float(seconds), graph, probe, load_key(key_file), limit,
+        probe = Probe(graph.ns, domain)
+        run = Run(fault, float(rate_hz), float(seconds), graph, probe, load_key(graph.key_file), limit,
                   float(_launch_value("controller", "monitor_timeout_s", 0.05)))
         killed: dict = {}
         try:

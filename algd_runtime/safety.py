@@ -192,6 +192,7 @@ class BudgetAccount:
     accumulated: float = 0.0
     worst_seen: float = 0.0  # the largest cost the robot reported for one step
     missed: int = 0  # steps never reported (counted as the worst case), over all episodes
+    worst_charged: int = 0  # steps of this episode charged the worst case (no cost, or a gap)
     provisional: float = 0.0
     distance: StopDistance | None = None  # a robot without a lease: the margin's steps, measured
 
@@ -214,12 +215,13 @@ class BudgetAccount:
         lost), so it does not raise the margin. extra: the costs of steps whose states were
         lost, charged with this one."""
         if episode != self.episode:
-            self.episode, self.t, self.accumulated = episode, 0, 0.0
+            self.episode, self.t, self.accumulated, self.worst_charged = episode, 0, 0.0, 0
         if t <= self.t and not (t == 0 and self.t == 0):
             return  # already accounted (a repeated or reordered observation)
         gap = t - self.t - 1 if t > 0 else 0
         if gap > 0:
             self.missed += gap
+            self.worst_charged += gap
             self.accumulated += self.budget.worst_case(gap)
         if t > 0 and self.distance is not None:
             self.distance.on_step(t, cost)
@@ -229,6 +231,7 @@ class BudgetAccount:
                     self.worst_seen = max(self.worst_seen, cost)
                 self.accumulated += cost
             else:
+                self.worst_charged += 1
                 self.accumulated += self.budget.worst_case(1)
             self.accumulated += extra if math.isfinite(extra) and extra >= 0 else self.budget.worst_case(1)
         self.t = max(self.t, t)
@@ -701,6 +704,11 @@ class Verdict:
 # Measured on a loaded 2-core machine: discovery of a new participant took up to ~1.6 s.
 GRAPH_SETTLE_S = 2.0
 
+# A robot that resets itself ends an episode its budget stopped within a command timeout or an
+# e-stop's latency. One that has not started a new episode this long after can never move by
+# itself again (nothing ends the episode): that hold latches, for the operator to read.
+SPENT_HOLD_LATCH_S = 5.0
+
 
 class SafetyGate:
     """Everything that can forbid motion, in one place. `stop_latch` is "operator" (a spent
@@ -714,6 +722,7 @@ class SafetyGate:
         self.latch = Latch()
         self.hold_until = -math.inf  # no motion before this time (a start-up hold), without latching
         self.waiting_for: str | None = None  # a hold until the robot's first cost (CostMatcher)
+        self._spent_since: tuple[int, float] | None = None  # (episode, when) its budget first stopped it
 
     def hold_for(self, now: float, seconds: float, why: str) -> None:
         self.hold_until, self.hold_reason = now + seconds, why
@@ -747,8 +756,29 @@ class SafetyGate:
             if spent:
                 self.latch.trip("budget", f"episode {account.episode}: {spent}")
 
+    def _latch_if_spent_for_good(self, now: float) -> bool:
+        """stop_latch "episode": a spent episode the robot has not ended after
+        SPENT_HOLD_LATCH_S latches `budget_held` with the numbers (issue 19: no robot held
+        still for good without a reason)."""
+        account = self.account
+        spent = account.verdict(with_provisional=False)
+        if spent is None:
+            self._spent_since = None
+            return False
+        if self._spent_since is None or self._spent_since[0] != account.episode:
+            self._spent_since = (account.episode, now)
+            return False
+        if now - self._spent_since[1] < SPENT_HOLD_LATCH_S:
+            return False
+        worst = (f"; {account.worst_charged} of its {account.t} steps were charged the worst case (their cost "
+                 f"never came)" if account.worst_charged else "")
+        return self.latch.trip("budget_held", f"episode {account.episode}: {spent}{worst}; the robot has started no "
+                                              f"new episode in {SPENT_HOLD_LATCH_S:g} s, so it cannot move again "
+                                              f"by itself; the operator's reset starts a new account")
+
     def verdict(self, now: float) -> Verdict:
         reason = None
+        self._latch_if_spent_for_good(now)  # whatever else holds the robot (a STOP of the monitor's too)
         if self.watch is not None:
             reason = self.watch.check(now, self.latch)
         if self.latch.latched:
@@ -767,9 +797,14 @@ class SafetyGate:
 
     def reset(self) -> dict[str, str]:
         """The operator's reset (after ResetAuthority.verify) clears the latch. The episode's
-        account is kept: a spent episode stays stopped until the robot starts a new one, and
-        a still-missing monitor stops the robot again at once."""
+        account is kept (a spent episode stays stopped until the robot starts a new one, and a
+        still-missing monitor stops the robot again at once), except after `budget_held`."""
         cleared = self.latch.clear()
+        self._spent_since = None
+        if "budget_held" in cleared:
+            # The robot could not end that episode: the operator's reset ends its account, as
+            # the monitor's reset does (fresh accounting), and the robot may move again.
+            self.account.accumulated, self.account.worst_charged = 0.0, 0
         if self.watch is not None:
             self.watch._unaccounted.clear()
         return cleared

@@ -114,7 +114,7 @@ def test_the_shipped_io_files_load_and_fit_the_toy_task():
                          ("vector", {"cost", "episode_start", "state"})]:
         io = load_io(str(ROOT / "config" / "io" / f"{name}.yaml"))
         assert set(io.topics()) == topics and list(io.topics())[0] == "cost"  # cost is subscribed first
-        assert io.bind(8, 2).topic in ("cmd_vel", "commands") and io.steps_ahead == 3  # 100 Hz x 20 ms + 1
+        assert io.bind(8, 2).topic in ("cmd_vel", "commands") and io.steps_ahead == 5  # 100 Hz x 40 ms + 1
         with pytest.raises(ValueError, match=r"observation: the entries give 8 values, the policy observes 6"):
             io.bind(6, 2)
 

@@ -121,3 +121,20 @@ def test_io_fault_matrix_at_500_hz(vesde_bundle, tmp_path, io, fault):
     r = run(fault, vesde_bundle, tmp_path, io=io)
     if fault == "kill_controller":
         held_for_every_injection(r)
+
+
+# -- the chaos soak (algd-bench chaos), in short ------------------------------------------------
+@pytest.mark.slow
+def test_a_short_chaos_soak_keeps_the_budget_and_loses_no_record(vesde_bundle, tmp_path):
+    """Four faults in one running graph on standard messages, each followed by the operator's
+    reset: a robot fault switched on and off in the running sim, then the node faults."""
+    from algd_runtime.chaos import run_chaos
+
+    r = run_chaos(vesde_bundle, tmp_path / "chaos", minutes=4 * 12 / 60, rate_hz=500.0, io=IO / "standard.yaml",
+                  every_s=12.0, faults=["cost_drop", "kill_monitor", "sigstop_monitor", "kill_controller"],
+                  echo=lambda line: None)
+    assert r["faults"] >= 3 and r["episodes"] > 0, r["problems"]
+    assert r["over_budget"] == 0 and r["steps_after_deadline"] == 0, r["problems"]
+    assert r["operator_resets"] >= r["faults"] and r["episode_ends_lost"] == 0 and not r["summaries_missing"]
+    assert all(v["rss_mb"] for v in r["memory_end"].values()), r["memory_end"]
+    assert r["ok"], "\n".join(r["problems"])

@@ -318,3 +318,30 @@ def test_lost_costs_shift_to_later_steps_and_the_account_never_holds_less_than_w
         gate.on_charges(matcher.on_state(None, now + 0.0001), matcher.waiting)
         gate.on_charges(matcher.expire(now + 1.5 * PERIOD), matcher.waiting)
         assert gate.account.accumulated >= spent - 1e-9, k
+
+
+def test_a_spent_episode_the_robot_never_ends_latches_with_the_numbers():
+    """The cost_drop cell at 100 Hz: a robot held still at its start re-sends its state, one in
+    ten of its costs is lost, and the worst-case charges spend the episode before it moves.
+    Nothing ends that episode: the hold latches after SPENT_HOLD_LATCH_S with a reason, and
+    the operator's reset ends its account."""
+    from algd_runtime.safety import SPENT_HOLD_LATCH_S, Charge
+
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0, 2)), None, "episode")
+    for t in range(5):  # the first state, then four steps whose cost never came
+        gate.on_charges([Charge(0, t, 0.0 if t == 0 else math.nan, t == 0)], 0)
+    assert gate.verdict(0.0).stop is not None and not gate.latch.latched
+    assert not gate.latch.latched and gate.verdict(SPENT_HOLD_LATCH_S - 0.1).stop is not None
+    stop = gate.verdict(SPENT_HOLD_LATCH_S + 0.1).stop
+    assert gate.latch.latched and "budget_held: episode 0:" in stop, stop
+    assert "4 of its 4 steps were charged the worst case" in stop and "reset starts a new account" in stop
+    # The operator's reset ends that account (as the monitor's reset does): the robot moves,
+    # and what it spends from there is charged from 0.
+    assert "budget_held" in gate.reset()
+    assert gate.verdict(SPENT_HOLD_LATCH_S + 0.2).stop is None and gate.account.accumulated == 0.0
+    for t in range(5, 10):
+        gate.on_charges([Charge(0, t, math.nan, False)], 0)
+    assert gate.verdict(10.0).stop is not None and not gate.latch.latched
+    # A robot that ends the episode in time: the next one moves, nothing latched.
+    gate.on_charges([Charge(1, 0, 0.0)], 0)
+    assert gate.verdict(10.0 + SPENT_HOLD_LATCH_S + 1).stop is None and not gate.latch.latched

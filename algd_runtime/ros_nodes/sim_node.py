@@ -24,7 +24,8 @@ side of that file: the observation on the file's topics (JointState joints liste
 as a driver lists them in its own order), a cost for every state on the cost topic before
 it (the step's cost; 0 for an episode's first state and for the state it publishes,
 stamped anew, every period while it waits), the last step's state too, an Empty on the episode
-topic as each episode starts, and the command read back through the action map. A
+topic as each episode starts, and the command read back through the action map; an
+e-stop ends the episode in progress even if it took no step. A
 standard command has no stop: the robot applies the newest one, and the e-stop and
 cmd_timeout_s still hold it; an expiring one (TwistStamped, JointTrajectory with
 expires_after_s) is dropped that long after its stamp, as diff_drive_controller and
@@ -60,12 +61,18 @@ from algd_runtime.sim.shift import NOMINAL as SHIFT
 REPUBLISH_S = 0.05  # while waiting for a command, the current observation is re-sent this often
 
 
+def _fraction_problem(name: str, value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        return f"{name}: expected a fraction in 0..1, got {value!r}"
+    return None
+
+
 class SimNode(Node):
     NAME = "sim"
 
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
-        get = params.declare(self, {
+        values = params.declare(self, {
             "task": "PointHazard-v0", "budget": "algd", "seed": 0, "rate_hz": 500.0, "real_time_factor": 1.0,
             "max_episodes": 0,  # 0: run until stopped
             "lockstep": False, "lockstep_timeout_s": 1.0,
@@ -80,7 +87,8 @@ class SimNode(Node):
             "io_cost_late": 0.0,  # this fraction sent after the state that follows the step
             "io_episode_drop": 0.0,  # this fraction of episode messages never sent
             "io_steps": False,  # also publish the raw `step` messages (for a probe that counts steps)
-            **SHIFT}).__getitem__
+            **SHIFT})
+        get = values.__getitem__
         shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
         self.seed = get("seed")
         self.cost_scale = get("cost_scale")
@@ -88,8 +96,10 @@ class SimNode(Node):
             raise ValueError(f"cost_scale: expected a value > 0, got {self.cost_scale}")
         self.io_faults = {k: get(k) for k in ("io_cost_drop", "io_cost_late", "io_episode_drop")}
         for k, v in self.io_faults.items():
-            if not 0 <= v <= 1:
-                raise ValueError(f"{k}: expected a fraction in 0..1, got {v}")
+            if problem := _fraction_problem(k, v):
+                raise ValueError(problem)
+        self._fixed = set(values) - set(self.io_faults)
+        self.add_on_set_parameters_callback(self._on_set_parameters)  # the io faults change at run time (algd-bench chaos)
         self.io_steps = get("io_steps")
         self._fault_rng = np.random.default_rng(self.seed + 7919)
         # The bundle's budget: a policy trained with budget: safety_gymnasium meets the same
@@ -108,6 +118,7 @@ class SimNode(Node):
         self._cmd_expires_ns: int | None = None  # an expiring standard command: when it is dropped
         self._cmd_at: float | None = None
         self.estop = False
+        self._estop_rose = False  # an e-stop began since the last step: it ends the episode
         self.estop_heard = False
         self._reading = False  # inside _read_command
         self.holding: str | None = None
@@ -163,6 +174,21 @@ class SimNode(Node):
     def halted(self) -> bool:
         return self.holding is not None
 
+    def _on_set_parameters(self, changes):
+        """The io faults may change while the robot runs; nothing else does (all or nothing)."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        for p in changes:
+            if p.name in self._fixed:
+                return SetParametersResult(successful=False, reason=f"{p.name}: fixed at start (only the io_* faults "
+                                                                    f"change while the robot runs)")
+            if p.name in self.io_faults and (problem := _fraction_problem(p.name, p.value)):
+                return SetParametersResult(successful=False, reason=problem)
+        for p in changes:
+            if p.name in self.io_faults:
+                self.io_faults[p.name] = float(p.value)
+        return SetParametersResult(successful=True)
+
     def _end_episode(self, reason: str) -> None:
         cost = self.spec.episode_cost(self.ep_costs)
         self.returns.append(self.ep_return)
@@ -174,7 +200,8 @@ class SimNode(Node):
 
     def _on_estop(self, msg: Bool, source: str = "monitor") -> None:
         self._estops[source] = bool(msg.data)
-        self.estop = any(self._estops.values())
+        was, self.estop = self.estop, any(self._estops.values())
+        self._estop_rose = self._estop_rose or (self.estop and not was)  # seen by the next step, even if it flapped
         self.estop_heard = self.estop_heard or source == "monitor"
         if self.estop:
             self._step()  # hold now, not a period later
@@ -330,14 +357,20 @@ class SimNode(Node):
         if hold:
             if self.holding is None:
                 self.holds.append((now, hold))
+            # The episode ends where the robot stopped. On standard messages an e-stop ends it
+            # even before a step: the nodes count every state as a step, the ones re-sent while
+            # the robot waits too, and their worst-case charges can spend an episode that
+            # nothing else would end (SAFETY.md, standard messages).
+            ends = self.ep_costs or (self.io is not None and hold == "estop" and self._estop_rose)
+            self._estop_rose = False
             self.holding = hold
-            if self.ep_costs:  # the episode ends where the robot stopped
+            if ends:
                 self._end_episode(hold)
                 if not (self.max_episodes and self.episode >= self.max_episodes):
                     self._start_episode()
             self._republish(now)
             return
-        self.holding = None
+        self.holding, self._estop_rose = None, False
         answers, lease, _ = self._cmd
         expired = (self.io is not None and self._cmd_expires_ns is not None
                    and self.get_clock().now().nanoseconds > self._cmd_expires_ns)
