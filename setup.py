@@ -66,22 +66,27 @@ setup(
         "numpy>=1.23",
         "pyyaml>=6.0",
         "onnxruntime>=1.17",          # CPU; the [gpu] extra swaps in onnxruntime-gpu (CUDA, TensorRT)
+        "cryptography>=42",           # Ed25519: who signed a bundle (signing.py)
     ],
     extras_require=EXTRAS,
     packages=find_packages(include=["algd_runtime", "algd_runtime.*"]),
-    package_data={"algd_runtime.sim": ["assets/*.xml"]},
+    # Task configs, io examples and the nodes' parameter file ship inside the package (one
+    # copy; the repository's configs/, config/io/ and launch/controller.yaml link to them).
+    package_data={"algd_runtime.sim": ["assets/*.xml"], "algd_runtime.data": ["*.yaml", "configs/*.yaml", "io/*.yaml"]},
     # ROS 2 package registration: ros2 launch and ament_index_python find these under the
     # install prefix (AMENT_PREFIX_PATH); the node executables go where ros2 run looks.
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/algd_runtime"]),
         ("share/algd_runtime", ["package.xml"]),
-        ("share/algd_runtime/launch", ["launch/controller.launch.py", "launch/controller.yaml"]),
-        ("share/algd_runtime/config/io", ["config/io/standard.yaml", "config/io/vector.yaml"]),
+        ("share/algd_runtime/launch", ["launch/controller.launch.py", "algd_runtime/data/controller.yaml"]),
+        ("share/algd_runtime/config/io", [f"algd_runtime/data/io/{n}.yaml" for n in
+                                          ("standard", "vector", "twist_stamped", "trajectory")]),
         ("lib/algd_runtime", ["resource/lib/algd-controller", "resource/lib/algd-monitor", "resource/lib/algd-sim"]),
     ],
     entry_points={"console_scripts": [
         "algd-train = algd_runtime.cli:train_main",
         "algd-eval = algd_runtime.cli:eval_main",
+        "algd-sign = algd_runtime.cli:sign_main",
         "algd-bench = algd_runtime.cli:bench_main",
         "algd-import-reference = algd_runtime.cli:import_reference_main",
         "algd-finetune = algd_runtime.cli:finetune_main",

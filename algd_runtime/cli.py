@@ -1,4 +1,4 @@
-"""Command-line entry points: algd-train, algd-eval, algd-bench, algd-import-reference."""
+"""Command-line entry points: algd-train, algd-eval, algd-sign, algd-bench, algd-import-reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -30,9 +29,10 @@ def _parse_shift(items: Sequence[str]) -> dict[str, float]:
 
 
 def task_config_path(task: str) -> Path | None:
-    """configs/<task>.yaml shipped with the repository, if there is one."""
-    path = CONFIG_DIR / f"{task}.yaml"
-    return path if path.is_file() else None
+    """configs/<task>.yaml shipped with the package, if there is one."""
+    from algd_runtime.data import task_config
+
+    return task_config(task)
 
 
 # -- algd-train ---------------------------------------------------------------------------
@@ -78,6 +78,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--resume and --force: expected one of them (continue the run, or start over)")
         trainer = Trainer(cfg, run_dir, resume=args.resume, progress=not args.no_progress, force=args.force)
         cfg = trainer.cfg  # what will actually run (a resume runs the run's own config)
+        print(f"config: {config_path or 'the built-in defaults (no shipped config for this task)'}", flush=True)
         print(f"training {cfg.task} ({cfg.algo.variant}, seed {cfg.seed}, {cfg.total_steps} steps, "
               f"cost limit {trainer.spec.cost_limit:g} per {trainer.spec.cost_semantics}) -> {run_dir}",
               flush=True)
@@ -133,6 +134,61 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     print(f"cost:    {res.cost_mean:.2f} ± {res.cost_std:.2f} (limit {res.cost_limit:g} per "
           f"{es.cost_semantics}; {'within' if res.within_limit else 'OVER'} the limit, "
           f"{res.violations}/{args.episodes} episodes over)")
+    bundle = args.policy.parent / "bundle"
+    if (bundle / "manifest.yaml").is_file():  # what the robot will be given: would it take it?
+        print(f"bundle:  {bundle}: {_bundle_trust(bundle)}")
+    return 0
+
+
+def _bundle_trust(bundle: Path, public_key: Path | None = None) -> str:
+    from algd_runtime.runtime import BundleError
+    from algd_runtime.signing import default_public_key_path, inspect_signature
+
+    key = public_key or default_public_key_path()
+    try:
+        if not key.expanduser().is_file():
+            return f"no public key at {key}: the nodes could not check who signed it"
+        found = inspect_signature(bundle, key)
+    except BundleError as exc:
+        return f"NOT DEPLOYABLE: {exc}"
+    return (f"signed by key {found.key_id} (trusted: {key})" if found.trusted
+            else f"NOT TRUSTED, the controller refuses it: {found.reason}")
+
+
+# -- algd-sign ----------------------------------------------------------------------------
+def sign_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algd-sign", description=(
+        "Sign a bundle (algd-export signs the bundles it writes), check who signed one, or make a key pair."))
+    p.add_argument("bundle", type=Path, nargs="?")
+    p.add_argument("--key", type=Path, help="the private signing key (default: ~/.config/algd-runtime/"
+                                            "bundle_signing.key)")
+    p.add_argument("--verify", action="store_true", help="say who signed BUNDLE; exit 1 unless the public key did")
+    p.add_argument("--public-key", type=Path, help="with --verify: the trusted public key (default: "
+                                                   "~/.config/algd-runtime/bundle_signing.pub)")
+    p.add_argument("--new-key", type=Path, metavar="FILE", help="make a key pair: FILE and FILE's .pub")
+    args = p.parse_args(argv)
+
+    from algd_runtime.runtime import BundleError
+    from algd_runtime.signing import create_signing_key, default_signing_key_path, sign_bundle
+
+    if args.new_key:
+        try:
+            key, pub = create_signing_key(args.new_key)
+        except FileExistsError:
+            return _fail(f"--new-key: {args.new_key} exists; a key is never overwritten")
+        print(f"created {key} (private: keep it where bundles are exported) and {pub} (copy it to the robot)")
+        return 0
+    if args.bundle is None:
+        return _fail("expected a bundle folder (or --new-key FILE)")
+    if args.verify:
+        verdict = _bundle_trust(args.bundle, args.public_key)
+        print(f"{args.bundle}: {verdict}")
+        return 0 if verdict.startswith("signed by") else 1
+    try:
+        key_id = sign_bundle(args.bundle, args.key or default_signing_key_path())
+    except BundleError as exc:
+        return _fail(str(exc))
+    print(f"signed {args.bundle}/signature.json with key {key_id}")
     return 0
 
 

@@ -42,7 +42,7 @@ RESPONSE = ("mode", "best_of_n", "lagrange_multiplier", "guidance_scale", "remai
 @dataclass
 class ControllerParams:
     control_rate_hz: float = 500.0
-    obs_timeout_s: float = 0.05
+    obs_timeout_s: float = 0.02  # 10 periods at the default rate
     safe_action: str = "zero"  # "zero" | comma-separated action vector (a brake)
     mode: str = "deterministic"  # deterministic | stochastic | best_of_n
     best_of_n: int = 16

@@ -29,6 +29,7 @@ MODES = ("deterministic", "stochastic", "best_of_n")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _FILES = ("denoiser", "denoiser_unguided", "critics")
 MANIFEST, DIGEST_FILE = "manifest.yaml", "manifest.sha256"
+SIGNATURE_FILE = "signature.json"  # signs the digest (signing.py), so the manifest cannot list it
 
 
 class BundleError(ValueError):
@@ -176,9 +177,9 @@ def _read_manifest(bundle: Path) -> tuple[dict[str, Any], str]:
         if got != entry.get("sha256"):
             raise BundleError(f"{f}: sha256 {got[:16]}... does not match manifest.yaml's {str(entry.get('sha256'))[:16]}...")
     for p in sorted(bundle.iterdir()):
-        if p.name not in listed:  # what the digest does not cover is not deployed
-            raise BundleError(f"{p}: not part of the bundle (a bundle holds only {MANIFEST}, {DIGEST_FILE} and "
-                              f"the files manifest.yaml lists); remove it")
+        if p.name not in listed and p.name != SIGNATURE_FILE:  # what the digest does not cover is not deployed
+            raise BundleError(f"{p}: not part of the bundle (a bundle holds only {MANIFEST}, {DIGEST_FILE}, "
+                              f"{SIGNATURE_FILE} and the files manifest.yaml lists); remove it")
     return m, digest
 
 

@@ -1,8 +1,8 @@
 """Shared fixtures: small trained policies and their exported bundles.
 
 DDS discovery stays on this machine in every test, whoever runs pytest. The tests' nodes
-(and the processes they start) use a private operator key and keep their latches in a
-private state folder, never the user's."""
+(and the processes they start) use a private operator key and bundle signing key, and keep
+their latches in a private state folder, never the user's."""
 
 import atexit
 import os
@@ -15,6 +15,9 @@ _private = tempfile.mkdtemp(prefix="algd-tests-")
 atexit.register(shutil.rmtree, _private, ignore_errors=True)  # the key and latches go with the session
 os.environ["XDG_STATE_HOME"] = os.path.join(_private, "state")
 os.environ["ALGD_OPERATOR_KEY"] = os.path.join(_private, "operator.key")
+# The bundle signing pair (algd-export signs, the nodes trust its .pub): the session's own.
+os.environ["ALGD_SIGNING_KEY"] = os.path.join(_private, "bundle_signing.key")
+os.environ["ALGD_BUNDLE_PUBLIC_KEY"] = os.path.join(_private, "bundle_signing.pub")
 from algd_runtime.safety import create_key  # noqa: E402
 
 create_key(os.environ["ALGD_OPERATOR_KEY"])

@@ -58,7 +58,8 @@ def test_digest_is_the_manifest_hash_in_sha256sum_format(vesde_bundle):
     assert (vesde_bundle / "manifest.sha256").read_text() == f"{digest}  manifest.yaml\n"
     assert bundle_digest(vesde_bundle) == digest and load(vesde_bundle).digest == digest
     assert sorted(p.name for p in vesde_bundle.iterdir()) == [
-        "critics.onnx", "denoiser.onnx", "denoiser_unguided.onnx", "manifest.sha256", "manifest.yaml"]
+        "critics.onnx", "denoiser.onnx", "denoiser_unguided.onnx", "manifest.sha256", "manifest.yaml",
+        "signature.json"]  # signature.json signs the digest: the one file the manifest does not list
 
 
 def test_hand_edited_cost_limit_is_refused(bundle):
@@ -292,6 +293,6 @@ def test_export_modes_and_stale_temp_folders(tmp_path):
     assert out.stat().st_mode & 0o777 == 0o755
     assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
         n: 0o644 for n in ("critics.onnx", "denoiser.onnx", "denoiser_unguided.onnx", "manifest.sha256",
-                           "manifest.yaml")}
+                           "manifest.yaml", "signature.json")}
     assert not stale.exists() and fresh.exists() and other.exists()  # only ours, and only old ones
     load(out)

@@ -19,7 +19,7 @@ import yaml
 from algd_runtime.algd import ALGDAgent
 from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
 from algd_runtime.export.graph import DenoiserEmitter, EnergyEmitter, GraphBuilder
-from algd_runtime.runtime import BUNDLE_SCHEMA, BUNDLE_SCHEMA_VERSION, DIGEST_FILE, MANIFEST, sha256_file
+from algd_runtime.runtime import BUNDLE_SCHEMA, BUNDLE_SCHEMA_VERSION, DIGEST_FILE, MANIFEST, SIGNATURE_FILE, sha256_file
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -300,7 +300,7 @@ def _remove_stale_temps(out_dir: Path) -> None:
 def _is_bundle(folder: Path) -> bool:
     """A folder that holds a bundle and nothing else (what --force may replace)."""
     names = {p.name for p in folder.iterdir()}
-    if not names <= {*FILES.values(), MANIFEST, DIGEST_FILE} or MANIFEST not in names:
+    if not names <= {*FILES.values(), MANIFEST, DIGEST_FILE, SIGNATURE_FILE} or MANIFEST not in names:
         return False
     try:
         manifest = yaml.safe_load((folder / MANIFEST).read_text())
@@ -330,9 +330,14 @@ def check_out_dir(policy: str | Path, out_dir: str | Path, force: bool = False) 
 
 
 def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = None, opset: int = DEFAULT_OPSET,
-                  parity_n: int = 1000, tolerance: float = PARITY_TOLERANCE, force: bool = False) -> dict[str, Any]:
-    """Write the bundle atomically (a temp folder renamed into place); refuse above tolerance.
-    out_dir: new or empty, or (force) an older bundle, which is replaced (check_out_dir)."""
+                  parity_n: int = 1000, tolerance: float = PARITY_TOLERANCE, force: bool = False,
+                  signing_key: str | Path | None = None) -> dict[str, Any]:
+    """Write the bundle atomically (a temp folder renamed into place), signed with
+    signing_key (default: signing.default_signing_key_path(), created when missing); refuse
+    above tolerance. out_dir: new or empty, or (force) an older bundle, which is replaced
+    (check_out_dir)."""
+    from algd_runtime.signing import ensure_signing_key, sign_bundle
+
     if not 13 <= opset <= 21:
         raise ExportError(f"--opset: expected 13..21, got {opset}")
     if batch is not None and batch < 1:
@@ -341,6 +346,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
         raise ExportError(f"parity: expected >= 1000 observations, got {parity_n}")
     check_out_dir(policy, out_dir, force)
     _remove_stale_temps(Path(out_dir))
+    signer, _ = ensure_signing_key(signing_key)
     ckpt = load_checkpoint(policy)
     agent = agent_from_checkpoint(ckpt, "cpu", with_optimizers=False)
     dim = batch if batch is not None else "batch"
@@ -377,6 +383,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
         # The bundle's digest: manifest.yaml lists every other file's sha256 (sha256sum format).
         (tmp / DIGEST_FILE).write_text(f"{sha256_file(tmp / MANIFEST)}  {MANIFEST}\n")
+        sign_bundle(tmp, signer)  # who made it: the robot trusts only its public key (signing.py)
         for f in tmp.iterdir():
             f.chmod(0o644)
         tmp.chmod(0o755)  # mkdtemp makes 0700: other users (the ROS nodes' user) must read it

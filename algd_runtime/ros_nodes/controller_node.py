@@ -29,6 +29,7 @@ from algd_runtime.ros_nodes.managed import ManagedNode
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
+from algd_runtime.signing import SIGNATURE_DEFAULTS, check_bundle
 from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, CostMatcher, HeartbeatWatch, SafetyGate, StopDistance,
                                  default_key_path, load_key, resolve_budget)
 
@@ -38,12 +39,20 @@ from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, CostMatcher, Hea
 # within monitor_max_lag_s. The tolerance absorbs the two deliveries' jitter.
 IO_CLOCK_TOLERANCE_NS = 20_000_000
 
-READ_ONLY = ("bundle", "io", "realtime_priority", "cpu_affinity", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+READ_ONLY = ("bundle", "bundle_public_key", "allow_unsigned", "io", "realtime_priority", "cpu_affinity", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
                    "monitor_timeout_s": 0.25, "monitor_max_lag_s": 0.25, "max_step_cost": -1.0,
-                   "cost_limit": -1.0, "stop_latch": "operator", "startup_hold_s": GRAPH_SETTLE_S}
+                   "cost_limit": -1.0, "stop_latch": "operator", "startup_hold_s": GRAPH_SETTLE_S,
+                   **SIGNATURE_DEFAULTS}
+
+
+# Every parameter and its default, in one place: the node declares these, and
+# launch/controller.yaml states them (tests/test_launch.py fails when the two drift).
+DEFAULTS = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "", "record": "",
+            "fallback": "", "autostart": True, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
+            **vars(ControllerParams())}
 
 
 class ControllerNode(ManagedNode):
@@ -58,9 +67,7 @@ class ControllerNode(ManagedNode):
 
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
-        self.defaults = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "",
-                         "record": "", "fallback": "", "autostart": True, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
-                         **vars(ControllerParams())}
+        self.defaults = DEFAULTS
         self.values = params.declare(self, self.defaults)
         self.core: ControllerCore | None = None
         self.recorder: McapRecorder | None = None
@@ -127,6 +134,7 @@ class ControllerNode(ManagedNode):
             raise ValueError(f"startup_hold_s: expected 0 <= value <= 60 (seconds), got {hold}")
         runtime = PolicyRuntime.load(bundle, provider=get("provider"), expect_task=get("task") or None,
                                      expect_digest=get("bundle_digest") or None)
+        signature = check_bundle(bundle, get("bundle_public_key") or None, get("allow_unsigned"))
         manifest, digest = runtime.manifest, runtime.digest
         budget = resolve_budget(manifest.get("budget"), get("cost_limit"), get("max_step_cost"),
                                 self.io.steps_ahead if self.io else 1)
@@ -161,7 +169,8 @@ class ControllerNode(ManagedNode):
                        "monitor_interlock": bool(watch), "monitor_timeout_s": get("monitor_timeout_s"),
                        "monitor_max_lag_s": get("monitor_max_lag_s"),
                        "startup_hold_s": get("startup_hold_s"), "bundle_digest": digest,
-                       "task_checked": bool(get("task")), "digest_pinned": bool(get("bundle_digest"))}
+                       "task_checked": bool(get("task")), "digest_pinned": bool(get("bundle_digest")),
+                       "bundle_signature": signature.describe(), "allow_unsigned": get("allow_unsigned")}
         if get("record") and self.recorder is None:
             self.recorder = McapRecorder(get("record"))
         self.get_logger().info(
@@ -419,6 +428,8 @@ class ControllerNode(ManagedNode):
         warnings = []
         if watch is None:
             warnings.append("monitor interlock off (require_monitor:=false)")
+        if self.safety.get("allow_unsigned") and not self.safety["bundle_signature"].startswith("signed by"):
+            warnings.append(f"bundle {self.safety['bundle_signature']} (allow_unsigned)")
         distance = core.gate.account.distance
         if distance is not None and distance.in_use > distance.configured:
             warnings.append(f"steps_ahead {distance.configured} too small: {distance.describe()}")
@@ -429,7 +440,8 @@ class ControllerNode(ManagedNode):
         values = {"rate_hz": rate, "mode": core.effective_params().mode, "lease": verdict.lease,
                   "accumulated": account.accumulated, "limit": account.limit, "margin": account.margin,
                   "steps_ahead": account.steps_ahead, "waiting_for_cost": account.provisional,
-                  "latched": core.gate.latch.describe() or "no", **stats}
+                  "latched": core.gate.latch.describe() or "no", "bundle_signature": self.safety["bundle_signature"],
+                  **stats}
         self.diag.publish(m.diagnostics(self, "controller", level, "; ".join(problems) or "running", values))
 
     def stop_recording(self) -> None:

@@ -21,8 +21,8 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
 def default_params() -> Path:
-    """launch/controller.yaml: the ament index's share first, then this environment's
-    (pip install puts it under the prefix), else the source tree's (an editable install)."""
+    """launch/controller.yaml: the ament index's share first (a colcon workspace, where a
+    user may have edited it), else the package's own copy (algd_runtime/data)."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
@@ -31,10 +31,9 @@ def default_params() -> Path:
             return path
     except Exception:  # not registered in this environment's ament index
         pass
-    installed = Path(sys.prefix) / "share" / "algd_runtime" / "launch" / "controller.yaml"
-    if installed.is_file():
-        return installed
-    return Path(__file__).resolve().parents[2] / "launch" / "controller.yaml"
+    from algd_runtime.data import node_parameters
+
+    return node_parameters()
 
 
 def node_command(name: str, namespace: str, params: Path, bundle: str | None, use_sim_time: bool = False,

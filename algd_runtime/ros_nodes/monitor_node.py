@@ -43,6 +43,7 @@ from algd_runtime.ros_nodes.managed import ManagedNode
 from algd_runtime.ros_nodes.operator import ResetEndpoint
 from algd_runtime.ros_nodes.recorder import McapRecorder
 from algd_runtime.runtime import PolicyRuntime
+from algd_runtime.signing import SIGNATURE_DEFAULTS, check_bundle
 from algd_runtime.safety import CostMatcher, LatchStore, StopDistance, default_key_path, load_key, resolve_budget, sign_heartbeat
 
 RESTART_PREFIX = "latched before restart: "
@@ -55,6 +56,15 @@ _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                Level.ERROR: DiagnosticStatus.ERROR, Level.STOP: DiagnosticStatus.ERROR}
 
 
+# Every parameter and its default (launch/controller.yaml states them; tests/test_launch.py).
+DEFAULTS = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
+            "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator", "hysteresis": 0.1,
+            "clear_steps": 20, "max_step_cost": -1.0, "warn_lambda_factor": 2.0, "lambda_max": 100.0,
+            "warn_guidance": 0.3, "error_best_of_n": 16, "use_critic": True, "io": "", "record": "", "summary_file": "",
+            "operator_key_file": "", "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0,
+            "autostart": True, "realtime_priority": 0, "cpu_affinity": [], **SIGNATURE_DEFAULTS}
+
+
 class MonitorNode(ManagedNode):
     """A managed node. configure loads the bundle's budget (and a STOP latched before),
     activate starts the heartbeat and the e-stop's state; an inactive monitor keeps
@@ -65,14 +75,9 @@ class MonitorNode(ManagedNode):
 
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
-        self.defaults = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000,
-                         "warn_at": 0.5, "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget",
-                         "stop_latch": "operator", "hysteresis": 0.1, "clear_steps": 20, "max_step_cost": -1.0,
-                         "warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16,
-                         "use_critic": True, "io": "", "record": "", "summary_file": "", "operator_key_file": "",
-                         "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0, "autostart": True,
-                         "realtime_priority": 0, "cpu_affinity": []}
+        self.defaults = DEFAULTS
         self.values = params.declare(self, self.defaults)
+        self.signature = None  # who signed the bundle (signing.check_bundle), once configured
         self.monitor: BudgetMonitor | None = None
         self.runtime = self.recorder = None
         self.boot, self.seq = secrets.token_hex(8), 0
@@ -127,6 +132,8 @@ class MonitorNode(ManagedNode):
     def _configure(self) -> None:
         get = self.values.__getitem__
         runtime = PolicyRuntime.load(get("bundle"), provider="cpu") if get("bundle") else None
+        if runtime is not None:  # the budget comes from it: only a bundle the trusted key signed
+            self.signature = check_bundle(get("bundle"), get("bundle_public_key") or None, get("allow_unsigned"))
         budget = resolve_budget(runtime.manifest.get("budget") if runtime else None, float(get("cost_limit")),
                                 float(get("max_step_cost")), self.io.steps_ahead if self.io else 1)
         limit, bound = budget.limit, budget.step_bound
@@ -423,6 +430,11 @@ class MonitorNode(ManagedNode):
             last = mon.transitions[-1]
             vals["last_transition"] = f"{last.old}->{last.new} at step {last.step}: {last.reason}"
         level, message = _DIAG_LEVEL[mon.level], mon.level.name
+        if self.signature is not None:
+            vals["bundle_signature"] = self.signature.describe()
+            if not self.signature.trusted:  # allow_unsigned: development only, and it shows
+                message += f"; bundle {self.signature.describe()} (allow_unsigned)"
+                level = max(level, DiagnosticStatus.WARN)
         if mon.distance is not None and mon.distance.in_use > mon.distance.configured:
             vals["steps_ahead"] = mon.distance.in_use
             message += f"; steps_ahead {mon.distance.configured} too small: {mon.distance.describe()}"

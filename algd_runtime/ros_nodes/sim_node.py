@@ -61,6 +61,25 @@ from algd_runtime.sim.shift import NOMINAL as SHIFT
 REPUBLISH_S = 0.05  # while waiting for a command, the current observation is re-sent this often
 
 
+# Every parameter and its default (launch/controller.yaml states them; tests/test_launch.py).
+DEFAULTS = {
+    "task": "PointHazard-v0", "budget": "algd", "seed": 0, "rate_hz": 500.0, "real_time_factor": 1.0,
+    "max_episodes": 0,  # 0: run until stopped
+    "lockstep": False, "lockstep_timeout_s": 1.0,
+    "cmd_timeout_s": 0.5,  # no command for this long: hold still
+    "summary_file": "",  # JSON stats written at exit (algd-bench loop)
+    "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros_nodes/realtime.py)
+    "cpu_affinity": [],  # CPUs to run on ([]: any)
+    "io": "",  # an io file: speak standard messages (see the module's docstring)
+    "cost_scale": 1.0,  # each step's cost x this: a cost per unit of time at another rate
+    # A robot as DDS and a careless driver treat its io messages (the fault matrix):
+    "io_cost_drop": 0.0,  # this fraction of cost messages never sent
+    "io_cost_late": 0.0,  # this fraction sent after the state that follows the step
+    "io_episode_drop": 0.0,  # this fraction of episode messages never sent
+    "io_steps": False,  # also publish the raw `step` messages (for a probe that counts steps)
+    **SHIFT}
+
+
 def _fraction_problem(name: str, value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         return f"{name}: expected a fraction in 0..1, got {value!r}"
@@ -72,22 +91,7 @@ class SimNode(Node):
 
     def __init__(self, **overrides):
         super().__init__(self.NAME, **overrides)
-        values = params.declare(self, {
-            "task": "PointHazard-v0", "budget": "algd", "seed": 0, "rate_hz": 500.0, "real_time_factor": 1.0,
-            "max_episodes": 0,  # 0: run until stopped
-            "lockstep": False, "lockstep_timeout_s": 1.0,
-            "cmd_timeout_s": 0.5,  # no command for this long: hold still
-            "summary_file": "",  # JSON stats written at exit (algd-bench loop)
-            "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros_nodes/realtime.py)
-            "cpu_affinity": [],  # CPUs to run on ([]: any)
-            "io": "",  # an io file: speak standard messages (see the module's docstring)
-            "cost_scale": 1.0,  # each step's cost x this: a cost per unit of time at another rate
-            # A robot as DDS and a careless driver treat its io messages (the fault matrix):
-            "io_cost_drop": 0.0,  # this fraction of cost messages never sent
-            "io_cost_late": 0.0,  # this fraction sent after the state that follows the step
-            "io_episode_drop": 0.0,  # this fraction of episode messages never sent
-            "io_steps": False,  # also publish the raw `step` messages (for a probe that counts steps)
-            **SHIFT})
+        values = params.declare(self, DEFAULTS)
         get = values.__getitem__
         shift = {k: get(k) for k in SHIFT if get(k) != SHIFT[k]}
         self.seed = get("seed")
