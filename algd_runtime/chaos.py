@@ -87,6 +87,45 @@ def fault_pool(io, faults: Sequence[str] | None = None) -> list[str]:
     return list(faults) if faults else known
 
 
+def _one_fault(run: f.Run, fault: str, sim_params, injected: list, at_s: float) -> bool:
+    """Inject one fault into the moving graph, recover as the matrix does, and reset as the
+    operator would; True once the robot moves again (f._Abort: it does not)."""
+    run.before_injection()
+    t0 = time.monotonic()
+    if fault in ROBOT_FAULTS:
+        problem = _set_robot_faults(sim_params, ROBOT_FAULTS[fault])
+        run.sleep_until(t0 + ROBOT_WINDOW_S)
+        problem = problem or _set_robot_faults(sim_params, {k: 0.0 for k in ROBOT_FAULTS[fault]})
+        if problem:
+            run.problems.append(f"{fault} at {at_s} s: {problem}")
+        run.operator_reset()
+        return run.wait_motion(time.monotonic(), f"after {fault}")
+    cycle = f.CYCLES[fault]
+    inj = cycle.inject(run)
+    injected.append((fault, inj))
+    run.sleep_until(inj.at + cycle.window_s)
+    moving = cycle.recover(run, inj)
+    if fault == "kill_controller":  # a new controller needs no reset; the operator's routine does one
+        run.operator_reset()
+        moving = run.wait_motion(time.monotonic(), "after the operator's reset")
+    return moving
+
+
+def _restart_nodes(run: f.Run) -> str:
+    """The operator's last resort: a new controller and a new monitor, then the reset."""
+    for node in ("controller", "monitor"):
+        label = run.graph.current(node)
+        if run.graph.procs[label].poll() is None:
+            run.graph.end(label)
+        else:
+            run.graph.ended.add(label)  # exited by itself: accounted as ended here
+    run.start_node("monitor")
+    run.start_node("controller")
+    run.operator_reset()
+    run.ensure_motion("after restarting the controller and the monitor")
+    return "controller and monitor restarted"
+
+
 def run_chaos(bundle, workdir, minutes: float = 30.0, rate_hz: float = 500.0, io=None, every_s: float = 30.0,
               seed: int = 0, domain_id: int | None = None, echo: Callable[[str], None] = print,
               faults: Sequence[str] | None = None) -> dict:
@@ -122,7 +161,7 @@ def run_chaos(bundle, workdir, minutes: float = 30.0, rate_hz: float = 500.0, io
             run.warm_up()
             memory_start = _memory(graph)
             end = run.t_fault + run.seconds
-            n, deck, sim_params = 0, [], None
+            n, deck, sim_params, stuck = 0, [], None, 0
             while time.monotonic() + every_s <= end + 1e-6:
                 slot_end = time.monotonic() + every_s
                 if not deck:  # each fault once per round, in a random order: all get their share
@@ -130,30 +169,24 @@ def run_chaos(bundle, workdir, minutes: float = 30.0, rate_hz: float = 500.0, io
                 fault = deck.pop(0)
                 n += 1
                 problems_before = len(run.problems)
-                run.before_injection()
                 t0 = time.monotonic()
                 event = {"n": n, "at_s": round(t0 - run.t_fault, 1), "fault": fault}
-                if fault in ROBOT_FAULTS:
-                    if sim_params is None:
+                try:
+                    if fault in ROBOT_FAULTS and sim_params is None:
                         from rclpy.parameter_client import AsyncParameterClient
 
                         sim_params = AsyncParameterClient(probe.node, "sim")
-                    problem = _set_robot_faults(sim_params, ROBOT_FAULTS[fault])
-                    run.sleep_until(t0 + ROBOT_WINDOW_S)
-                    problem = problem or _set_robot_faults(sim_params, {k: 0.0 for k in ROBOT_FAULTS[fault]})
-                    if problem:
-                        run.problems.append(f"{fault} at {event['at_s']} s: {problem}")
-                    run.operator_reset()
-                    event["moving_again"] = run.wait_motion(time.monotonic(), f"after {fault}")
-                else:
-                    cycle = f.CYCLES[fault]
-                    inj = cycle.inject(run)
-                    injected.append((fault, inj))
-                    run.sleep_until(inj.at + cycle.window_s)
-                    event["moving_again"] = cycle.recover(run, inj)
-                    if fault == "kill_controller":  # a new controller needs no reset; the operator's routine does one
-                        run.operator_reset()
-                        event["moving_again"] = run.wait_motion(time.monotonic(), "after the operator's reset")
+                    event["moving_again"] = _one_fault(run, fault, sim_params, injected, event["at_s"])
+                    stuck = 0
+                except f._Abort as exc:
+                    # The graph did not move again: an operator restarts the controller and the
+                    # monitor (new processes) and resets; twice in a row ends the soak.
+                    stuck += 1
+                    run.problems.append(f"#{n} {fault}: {exc}")
+                    event["moving_again"] = False
+                    if stuck >= 2:
+                        raise
+                    event["restarted"] = _restart_nodes(run)
                 event.update(episodes=len(probe.ends), recovered_s=round(time.monotonic() - t0, 2),
                              problems=run.problems[problems_before:])
                 events.append(event)

@@ -139,7 +139,7 @@ class SimNode(Node):
         self.io = load_io(get("io"), m.message_class) if get("io") else None
         self.step_pub = self.qos.watch(self.create_publisher(Float64MultiArray, m.STEP, **m.wired(m.RELIABLE, True)),
                                        True)
-        self.ep_pub = self.qos.watch(self.create_publisher(String, m.EPISODE, **m.wired(m.RELIABLE, True)), True)
+        self.ep_pub = self.qos.watch(self.create_publisher(String, m.EPISODE, **m.wired(m.EVENTS, True)), True)
         if self.io is None:
             self.obs_pub = self.qos.watch(self.create_publisher(JointState, m.OBSERVATION, **m.wired(m.LATEST, True)),
                                          True)
