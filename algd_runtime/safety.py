@@ -133,9 +133,9 @@ class StopDistance:
     steps_ahead and the worst measured + 1; it never shrinks within a run.
 
     A distance runs from the step at which the budget first said stop to the last step of
-    the episode that cost anything (a robot held still at no cost has stopped, whenever its
-    episode ends), plus the costs of that episode that raced its end and were charged to the
-    next one (CostMatcher: without stamps the running episode pays)."""
+    the episode the robot reported a cost for (a robot held still at no cost has stopped,
+    whenever its episode ends), plus the costs of that episode that raced its end and were
+    charged to the next one (CostMatcher: without stamps the running episode pays)."""
 
     def __init__(self, configured: int) -> None:
         self.configured = configured
@@ -154,7 +154,12 @@ class StopDistance:
             self._stop_at = t
 
     def on_step(self, t: int, cost: float) -> None:
-        if self._stop_at is not None and t > self._stop_at and not (cost == 0):  # NaN (unknown) counts
+        # Only a cost the robot reported: a step whose cost never came is charged the worst
+        # case in the account, but as a distance it would measure the network, not the robot
+        # (a held robot whose episode message was lost went on 5 483 "costly" steps, and the
+        # margin latched for good). One lost cost at a distance's end shortens that episode's
+        # measure by a step; the worst over the run's episodes is what the margin takes.
+        if self._stop_at is not None and t > self._stop_at and math.isfinite(cost) and cost > 0:
             self._last_costly = t
 
     def episode_ended(self) -> bool:
@@ -241,6 +246,9 @@ class BudgetAccount:
             if charge.episode == self.episode and math.isfinite(charge.cost) and charge.cost >= 0:
                 self.accumulated += charge.cost - self.budget.worst_case(1)
                 self.worst_seen = max(self.worst_seen, charge.cost)
+                self.worst_charged = max(0, self.worst_charged - 1)
+                if self.distance is not None:
+                    self.distance.on_step(charge.t, charge.cost)
             return
         if charge.raced and self.distance is not None:
             self.distance.raced(charge.raced)

@@ -345,3 +345,23 @@ def test_a_spent_episode_the_robot_never_ends_latches_with_the_numbers():
     # A robot that ends the episode in time: the next one moves, nothing latched.
     gate.on_charges([Charge(1, 0, 0.0)], 0)
     assert gate.verdict(10.0 + SPENT_HOLD_LATCH_S + 1).stop is None and not gate.latch.latched
+
+
+def test_costs_that_never_came_do_not_stretch_the_measured_stop_distance():
+    """The io chaos soak: a held robot whose episode message was lost kept publishing states,
+    some of whose costs were lost; counting those unknown costs as motion measured a stop
+    5 483 steps long, and budget_margin latched for good. Only reported costs measure it."""
+    from algd_runtime.safety import Charge, StopDistance
+
+    account = BudgetAccount(Budget(50.0, 1.0, 2), distance=StopDistance(2))
+    for t in range(4):
+        account.charge(Charge(0, t, 0.0))
+    account.distance.stop_decided(3)
+    account.charge(Charge(0, 4, 1.0))  # the robot costs one more step after the stop
+    for t in range(5, 500):  # then stands still; one in ten of its costs is lost
+        account.charge(Charge(0, t, math.nan if t % 10 == 0 else 0.0, t % 10 != 0))
+    assert account.worst_charged == 49
+    account.charge(Charge(0, 10, 1.0, refund=True))  # step 10's cost came late, and it did cost: it counts
+    assert account.worst_charged == 48 and account.accumulated == 2.0 + 48 * 1.0
+    account.distance.episode_ended()
+    assert account.distance.worst == 10 - 3 and account.steps_ahead == 8  # not 499 - 3
