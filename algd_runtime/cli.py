@@ -53,6 +53,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from algd_runtime.checkpoint import CheckpointError
     from algd_runtime.config import ConfigError, config_from_dict, load_config
 
+    if args.out.exists() and not args.out.is_dir():
+        return _fail(f"--out: {args.out} is a file; expected the folder that holds the runs (nothing was written)")
     overrides: dict = {}
     if args.task:
         overrides["task"] = args.task

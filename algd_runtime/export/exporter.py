@@ -344,10 +344,10 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
         raise ExportError(f"--batch: expected a value >= 1, got {batch}")
     if parity_n < 1000:
         raise ExportError(f"parity: expected >= 1000 observations, got {parity_n}")
+    ckpt = load_checkpoint(policy)  # first: a folder or a foreign file is named as what it is
     check_out_dir(policy, out_dir, force)
     _remove_stale_temps(Path(out_dir))
     signer, _ = ensure_signing_key(signing_key)
-    ckpt = load_checkpoint(policy)
     agent = agent_from_checkpoint(ckpt, "cpu", with_optimizers=False)
     dim = batch if batch is not None else "batch"
     models = {"denoiser": build_denoiser(agent, True, dim, opset),

@@ -36,6 +36,18 @@ def default_params() -> Path:
     return node_parameters()
 
 
+def missing_sim_extra() -> str | None:
+    """The sim robot's modules that a robot-side install (only [ros]) lacks, or None."""
+    import importlib
+
+    for module in ("mujoco", "gymnasium"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
 def node_command(name: str, namespace: str, params: Path, bundle: str | None, use_sim_time: bool = False,
                  log_level: str = "info", **overrides) -> list[str]:
     cmd = [sys.executable, "-m", f"algd_runtime.ros_nodes.{name}_node", "--ros-args",
@@ -86,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (Path(args.bundle) / "manifest.yaml").is_file():
         print(f"error: --bundle: {args.bundle} holds no manifest.yaml (run algd-export first)", file=sys.stderr)
+        return 2
+    if args.with_sim and (missing := missing_sim_extra()):
+        print(f"error: --with-sim: the sim robot needs {missing}, which is not installed: install the training "
+              f"extra too (python -m pip install -c constraints.txt -e \".[train,ros]\"), or run without "
+              f"--with-sim beside your robot", file=sys.stderr)
         return 2
     from algd_runtime.safety import OperatorKeyError, default_key_path, load_key
 
