@@ -18,13 +18,15 @@ from algd_runtime.safety import create_key  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_graph(bundle, tmp_path, io: Path, seconds: float, **sim):
+def run_graph(bundle, tmp_path, io: Path, seconds: float, nodes: dict | None = None, **sim):
+    """nodes: parameters for both the controller and the monitor; sim: the sim's."""
     params = yaml.safe_load((ROOT / "launch" / "controller.yaml").read_text())
     for name in ("controller", "monitor", "sim"):
         params[f"/**/{name}"]["ros__parameters"]["summary_file"] = str(tmp_path / f"{name}.json")
     params["/**/sim"]["ros__parameters"].update(sim)
     for name in ("controller", "monitor"):  # each episode starts afresh: many episodes in one run
         params[f"/**/{name}"]["ros__parameters"]["stop_latch"] = "episode"
+        params[f"/**/{name}"]["ros__parameters"].update(nodes or {})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     create_key(tmp_path / "op.key")
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(60 + os.getpid() % 20),
@@ -40,11 +42,14 @@ def run_graph(bundle, tmp_path, io: Path, seconds: float, **sim):
 def test_standard_messages_drive_the_robot_and_the_budget_holds(vesde_bundle, tmp_path):
     # The hazard covers the start: every step costs 1 until the robot is held. A standard
     # command has no lease: the robot keeps stepping until the e-stop lands, so steps_ahead
-    # must cover rate x e-stop latency (SAFETY.md): 3 steps of 10 ms here.
+    # must cover rate x e-stop latency (SAFETY.md): 3 steps of 10 ms here to start with, then
+    # what the nodes measure. The budget (12) leaves room for a loaded machine's stop (5-6
+    # steps measured beside a soak): with 5, a margin of 6 x 1 latches budget_margin and
+    # nothing moves, which is safe but tests nothing here.
     io = yaml.safe_load((ROOT / "config" / "io" / "standard.yaml").read_text())
     (tmp_path / "io.yaml").write_text(yaml.safe_dump({**io, "steps_ahead": 3}))
-    (ctrl, mon, sim), text = run_graph(vesde_bundle, tmp_path, tmp_path / "io.yaml", 8.0, hazard_scale=3.0,
-                                       rate_hz=100.0)
+    (ctrl, mon, sim), text = run_graph(vesde_bundle, tmp_path, tmp_path / "io.yaml", 8.0,
+                                       nodes={"cost_limit": 12.0}, hazard_scale=3.0, rate_hz=100.0)
     limit = ctrl["safety"]["budget"]
     # Wired by name: what the controller mapped from Odometry (the first 4 values) and from
     # JointState (the last 4, listed in reverse by the sim) is what the sim observed. Each

@@ -10,6 +10,7 @@ an io file (adapters.py) that wires standard messages in place of observation / 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 
@@ -38,6 +39,7 @@ from algd_runtime.safety import (GRAPH_SETTLE_S, BudgetAccount, CostMatcher, Hea
 # (wall clock) it read its newest one, and each cost this controller read must be matched
 # within monitor_max_lag_s. The tolerance absorbs the two deliveries' jitter.
 IO_CLOCK_TOLERANCE_NS = 20_000_000
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 READ_ONLY = ("bundle", "bundle_public_key", "allow_unsigned", "io", "realtime_priority", "cpu_affinity", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
@@ -335,8 +337,11 @@ class ControllerNode(ManagedNode):
             self._assert_estop()
         if self.timer is not None and not self.timer.is_canceled():
             self.timer.reset()  # the deadline restarts: the timer fires only after a silent period
-        if decision.stop != self._stop_reason and (decision.stop or decision.source == "policy"):
-            self._stop_reason = decision.stop
+        # Logged when the reason changes, not when only its numbers do (a budget stop's
+        # accumulated cost moves every step while the robot stands).
+        shape = _NUMBERS.sub("#", decision.stop) if decision.stop else None
+        if shape != self._stop_reason and (decision.stop or decision.source == "policy"):
+            self._stop_reason = shape
             log = self.get_logger()
             log.warning(f"STOP: {decision.stop}") if decision.stop else log.info("moving: no stop reason left")
 
