@@ -270,8 +270,13 @@ def bench_chaos(bundle, minutes: float = 30.0, rate_hz: float = 500.0, io=None, 
             b.kill()
             b.wait()
     safe = r["fault_to_safe_ms"]
-    mem = ", ".join(f"{n} {r['memory_start'].get(n, {}).get('rss_mb')} -> {r['memory_end'].get(n, {}).get('rss_mb')} MB"
-                    for n in NODES)
+    def mem_of(n: str) -> str:
+        a, b = r["memory_start"].get(n, {}), r["memory_end"].get(n, {})
+        same = a.get("process") == b.get("process")
+        return (f"{n} {a.get('rss_mb')} -> {b.get('rss_mb')} MB"
+                + ("" if same else f" ({a.get('process')} -> {b.get('process')}: another process)"))
+
+    mem = ", ".join(mem_of(n) for n in NODES)
     echo(f"episodes {r['episodes']}, over the budget {r['over_budget']}, max cost / budget "
          f"{'-' if r['max_cost_ratio'] is None else format(r['max_cost_ratio'], '.2f')}; faults {r['faults']}, "
          f"steps after a fault's deadline {r['steps_after_deadline']}, fault -> safe p99 "

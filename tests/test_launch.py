@@ -121,7 +121,7 @@ def test_algd_launch_runs_the_graph_and_prints_a_summary(vesde_bundle, tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "controller: not configured at exit" in text and "monitor: not configured at exit" in text
-    assert "over 0 answers (0 of" in text and "moving:" not in text  # nothing answered the robot
+    assert "of 0 answers (0 of" in text and "moving:" not in text  # nothing answered the robot
 
 
 def test_algd_launch_refuses_a_folder_without_a_bundle(tmp_path):
