@@ -244,6 +244,8 @@ class BudgetMonitor:
             return []
         self._operator_only = False
         self.accumulated, self.predicted = 0.0, 0.0
+        if self.distance is not None:
+            self.distance.abandon()  # motion after the reset is not the stop being measured
         self._window.clear()
         self._calm = 0
         return [self._move(Level.OK, "reset by operator")]

@@ -172,6 +172,12 @@ class StopDistance:
         self._stop_at = self._last_costly = None
         return self.in_use > before
 
+    def abandon(self) -> None:
+        """The operator's reset restarted the episode's account: what follows is motion the
+        operator allowed, not the robot's stop (measured as one, a robot whose episode message
+        was lost ran a "stop" of 4 050 steps, and budget_margin latched for good)."""
+        self._stop_at = self._last_costly = None
+
     def raced(self, steps: int) -> bool:
         """`steps` cost messages of the last episode came after its end; True if it grew."""
         before = self.in_use
@@ -813,6 +819,8 @@ class SafetyGate:
             # The robot could not end that episode: the operator's reset ends its account, as
             # the monitor's reset does (fresh accounting), and the robot may move again.
             self.account.accumulated, self.account.worst_charged = 0.0, 0
+            if self.account.distance is not None:
+                self.account.distance.abandon()
         if self.watch is not None:
             self.watch._unaccounted.clear()
         return cleared

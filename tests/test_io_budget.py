@@ -365,3 +365,31 @@ def test_costs_that_never_came_do_not_stretch_the_measured_stop_distance():
     assert account.worst_charged == 48 and account.accumulated == 2.0 + 48 * 1.0
     account.distance.episode_ended()
     assert account.distance.worst == 10 - 3 and account.steps_ahead == 8  # not 499 - 3
+
+
+def test_the_operators_reset_abandons_the_stop_being_measured():
+    """The io soak's episode_lost: the robot's next episode began unannounced while the nodes
+    held a spent one; after the operator's reset its motion was measured as the old stop
+    (4 050 steps) and budget_margin latched for good. The reset abandons that measurement,
+    on the controller (budget_held) and on the monitor alike."""
+    from algd_runtime.safety import SPENT_HOLD_LATCH_S, Charge, StopDistance
+
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0, 2), distance=StopDistance(2)), None, "episode")
+    for t in range(5):
+        gate.on_charges([Charge(0, t, 0.0 if t == 0 else 1.0)], 0)
+    assert gate.verdict(0.0).stop  # spent: the stop is decided at step 4
+    gate.verdict(SPENT_HOLD_LATCH_S + 1)  # held, the robot never ends the episode: budget_held
+    gate.reset()
+    for t in range(5, 8):  # the operator lets it move: it costs again
+        gate.on_charges([Charge(0, t, 1.0)], 0)
+    gate.account.distance.episode_ended()
+    assert gate.account.distance.worst <= 0 and gate.account.steps_ahead == 2
+    monitor = BudgetMonitor(MonitorConfig(5.0, max_step_cost=1.0, steps_ahead=2, stop_latch="episode"),
+                            distance=StopDistance(2))
+    for _ in range(6):
+        monitor.update(1.0)
+    monitor.reset_stop()
+    for _ in range(3):
+        monitor.update(1.0)
+    monitor.end_episode()
+    assert monitor.distance.worst <= 0
