@@ -373,16 +373,23 @@ def _bench_envs(args) -> int:
     return 0
 
 
+def _check_graph_bench(args) -> None:
+    """What algd-bench safety and chaos check before starting a graph (ValueError, BundleError)."""
+    from algd_runtime.runtime import PolicyRuntime
+
+    PolicyRuntime.load(str(args.bundle), provider="cpu")  # a bad bundle fails here, with its reason
+    if args.load < 0:
+        raise ValueError(f"--load: expected a count >= 0, got {args.load}")
+    if args.io is not None and not args.io.is_file():
+        raise ValueError(f"--io: {args.io} is not a file")
+
+
 def _bench_safety(args) -> int:
     from algd_runtime.faults import bench_safety
-    from algd_runtime.runtime import BundleError, PolicyRuntime
+    from algd_runtime.runtime import BundleError
 
     try:
-        PolicyRuntime.load(str(args.bundle), provider="cpu")  # a bad bundle fails here, with its reason
-        if args.load < 0:
-            raise ValueError(f"--load: expected a count >= 0, got {args.load}")
-        if args.io is not None and not args.io.is_file():
-            raise ValueError(f"--io: {args.io} is not a file")
+        _check_graph_bench(args)
         rows = bench_safety(args.bundle, args.fault, args.rate, args.seconds, workdir=args.workdir, io=args.io,
                             load=args.load)
     except (BundleError, ValueError) as exc:
@@ -395,14 +402,10 @@ def _bench_safety(args) -> int:
 
 def _bench_chaos(args) -> int:
     from algd_runtime.chaos import bench_chaos
-    from algd_runtime.runtime import BundleError, PolicyRuntime
+    from algd_runtime.runtime import BundleError
 
     try:
-        PolicyRuntime.load(str(args.bundle), provider="cpu")  # a bad bundle fails here, with its reason
-        if args.load < 0:
-            raise ValueError(f"--load: expected a count >= 0, got {args.load}")
-        if args.io is not None and not args.io.is_file():
-            raise ValueError(f"--io: {args.io} is not a file")
+        _check_graph_bench(args)
         if not (args.minutes > 0 and args.rate > 0):
             raise ValueError(f"--minutes and --rate: expected values > 0, got {args.minutes}, {args.rate}")
         if not args.every >= 10:

@@ -516,16 +516,23 @@ def create_key(path: str | Path) -> Path:
     return path
 
 
-def load_key(path: str | Path) -> bytes:
-    path = Path(path).expanduser()
-    hint = f"create one with `algd-reset --init-key {path}`"
+def secret_file_problem(path: Path) -> str | None:
+    """Why a key file may not be used as a secret (missing, or readable by others), or None."""
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise OperatorKeyError(f"operator_key_file: {path} does not exist; {hint}") from None
+        return f"{path} does not exist"
     if st.st_mode & 0o077:
-        raise OperatorKeyError(f"operator_key_file: {path} is readable by others (mode {st.st_mode & 0o777:o}); "
-                        f"expected 600: chmod 600 {path}")
+        return f"{path} is readable by others (mode {st.st_mode & 0o777:o}); expected 600: chmod 600 {path}"
+    return None
+
+
+def load_key(path: str | Path) -> bytes:
+    path = Path(path).expanduser()
+    hint = f"create one with `algd-reset --init-key {path}`"
+    problem = secret_file_problem(path)
+    if problem:
+        raise OperatorKeyError(f"operator_key_file: {problem}" + (f"; {hint}" if not path.exists() else ""))
     text = path.read_text().strip()
     try:
         key = bytes.fromhex(text)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from algd_runtime.atomic import atomic_write
 from algd_runtime.runtime import SIGNATURE_FILE, BundleError, bundle_digest
+from algd_runtime.safety import secret_file_problem
 
 _CONTEXT = b"algd-runtime bundle v1\n"  # what is signed: this, then the digest (no other use of the key can collide)
 
@@ -92,13 +93,9 @@ def _load_private(path: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise BundleError(f"signing key: {path} does not exist") from None
-    if st.st_mode & 0o077:
-        raise BundleError(f"signing key: {path} is readable by others (mode {st.st_mode & 0o777:o}); "
-                          f"expected 600: chmod 600 {path}")
+    problem = secret_file_problem(path)
+    if problem:
+        raise BundleError(f"signing key: {problem}")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
