@@ -233,7 +233,7 @@ class ControllerNode(ManagedNode):
             # Costs and states sent before this episode began may wait behind this message (the
             # executor takes one of each ready subscription in turn); those its publisher sent
             # after it are the new episode's (SAFETY.md, io).
-            later = self._take_waiting_steps(m.source_ns(info))
+            later = m.take_sent_before([self._subs[self.io.cost.topic], self._subs[self.io.trigger]], info)
             self._charge(self.matcher.on_episode(now))
             if self.core.gate.account.distance is not None:
                 self.core.gate.account.distance.episode_ended()
@@ -291,12 +291,6 @@ class ControllerNode(ManagedNode):
             self._steps_ahead_logged = distance.in_use
             self.get_logger().warning(f"budget margin: {distance.describe()}; set steps_ahead >= {distance.in_use} "
                                       f"in the io file")
-
-    def _take_waiting_steps(self, sent_before_ns: int | None) -> list:
-        """Costs and states sent before the episode message; those sent after it are returned.
-        Costs first: a state read now reads the costs still waiting (see _on_io)."""
-        return [taken for topic in dict.fromkeys((self.io.cost.topic, self.io.trigger))
-                for taken in m.take_waiting(self._subs[topic], sent_before_ns)]
 
     def _io_problem(self, what: str) -> None:
         n = self.io_errors[what] = self.io_errors.get(what, 0) + 1

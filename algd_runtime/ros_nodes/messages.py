@@ -122,6 +122,13 @@ def source_ns(info: dict | None) -> int | None:
     return info.get("source_timestamp") if info else None
 
 
+def take_sent_before(subscriptions: list, info: dict | None) -> list:
+    """At an episode message (its message info): the costs and states its publisher sent
+    before it, handled now, in the order given (costs first: a state read now reads the
+    costs still waiting); those sent after it are returned, for `deliver`."""
+    return [taken for sub in dict.fromkeys(subscriptions) for taken in take_waiting(sub, source_ns(info))]
+
+
 def deliver(later: list) -> None:
     """Messages `take_waiting` put aside, handled in the order their publishers sent them."""
     for _, subscription, taken in sorted(later, key=lambda item: item[0]):

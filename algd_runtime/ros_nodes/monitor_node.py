@@ -215,10 +215,7 @@ class MonitorNode(ManagedNode):
             return
         io, now = self.io, time.monotonic()
         if topic == io.episode_topic:  # a new episode: the one in progress (if it took steps) ends
-            # Sent before it (controller_node). Costs first: a state read now reads the costs
-            # still waiting, which must not include those sent after this message.
-            later = [taken for waiting in dict.fromkeys((io.cost.topic, io.trigger))
-                     for taken in m.take_waiting(self._subs[waiting], m.source_ns(info))]
+            later = m.take_sent_before([self._subs[io.cost.topic], self._subs[io.trigger]], info)
             self._record(topic, msg)
             self._charge(self.matcher.on_episode(now))
             if self._robot[0] == self._io_episode and self._robot[1] > 0:
