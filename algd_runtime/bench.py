@@ -254,7 +254,7 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
 
 # -- algd-bench loop ----------------------------------------------------------------------------
 def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu", with_monitor: bool = True,
-               load: int = 0, realtime: int = 0, guidance: float = 0.0, pin: bool = False) -> list[dict]:
+               load: int = 0, realtime: int = 0, guidance: float = 0.0, pin: bool = False, io: str | None = None) -> list[dict]:
     """The sim robot, the controller and (with_monitor, the default: the whole graph) the
     monitor as separate processes over DDS on loopback, at each rate; `load` CPU-bound
     processes run beside them; `realtime` > 0 runs the sim and the controller SCHED_FIFO at
@@ -264,13 +264,19 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     so that the numbers are the loop's own; its budget account still stops spent episodes.
     Answered: the share of the robot's observations whose own action arrived within one
     period of the observation's publication; "before step": before the robot's next step,
-    which the robot's own timer jitter also decides (a late tick is followed by an early one)."""
+    which the robot's own timer jitter also decides (a late tick is followed by an early one).
+    io: an io file: the robot speaks standard messages (its rate set to each run's); an
+    unstamped command answers the newest state it follows.
+    Each node's CPU since it started its loop is printed per process (and its spinning
+    thread) as a share of a core and in microseconds per robot step."""
     import json
     import os
     import subprocess
     import sys
     import tempfile
+    from pathlib import Path
 
+    from algd_runtime.faults import io_for_rate
     from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes
     from algd_runtime.safety import create_key
 
@@ -283,7 +289,9 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
           f"{load} CPU-bound process(es) beside, {seconds:g} s per rate, "
           + (f"nodes SCHED_FIFO {realtime}" if realtime else "default scheduler")
           + (f", guided (guidance_scale {guidance:g})" if guidance else ", unguided")
-          + (", sim and controller pinned to a CPU each" if pin else ""))
+          + (", sim and controller pinned to a CPU each" if pin else "")
+          + (f", standard messages ({io})" if io else ", raw contract"))
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     cpus = sorted(os.sched_getaffinity(0))
     sim_cpu, ctl_cpu = ({"cpu_affinity": f"[{cpus[0]}]"}, {"cpu_affinity": f"[{cpus[-1]}]"}) if pin else ({}, {})
     header = (f"{'rate Hz':>7} {'steps/s':>9} {'answered %':>10} {'before step %':>13} {'stops':>6} {'fallback %':>10} "
@@ -296,26 +304,32 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
             names = ("controller", "sim", "monitor") if with_monitor else ("controller", "sim")
             files = {n: os.path.join(tmp, f"{n}.json") for n in names}
             key = create_key(os.path.join(tmp, "operator.key"))
+            wired, scaled = {}, {}
+            if io:  # as the fault bench: a cost per 10 ms of hazard (a stop over standard messages takes steps)
+                wired = {"io": str(io_for_rate(Path(io), rate, Path(tmp)))}
+                scaled = {"max_step_cost": 100.0 / rate}
             procs = {
                 "controller": node_command("controller", "algd_bench", default_params(), bundle, provider=provider,
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
                                            require_monitor=str(with_monitor).lower(), operator_key_file=key,
                                            stop_latch="episode",  # a spent budget ends the episode, not the run
                                            summary_file=files["controller"], realtime_priority=realtime,
-                                           guidance_scale=float(guidance), **ctl_cpu),
+                                           guidance_scale=float(guidance), **ctl_cpu, **wired, **scaled),
                 "sim": node_command("sim", "algd_bench", default_params(), None, rate_hz=float(rate),
-                                    summary_file=files["sim"], realtime_priority=realtime, **sim_cpu),
+                                    summary_file=files["sim"], realtime_priority=realtime, **sim_cpu, **wired,
+                                    **({"cost_scale": scaled["max_step_cost"]} if io else {})),
             }
             if with_monitor:
                 procs["monitor"] = node_command("monitor", "algd_bench", default_params(), bundle,
                                                 operator_key_file=key, stop_latch="episode", use_critic="false",
                                                 state_file=os.path.join(tmp, "monitor_state.json"),
-                                                summary_file=files["monitor"],
+                                                summary_file=files["monitor"], **wired, **scaled,
                                                 # below the loop's two: its deadline is 250 ms, theirs a period
                                                 realtime_priority=max(1, realtime - 10) if realtime else 0)
             burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
             try:
-                running = {n: subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                logs = {n: open(os.path.join(tmp, f"{n}.log"), "w") for n in procs}
+                running = {n: subprocess.Popen(cmd, env=env, stdout=logs[n], stderr=subprocess.STDOUT)
                            for n, cmd in procs.items()}
                 time.sleep(seconds)
                 stop_nodes(running, timeout=30.0)
@@ -323,7 +337,13 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                 for b in burners:  # ours, by PID
                     b.kill()
                     b.wait()
-            ctl, sim = (json.load(open(files[n])) for n in ("controller", "sim"))
+            missing = [n for n, f in files.items() if not os.path.exists(f)]
+            if missing:  # a node that never ran its loop: its own words
+                tails = {n: open(os.path.join(tmp, f"{n}.log")).read().strip().splitlines()[-5:] for n in missing}
+                raise RuntimeError("; ".join(f"{n} wrote no summary; its log ends: " + " | ".join(t)
+                                             for n, t in tails.items()))
+            summaries = {n: json.load(open(f)) for n, f in files.items()}
+        ctl, sim = summaries["controller"], summaries["sim"]
         ticks = ctl["ticks"]
         # Fallbacks are the holds of a running loop (stale, NaN, engine errors). Not counted:
         # ticks before the first observation (discovery) and stops (the start-up hold, spent
@@ -338,11 +358,28 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                "ctl_p50_ms": ctl["latency_p50_ms"], "ctl_p99_ms": ctl["latency_p99_ms"],
                "oa_p50_ms": sim["latency_p50_ms"], "oa_p99_ms": sim["latency_p99_ms"], "oa_max_ms": sim["latency_max_ms"],
                "with_monitor": with_monitor, "load": load, "realtime": realtime, "guidance": guidance, "pin": pin,
-               "fallbacks_by_reason": {k: v for k, v in ctl.items() if k.startswith("fallback_")}}
+               "fallbacks_by_reason": {k: v for k, v in ctl.items() if k.startswith("fallback_")},
+               "cpu": _cpu_per_step(summaries, sim["steps"]), "io": io}
         rows.append(row)
         print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {row['answered_pct']:>10.2f} {row['before_step_pct']:>13.2f} "
               f"{stops:>6} "
               f"{row['fallback_pct']:>10.3f} {row['overruns']:>8} "
               f"{row['ctl_p50_ms']:>10.3f} {row['ctl_p99_ms']:>10.3f} {row['oa_p50_ms']:>11.3f} "
               f"{row['oa_p99_ms']:>11.3f} {row['oa_max_ms']:>11.3f}", flush=True)
+        print("        CPU while running: " + "; ".join(
+            f"{n} {c['core_pct']:.0f} % of a core ({c['main_thread_pct']:.0f} % its spinning thread), "
+            f"{c['us_per_step']:.0f} us per robot step" for n, c in row["cpu"].items()), flush=True)
     return rows
+
+
+def _cpu_per_step(summaries: dict, steps: int) -> dict:
+    """Each node's CPU since it started its loop (its summary's `cpu`): the share of a core,
+    its spinning thread's share (the rest is DDS's threads), and per robot step."""
+    out = {}
+    for name, summary in summaries.items():
+        cpu = summary.get("cpu") or {}
+        if cpu.get("wall_s"):
+            out[name] = {"core_pct": 100.0 * cpu["process_s"] / cpu["wall_s"],
+                         "main_thread_pct": 100.0 * cpu["main_thread_s"] / cpu["wall_s"],
+                         "us_per_step": 1e6 * cpu["process_s"] / max(steps, 1)}
+    return out

@@ -294,6 +294,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                     help="the sim on the first CPU and the controller on the last (their cpu_affinity)")
     lp.add_argument("--guidance", type=float, default=0.0, metavar="W",
                     help="guided reverse diffusion: the controller's guidance_scale (0: unguided)")
+    lp.add_argument("--io", type=Path, metavar="FILE",
+                    help="the robot speaks standard messages (an io file; its rate_hz set to each --rate)")
     sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
     sf.add_argument("bundle", type=Path)
     sf.add_argument("--fault", action="append",
@@ -333,8 +335,10 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"--load: expected a count >= 0, got {args.load}")
         if not 0 <= args.realtime <= 99:
             return _fail(f"--realtime: expected a priority in 1..99 (0: off), got {args.realtime}")
+        if args.io is not None and not args.io.is_file():
+            return _fail(f"--io: expected an io file (see config/io/), got {args.io}")
         bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider, args.monitor,
-                   args.load, args.realtime, args.guidance, args.pin)
+                   args.load, args.realtime, args.guidance, args.pin, str(args.io) if args.io else None)
         return 0
 
     import torch

@@ -1081,7 +1081,7 @@ def prepare_graph(bundle, workdir, rate_hz: float, domain_id: int | None, io, si
     ns = f"faults_{os.getpid()}_{next(_counter)}"
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
                XDG_STATE_HOME=str(workdir), RCUTILS_CONSOLE_OUTPUT_FORMAT=LOG_FORMAT, RCUTILS_COLORIZED_OUTPUT="0")
-    io_file = _io_for_rate(Path(io), rate_hz, workdir) if io else None
+    io_file = io_for_rate(Path(io), rate_hz, workdir) if io else None
     graph = Graph(bundle, workdir, ns, rate_hz, env, key_file, monitor_latch=monitor_latch, io=io_file,
                   sim_extra=sim_extra)
     return graph, domain, limit
@@ -1124,7 +1124,7 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
     return result
 
 
-def _io_for_rate(io: Path, rate: float, workdir: Path) -> Path:
+def io_for_rate(io: Path, rate: float, workdir: Path) -> Path:
     """The io file with the robot's rate set to the run's (and an expiring command's expiry
     to IO_LEASE_STEPS periods), written beside the run."""
     import yaml

@@ -3,11 +3,13 @@ the ament registration after a real install, and algd-launch."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import types
 from pathlib import Path
 
+import pytest
 import yaml
 
 from algd_runtime.safety import create_key
@@ -158,15 +160,24 @@ def test_algd_launch_mirrors_the_launch_arguments(tmp_path, capsys):
     assert f"--params-file: {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
 
 
-def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations(vesde_bundle):
+@pytest.mark.parametrize("io", [None, "standard.yaml"])
+def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations_and_cpu(vesde_bundle, io):
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + (os.getpid() + 7) % 50))
+    wired = ["--io", str(ROOT / "config" / "io" / io)] if io else []
     out = subprocess.run([str(Path(sys.executable).parent / "algd-bench"), "loop", str(vesde_bundle), "--rate", "100",
-                          "--seconds", "4"], env=env, capture_output=True, text=True, timeout=120)
+                          "--seconds", "4", *wired], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "sim, controller and monitor as processes" in out.stdout
-    row = out.stdout.strip().splitlines()[-1].split()
+    assert ("standard messages" if io else "raw contract") in out.stdout
+    lines = out.stdout.strip().splitlines()
+    row = lines[-2].split()
     rate, steps_per_s, answered = float(row[0]), float(row[1]), float(row[2])
     assert rate == 100 and steps_per_s > 10 and 50 < answered <= 100  # the monitor's interlock let it move
+    # Where the time goes: each process's share of a core and its CPU per robot step
+    cpu = re.findall(r"(\w+) ([\d.]+) % of a core \(([\d.]+) % its spinning thread\), (\d+) us per robot step", lines[-1])
+    assert sorted(n for n, *_ in cpu) == ["controller", "monitor", "sim"], lines[-1]
+    for _, core, thread, per_step in cpu:
+        assert 0 < float(thread) <= float(core) and int(per_step) > 0, lines[-1]
 
 
 def test_use_sim_time_without_a_clock_publisher_is_reported(tmp_path):

@@ -190,6 +190,7 @@ class ControllerNode(ManagedNode):
                                 "controller")
         self.timer = self.create_timer(1.0 / self.core.params.control_rate_hz, self._tick)
         result = super().on_activate(state)
+        m.mark_cpu()
         self.get_logger().info("active")
         return result
 

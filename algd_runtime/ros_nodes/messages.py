@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -314,13 +315,34 @@ def diagnostics(node, part: str, level: int, message: str, values: dict) -> Diag
     return msg
 
 
+_cpu_mark: tuple[float, float, float] | None = None
+
+
+def mark_cpu() -> None:
+    """From now on this process's CPU counts as the node's work (start-up left out): called
+    where a node starts its loop. Call it from the thread that spins the node."""
+    global _cpu_mark
+    _cpu_mark = (time.process_time(), time.thread_time(), time.monotonic())
+
+
+def cpu_since_mark() -> dict:
+    """CPU seconds of the process and of the spinning thread since mark_cpu(), and the wall
+    seconds between: the rest of the process's CPU is its DDS threads."""
+    if _cpu_mark is None:
+        return {}
+    process, thread, wall = _cpu_mark
+    return {"process_s": time.process_time() - process, "main_thread_s": time.thread_time() - thread,
+            "wall_s": time.monotonic() - wall}
+
+
 def write_summary(path: str, stats: dict) -> None:
-    """Stats a node leaves behind at exit, for algd-bench loop (no file if path is empty)."""
+    """Stats a node leaves behind at exit, for algd-bench loop (no file if path is empty),
+    with the CPU it used since mark_cpu()."""
     if path:
         from algd_runtime.atomic import atomic_write
 
         with atomic_write(path, "w") as f:
-            json.dump(stats, f)
+            json.dump({**stats, "cpu": cpu_since_mark()}, f)
 
 
 def stamp_pair(stamp) -> list[int]:

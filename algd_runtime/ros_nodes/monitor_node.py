@@ -173,6 +173,7 @@ class MonitorNode(ManagedNode):
                         self.create_timer(self.values["estop_period_s"], self._reassert)]
         self._reassert()
         self._heartbeat()  # after the start-up line: no controller moves before it (tests rely on this)
+        m.mark_cpu()
         self.get_logger().info("active")
         return result
 

@@ -161,6 +161,7 @@ class SimNode(Node):
         self.paused = False
         self._start_episode()
         self.timer = self.create_timer(period, self._step)
+        m.mark_cpu()
 
     def _wire_io(self) -> None:
         io = self.io
@@ -334,6 +335,7 @@ class SimNode(Node):
             self.answered += 1
             self.latencies.append(time.monotonic() - self._published_at)
             self.answers += 1
+            self.answered_in_period += self.latencies[-1] <= self.period
 
     def _hold_reason(self, now: float) -> str | None:
         if self.estop:
