@@ -153,7 +153,8 @@ class ObservationEntry:
             raw = np.atleast_1d(np.asarray(value, np.float64))
             if raw.size != self.size:
                 raise ValueError(f"{self.topic}: {self.field} has {raw.size} values, the config says {self.size}")
-        return np.clip(raw * self.scale + self.offset, self.low, self.high)
+        # minimum/maximum: np.clip's answer (NaN stays NaN) without its per-call checks
+        return np.minimum(np.maximum(raw * self.scale + self.offset, self.low), self.high)
 
     def write(self, msg, values: np.ndarray) -> None:
         """The robot's side: put `values` (this entry's part of an observation) into `msg`."""

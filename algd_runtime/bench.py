@@ -351,15 +351,19 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
         stops = ctl.get("fallback_stop", 0)
         fallbacks = ctl["fallbacks"] - ctl.get("fallback_no_observation", 0) - stops
         counted = ticks - ctl.get("fallback_no_observation", 0) - stops
+        # An io robot's episode's last state is followed at once by the next one's first:
+        # unstamped commands answer the newest, so it is not counted as one to answer.
+        answerable = sim["observations"] - sim.get("superseded", 0)
         row = {"rate_hz": rate, "achieved_hz": sim["steps"] / seconds, "ticks": ticks, "stops": stops,
-               "answered_pct": 100.0 * sim["answered_in_period"] / max(sim["observations"], 1),
-               "before_step_pct": 100.0 * sim["answered"] / max(sim["observations"], 1),
+               "answered_pct": 100.0 * sim["answered_in_period"] / max(answerable, 1),
+               "before_step_pct": 100.0 * sim["answered"] / max(answerable, 1),
                "fallback_pct": 100.0 * fallbacks / max(counted, 1), "overruns": ctl["overruns"],
                "ctl_p50_ms": ctl["latency_p50_ms"], "ctl_p99_ms": ctl["latency_p99_ms"],
                "oa_p50_ms": sim["latency_p50_ms"], "oa_p99_ms": sim["latency_p99_ms"], "oa_max_ms": sim["latency_max_ms"],
                "with_monitor": with_monitor, "load": load, "realtime": realtime, "guidance": guidance, "pin": pin,
                "fallbacks_by_reason": {k: v for k, v in ctl.items() if k.startswith("fallback_")},
-               "cpu": _cpu_per_step(summaries, sim["steps"]), "io": io}
+               "cpu": _cpu_per_step(summaries, sim["steps"]), "io": io, "io_errors": ctl.get("io_errors", {}),
+               "costs": ctl.get("costs")}
         rows.append(row)
         print(f"{rate:>7g} {row['achieved_hz']:>9.1f} {row['answered_pct']:>10.2f} {row['before_step_pct']:>13.2f} "
               f"{stops:>6} "

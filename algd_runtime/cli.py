@@ -337,6 +337,9 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"--realtime: expected a priority in 1..99 (0: off), got {args.realtime}")
         if args.io is not None and not args.io.is_file():
             return _fail(f"--io: expected an io file (see config/io/), got {args.io}")
+        if args.io is not None and not args.monitor:
+            return _fail("--no-monitor with --io: a robot on standard messages holds until it hears the monitor's "
+                         "e-stop state (SAFETY.md); run --io with the monitor")
         bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider, args.monitor,
                    args.load, args.realtime, args.guidance, args.pin, str(args.io) if args.io else None)
         return 0

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import secrets
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -387,7 +388,8 @@ class CostMatcher:
             self._last_stamp = stamp_ns
         if self._last_state_at is not None:
             self._intervals.append(now - self._last_state_at)
-            self._measured_wait = min(self.MAX_WAIT_S, max(self.MIN_WAIT_S, float(np.median(self._intervals))))
+            # statistics.median: np.median's answer at a tenth of its cost on 32 numbers (per state)
+            self._measured_wait = min(self.MAX_WAIT_S, max(self.MIN_WAIT_S, statistics.median(self._intervals)))
         self._last_state_at = now
         if not self.armed:
             return out

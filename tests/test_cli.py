@@ -58,3 +58,12 @@ def test_bench_train_prints_a_table_with_rates():
     ratio = row.split()[7]  # the ratio of the two paths, measured in one run
     assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(fast / eager, abs=0.05)
     assert out.stdout.startswith("machine:") and "critic width 256" in out.stdout
+
+
+def test_bench_loop_refuses_an_io_robot_without_its_monitor_and_a_missing_io_file(vesde_bundle, tmp_path):
+    out = cli("algd-bench", "loop", str(vesde_bundle), "--io", str(ROOT / "config" / "io" / "standard.yaml"),
+              "--no-monitor")
+    assert out.returncode == 2 and "--no-monitor with --io: a robot on standard messages holds until it hears the " \
+                                   "monitor's e-stop state" in out.stderr, out.stderr
+    out = cli("algd-bench", "loop", str(vesde_bundle), "--io", str(tmp_path / "none.yaml"))
+    assert out.returncode == 2 and f"--io: expected an io file (see config/io/), got {tmp_path / 'none.yaml'}" in out.stderr

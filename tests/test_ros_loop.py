@@ -420,6 +420,90 @@ def test_the_monitor_tells_its_estop_state_at_start_and_again_every_period(vesde
     assert len(heard) >= 4, f"re-published every period: heard {len(heard)} in 1.5 s"
 
 
+def test_the_monitor_heartbeats_at_its_rate_with_steps_in_their_wake_ups_and_without_steps_on_its_timer(
+        vesde_bundle, key_file, tmp_path):
+    """While steps come, a due heartbeat goes out in a step's wake-up (one wake-up per step,
+    not two); when none comes, the timer still sends it at heartbeat_rate_hz."""
+    from std_msgs.msg import Float64MultiArray, String
+
+    rclpy.init()
+    ns = f"/algd_hb_{os.getpid()}"
+    mon = monitor(vesde_bundle, ns, key_file, tmp_path / "state.json", heartbeat_rate_hz=50.0)
+    robot = rclpy.create_node("robot", namespace=ns)
+    steps = robot.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
+    beats = []  # (arrival, the newest step the heartbeat says the monitor saw)
+    robot.create_subscription(String, m.HEARTBEAT,
+                              lambda msg: beats.append((time.monotonic(), json.loads(json.loads(msg.data)["body"])["t"])),
+                              m.RELIABLE)
+    ex = SingleThreadedExecutor()
+    ex.add_node(mon)
+    ex.add_node(robot)
+    timer_beats = []
+    original = mon._heartbeat_timer.callback
+    mon._heartbeat_timer.callback = lambda: (timer_beats.append(time.monotonic()), original())
+    try:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # discovery
+            ex.spin_once(timeout_sec=0.01)
+        t, start = 0, time.monotonic()
+        while time.monotonic() < start + 2.0:  # steps at 200 Hz
+            t += 1
+            stamp = robot.get_clock().now().to_msg()
+            steps.publish(m.step_msg(0.0, 0.0, False, False, 1, t, stamp, np.zeros(2), np.zeros(8)))
+            tick = time.monotonic() + 0.005
+            while time.monotonic() < tick:
+                ex.spin_once(timeout_sec=0.001)
+        with_steps = [b for b in beats if start + 0.2 < b[0] < start + 2.0]
+        timer_with_steps = [b for b in timer_beats if start + 0.2 < b < start + 2.0]
+        quiet = time.monotonic()
+        while time.monotonic() < quiet + 1.5:  # no steps
+            ex.spin_once(timeout_sec=0.01)
+        without_steps = [b for b in beats if quiet + 0.2 < b[0] < quiet + 1.5]
+    finally:
+        ex.shutdown()
+        mon.destroy_node()
+        robot.destroy_node()
+        rclpy.shutdown()
+    # one a period, a step early at most (steps every 5 ms, heartbeats every 20 ms): 90-120 in 1.8 s
+    assert 75 <= len(with_steps) <= 130, f"{len(with_steps)} heartbeats in 1.8 s of steps (50 Hz)"
+    assert len(timer_with_steps) <= 3, f"the timer woke the monitor {len(timer_with_steps)} times while steps came"
+    assert with_steps[-1][1] >= t - 3, "a heartbeat sent with a step tells that step"
+    assert 40 <= len(without_steps) <= 80, f"{len(without_steps)} heartbeats in 1.3 s without steps (50 Hz)"
+
+
+def test_a_polled_subscription_wakes_nothing_and_is_read_when_its_node_asks():
+    """m.Polled: the executor never runs the callback; take_waiting reads what waits."""
+    from std_msgs.msg import Float64
+
+    rclpy.init()
+    node = rclpy.create_node("polled", namespace=f"/algd_polled_{os.getpid()}")
+    polled, woken = [], []
+    sub = node.create_subscription(Float64, "state", lambda msg, info: polled.append((msg.data, info)),
+                                   m.OBSERVATIONS, callback_group=m.Polled())
+    node.create_subscription(Float64, "trigger", lambda msg: woken.append(msg.data), m.OBSERVATIONS)
+    pubs = {t: node.create_publisher(Float64, t, m.OBSERVATIONS) for t in ("state", "trigger")}
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    try:
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end and not woken:  # discovery, then a message on each
+            for v, topic in enumerate(pubs):
+                pubs[topic].publish(Float64(data=float(v)))
+            ex.spin_once(timeout_sec=0.05)
+        for _ in range(20):
+            ex.spin_once(timeout_sec=0.01)
+        assert woken and not polled, "the executor ran a polled subscription's callback"
+        time.sleep(0.3)
+        m.take_waiting(sub)
+        assert polled and {v for v, _ in polled} == {0.0}
+        # read now, arrived at least 0.3 s ago (DDS's reception time): what timeouts judge by
+        assert time.monotonic() - m.arrived_at(polled[-1][1], time.monotonic()) >= 0.29
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+
+
 def test_qos_overrides_in_a_params_file_reach_the_wired_topics(tmp_path):
     """The YAML form the README documents, read by rcl's own params-file parser."""
     from rclpy.context import Context

@@ -88,6 +88,8 @@ class MonitorNode(ManagedNode):
         self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
         self.sees_robot = False
         self._active_timers: list = []  # heartbeat and e-stop re-assertion, while active
+        self._heartbeat_timer = None
+        self._heartbeat_at = self._last_step_at = -math.inf
         self.qos = m.QosCheck(self)
         self.estop_pub = self.create_lifecycle_publisher(Bool, m.ESTOP, **m.endpoint(m.LATCHED, True))
         self.heartbeat_pub = self.create_lifecycle_publisher(String, m.HEARTBEAT, **m.endpoint(m.RELIABLE, True))
@@ -96,6 +98,7 @@ class MonitorNode(ManagedNode):
         self.status_pub = self.create_publisher(DiagnosticStatus, m.MONITOR_STATUS, **m.endpoint(m.LATCHED, True))
         self.io = load_io(self.values["io"], m.message_class) if self.values["io"] else None
         self.action_map = None
+        self._read_for_forecast: list = []  # subscriptions the forecast reads when it needs them (m.Polled)
         self.matcher: CostMatcher | None = None
         self._io_episode = 0
         if self.io is None:
@@ -103,23 +106,34 @@ class MonitorNode(ManagedNode):
                                                                     **m.wired(m.RELIABLE, False)), False)
             self.qos.watch(self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE, False)),
                            False)
-            if self.values["use_critic"]:  # the forecast's inputs: two messages a step, read only for it
-                self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST, False))
-                self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False))
+            if self.values["use_critic"]:  # the forecast's inputs, read when a step asks for it (no wake-up of their own)
+                polled = m.Polled()
+                self._read_for_forecast = [
+                    self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST, False),
+                                             callback_group=polled),
+                    self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False),
+                                             callback_group=polled)]
         else:
             subs = {}
             wanted = {self.io.cost.topic, self.io.episode_topic, self.io.trigger}  # the trigger: one step each
+            polled = m.Polled()
             if self.values["use_critic"]:
                 wanted |= set(self.io.observation.types)
-                self.qos.watch(self.create_subscription(m.message_class(self.io.action_type), self.io.action_topic,
-                                                        self._on_command, **m.wired(m.LATEST, False)), False)
+                self._read_for_forecast.append(self.qos.watch(self.create_subscription(
+                    m.message_class(self.io.action_type), self.io.action_topic, self._on_command,
+                    **m.wired(m.LATEST, False), callback_group=polled), False))
+            # A topic read only for the forecast is read when a forecast is made (its newest
+            # message then), not on its own wake-up.
+            forecast_only = set(self.io.observation.types) - {self.io.cost.topic, self.io.episode_topic, self.io.trigger}
             for topic, type_name in self.io.topics().items():
                 if topic in wanted:
                     qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic) else m.OBSERVATIONS
+                    group = {"callback_group": polled} if topic in forecast_only else {}
                     subs[topic] = self.qos.watch(self.create_subscription(
                         m.message_class(type_name), topic, lambda msg, info, topic=topic: self._on_io(topic, msg, info),
-                        **m.wired(qos, False)), False)
+                        **m.wired(qos, False), **group), False)
             self.step_sub, self._subs = subs[self.io.cost.topic], subs
+            self._read_for_forecast += [subs[t] for t in forecast_only if t in subs]
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
         self.reset = ResetEndpoint(self, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -169,8 +183,9 @@ class MonitorNode(ManagedNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # the publishers first: what follows must go out
-        self._active_timers = [self.create_timer(1.0 / self.values["heartbeat_rate_hz"], self._heartbeat),
-                        self.create_timer(self.values["estop_period_s"], self._reassert)]
+        self._heartbeat_period = 1.0 / self.values["heartbeat_rate_hz"]
+        self._heartbeat_timer = self.create_timer(self._heartbeat_period, self._heartbeat)
+        self._active_timers = [self._heartbeat_timer, self.create_timer(self.values["estop_period_s"], self._reassert)]
         self._reassert()
         self._heartbeat()  # after the start-up line: no controller moves before it (tests rely on this)
         m.mark_cpu()
@@ -193,7 +208,7 @@ class MonitorNode(ManagedNode):
     def _stop_timers(self) -> None:
         for timer in self._active_timers:
             self.destroy_timer(timer)
-        self._active_timers = []
+        self._active_timers, self._heartbeat_timer = [], None
 
     # -- inputs ------------------------------------------------------------------------------
     def _on_obs(self, msg: JointState) -> None:
@@ -238,6 +253,7 @@ class MonitorNode(ManagedNode):
             if io.cost.topic != topic:
                 m.take_waiting(self.step_sub)  # a step's cost that came with its state is read first
             self._charge(self.matcher.on_state(m.header_stamp_ns(msg), now))
+            self._heartbeat_if_due()
 
     def _charge(self, charges) -> None:
         for c in charges:
@@ -254,6 +270,8 @@ class MonitorNode(ManagedNode):
                     self._respond(tr)
 
     def _predicted(self) -> float:
+        for sub in self._read_for_forecast:
+            m.take_waiting(sub)
         if self.use_critic and self.io is not None:
             try:
                 self._obs = self.io.observation.vector()
@@ -287,6 +305,7 @@ class MonitorNode(ManagedNode):
         out += self.monitor.update(cost, self._predicted())
         for t in out:
             self._respond(t)
+        self._heartbeat_if_due()
 
     def _on_episode(self, msg: String) -> None:
         if self.monitor is None:
@@ -328,7 +347,20 @@ class MonitorNode(ManagedNode):
         return "e-stop cleared" if out else f"nothing to reset (level {self.monitor.level.name})"
 
     # -- the interlock ------------------------------------------------------------------------
+    def _heartbeat_if_due(self) -> None:
+        """While steps come, a heartbeat goes out in a step's own wake-up when the next step
+        would come after it is due (a little early, never late), and the timer (for when no
+        step comes) starts over: one wake-up per step instead of two."""
+        now = time.monotonic()
+        gap, self._last_step_at = now - self._last_step_at, now
+        early = min(gap, self._heartbeat_period / 2)
+        if self._heartbeat_timer is not None and now - self._heartbeat_at >= self._heartbeat_period - early:
+            self._heartbeat()
+
     def _heartbeat(self) -> None:
+        self._heartbeat_at = time.monotonic()
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.reset()
         mon = self.monitor
         if self.matcher is not None:
             self._charge(self.matcher.expire(time.monotonic()))  # steps whose cost did not come in time

@@ -138,6 +138,7 @@ class SimNode(Node):
         self.answered_in_period = 0  # ... within one period of being published, whenever the next step came
         self._waiting: OrderedDict = OrderedDict()  # stamp ns -> publish time of observations not answered yet
         self.observations = 0  # distinct observations published (re-sends not counted)
+        self.superseded = 0  # of those, states followed at once by another (io: an episode's last)
         self.first_observations: list[list[float]] = []
         self.qos = m.QosCheck(self)
         self.io = load_io(get("io"), m.message_class) if get("io") else None
@@ -227,24 +228,30 @@ class SimNode(Node):
     def _publish_obs(self, stamp=None, start: bool = False, cost: float | None = None) -> None:
         """The current observation, stamped now (or `stamp`); with an io file, with the cost
         of the step that led to it (`cost` overrides: 0 for a state re-sent while waiting)."""
+        if self.io is not None and start and self._stamp is not None and not self._answered:
+            # On standard messages an episode's last state goes out just before the next one's
+            # first: no command can answer it in between (unstamped commands answer the newest).
+            self.superseded += 1
         self._stamp = stamp or self.get_clock().now().to_msg()
         self._answered = False
-        self._published_at = time.monotonic()
-        self._waiting[m.stamp_ns(self._stamp)] = self._published_at
-        while len(self._waiting) > 256:
-            self._waiting.popitem(last=False)
         t = len(self.ep_costs)
         self._published[m.stamp_ns(self._stamp)] = (self.episode, t)
         while len(self._published) > 256:
             self._published.popitem(last=False)
         self._sent_at = time.monotonic()
         self.observations += 1
+        # The answer's clock starts as the observation goes out (its messages are built by
+        # then: building them in Python is this stand-in's cost, not the loop's).
         if self.io is not None:
             self._publish_io(cost if cost is not None else self.ep_costs[-1] if self.ep_costs else None)
         else:
             self._obs_msg = m.observation_msg(self.obs, self._stamp, self.episode, t,
                                               self.ep_costs[-1] if self.ep_costs else 0.0)
+            self._published_at = time.monotonic()
             self.obs_pub.publish(self._obs_msg)
+        self._waiting[m.stamp_ns(self._stamp)] = self._published_at
+        while len(self._waiting) > 256:
+            self._waiting.popitem(last=False)
         # After the observation, which the controller waits for: the episode's first
         # observation travels with its start event (for logs; nothing orders the two topics).
         if start:
@@ -265,6 +272,8 @@ class SimNode(Node):
                 order.remove(cost_topic)
                 order.append(cost_topic)
         for topic in order:
+            if topic == self.io.trigger:  # the state is out with its trigger's message
+                self._published_at = time.monotonic()
             self.io_pubs[topic].publish(msgs[topic])
 
     def _faulty(self, kind: str) -> bool:
@@ -429,7 +438,8 @@ class SimNode(Node):
             "steps": self.steps, "episodes": self.episode, "returns": self.returns, "costs": self.costs,
             "holds": self.holds, "lease_waits": self.lease_waits, "ended_by": self.ended_by,
             "cmd_timeout_s": self.cmd_timeout, "first_observations": self.first_observations,
-            "observations": self.observations, "answered": self.answered, "answered_in_period": self.answered_in_period,
+            "observations": self.observations, "superseded": self.superseded, "answered": self.answered,
+            "answered_in_period": self.answered_in_period,
             "answers": self.answers, "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p99_ms": float(np.percentile(lat, 99)), "latency_max_ms": float(np.max(lat))})
 
