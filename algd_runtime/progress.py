@@ -20,8 +20,8 @@ class PlainProgress:
         self.total, self.n, self.desc, self.unit, self.every_s = total, initial, desc, unit, every_s
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
-        self._t0 = self._last = clock()
-        self._n0 = initial
+        self._t0 = self._last = self._t_line = clock()
+        self._n0 = self._n_line = initial
         self._postfix = ""
 
     def update(self, n: int = 1) -> None:
@@ -41,10 +41,27 @@ class PlainProgress:
         self._line(self.clock())
 
     def _line(self, now: float) -> None:
-        rate = (self.n - self._n0) / max(now - self._t0, 1e-9)
+        # The rate since the last line, and the time left at it: a mean since the start would
+        # count a fast warm-up (random actions, no updates) and promise too early an end.
+        recent = (self.n - self._n_line) / max(now - self._t_line, 1e-9)
+        mean = (self.n - self._n0) / max(now - self._t0, 1e-9)
+        self._n_line, self._t_line = self.n, now
         pct = f" ({100 * self.n / self.total:.0f} %)" if self.total else ""
+        left = self.total - self.n if self.total else 0
+        eta = f", ETA {_duration(left / recent)}" if left > 0 and recent > 0 else ""
         extra = f", {self._postfix}" if self._postfix else ""
-        self.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s{pct}, {rate:.1f} {self.unit}s/s{extra}")
+        self.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s{pct}, {recent:.1f} {self.unit}s/s "
+                   f"(mean {mean:.1f}){eta}{extra}")
+
+
+def _duration(seconds: float) -> str:
+    """3h05m, 12m30s, 45s."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "step", stream: TextIO | None = None):

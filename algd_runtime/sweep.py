@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from algd_runtime.baseline import omnisafe_run_folder
+from algd_runtime.baseline import BaselineError, omnisafe_run_folder
 
 
 # -- trials ------------------------------------------------------------------------------------
@@ -77,6 +77,9 @@ def trial_config(base: dict, task: str, seed: int, overrides: dict[str, Any], st
 
 
 BASELINE_LABEL = {"saclag": "SACLag (OmniSafe 0.5.0)"}
+# How each learner's own training log measures cost (sweep.md's "own log" table).
+OWN_COST = {"algd": "the config's budget (train.csv)",
+            "saclag": "Safety-Gymnasium's native cost per 1000-step episode (OmniSafe's EpCost)"}
 STOP_GRACE_S = 120.0  # how long a stopped sweep waits for its trials to save
 
 
@@ -209,13 +212,21 @@ def aggregate(out: Path, trials: list[dict]) -> list[dict]:
         groups.setdefault((t["task"], t["set"]), []).append(t)
     curves = {key: [p for p in (_read_progress(out / m["name"]) for m in members) if p]
               for key, members in groups.items()}
-    rows = [_summary(task, label, [c[-1] for c in cs]) for (task, label), cs in curves.items()]
+    # At equal steps: each trial's last evaluation at or before the step that every trial of
+    # its task has reached (an unfinished trial is not set beside finished ones' later figures).
+    reached = {}
+    for (task, _), cs in curves.items():
+        for c in cs:
+            reached[task] = min(reached.get(task, math.inf), c[-1]["step"])
+    rows = [_summary(task, label, [[r for r in c if r["step"] <= reached[task]][-1] for c in cs])
+            for (task, label), cs in curves.items()]
     with (out / "sweep.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
         w.writeheader()
         w.writerows(rows)
     lines = ["# algd-sweep", "", "## At equal steps", "",
-             "Last evaluation of each trial; mean ± std over seeds; wall-clock is the trials' own.", ""]
+             "Each trial's last evaluation at or before the step every trial of its task reached; mean ± std over "
+             "seeds; wall-clock is the trials' own.", ""]
     lines += _table(rows)
     timed = []
     for task in sorted({task for task, _ in curves}):
@@ -231,15 +242,18 @@ def aggregate(out: Path, trials: list[dict]) -> list[dict]:
         lines += ["", "## At equal wall-clock", "",
                   "Each trial's last evaluation within the fastest group's mean wall-clock on the task.", ""]
         lines += _table(timed)
-    own = [(t["task"], t["set"], t["seed"], own_log(out / t["name"], t.get("system", "algd"))) for t in trials]
-    own = [(task, label, seed, log) for task, label, seed, log in own if log]
+    own = [(t["task"], t["set"], t["seed"], own_log(out / t["name"], t.get("system", "algd")), t.get("system", "algd"))
+           for t in trials]
+    own = [row for row in own if row[3]]
     if own:
         lines += ["", "## Each system's own log", "",
-                  "Training episodes as each learner logs them (ALGD: the last 20; OmniSafe: the last 10), "
-                  "on its own episodes and costs.", "",
-                  "| task | trials | seed | step | return | cost |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {task} | {label} | {seed} | {log['step']:.0f} | {log['return']:.2f} | {log['cost']:.2f} |"
-                  for task, label, seed, log in own]
+                  "Training episodes as each learner logs them (ALGD: the last 20; OmniSafe's SAC: its 50-episode window), "
+                  "on its own episodes and costs: each measures cost its own way (the column says how), so "
+                  "compare costs across systems in the tables above, from one evaluator.", "",
+                  "| task | trials | seed | step | return | cost | cost is |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {task} | {label} | {seed} | {log['step']:.0f} | {log['return']:.2f} | {log['cost']:.2f} "
+                  f"| {OWN_COST[system]} |" for task, label, seed, log, system in own]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     _plot(out, curves)
     return rows
@@ -328,13 +342,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "total_steps": cfg.total_steps, "name": trial_name(task, seed, index),
                                    "system": "algd"})
             for system in args.baseline:
+                _check_baseline(system, task, config_from_dict(trial_config(base, task, args.seeds[0], sets[0],
+                                                                            args.steps)))
                 for seed in args.seeds:
                     # the baseline is judged like the first ALGD set: steps, evaluation, limit
                     config = trial_config(base, task, seed, sets[0], args.steps)
                     trials.append({"task": task, "seed": seed, "set": BASELINE_LABEL[system], "config": config,
                                    "total_steps": config_from_dict(config).total_steps,
                                    "name": trial_name(task, seed, system), "system": system})
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, BaselineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -344,6 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = aggregate(args.out, trials)
     print((args.out / "sweep.md").read_text(), end="")
     print(f"wrote {args.out / 'sweep.md'}, sweep.csv, sweep.png (tensorboard --logdir {args.out})")
+    unfinished = [t["name"] for t in trials if not finished(args.out / t["name"], t["total_steps"], t["system"])]
+    if unfinished:
+        print(f"algd-sweep: {len(unfinished)} of {len(trials)} trials unfinished ({', '.join(unfinished)}): the "
+              f"tables hold what they logged so far; run again without --report to finish them", file=sys.stderr)
+        return 1
     return 0 if all(r["seeds"] for r in rows) else 1
 
 
@@ -382,7 +403,7 @@ def _run(args, trials: list[dict]) -> bool:
                       f"after {res['env_steps']} steps ({res['elapsed_s']:.0f} s; sweep {time.monotonic() - t0:.0f} s)",
                       flush=True)
             except ray.exceptions.RayError as exc:
-                print(f"[{done}/{len(todo)}] {trial['name']}: FAILED ({str(exc).splitlines()[0]}); "
+                print(f"[{done}/{len(todo)}] {trial['name']}: FAILED: {failure_cause(exc)}; "
                       f"run again to resume it", flush=True)
         return True
     except KeyboardInterrupt:
@@ -391,6 +412,33 @@ def _run(args, trials: list[dict]) -> bool:
     finally:
         signal.signal(signal.SIGTERM, old_term)
         ray.shutdown()
+
+
+def failure_cause(exc: BaseException) -> str:
+    """What went wrong inside a failed Ray task, in one line: its own exception, not Ray's
+    wrapper ("ray::run_trial() ...")."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _check_baseline(system: str, task: str, cfg) -> None:
+    """A baseline that cannot keep this task's budget is refused before anything runs."""
+    from algd_runtime import baseline
+    from algd_runtime.sim import make_task
+
+    env = make_task(task, seed=cfg.seed, budget=cfg.budget)
+    try:
+        spec = env.task_spec
+        baseline.native_cost_limit(spec.cost_limit, spec.episode_length, spec.cost_semantics)
+    except BaselineError as exc:
+        raise BaselineError(f"--baseline {system} on {task}: {exc}; hold both systems to one per-episode "
+                            f"budget with --set budget=safety_gymnasium (Safety-Gymnasium's own: 25 per episode), "
+                            f"or run without --baseline") from None
+    finally:
+        env.close()
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -215,6 +215,14 @@ def _resumed_config(stored: TrainConfig, given: TrainConfig, where: Path, echo: 
     return stored
 
 
+def budget_words(spec: TaskSpec) -> str:
+    """What a run is held to, in words: two runs held to different limits must say so."""
+    if spec.cost_semantics == "discounted":
+        return (f"cost limit {spec.cost_limit:g} on the discounted cost sum (gamma_c {spec.cost_gamma:g}) of a "
+                f"{spec.episode_length}-step episode")
+    return f"cost limit {spec.cost_limit:g} on the cost summed over a {spec.episode_length}-step episode"
+
+
 class Trainer:
     """Trains `cfg` in `run_dir`. Fine-tuning passes what it starts from: `env` (and
     `eval_env`, else no evaluation) instead of cfg.task, an `agent`, a `replay`, and a
@@ -436,6 +444,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        self.echo(f"budget: {budget_words(self.spec)} ({cfg.budget} budget)")
         bar = None
         if self.progress:
             from algd_runtime.progress import progress_bar

@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--start-learning", type=int, default=10_000, help="random-action steps before learning")
     p.add_argument("--lambda-lr", type=float, default=1e-4, help="Adam rate of the Lagrange multiplier")
     p.add_argument("--lambda-init", type=float, default=0.001, help="initial Lagrange multiplier")
-    p.add_argument("--save-every-epoch", action="store_true",
-                   help="save the actor after every epoch (algd-sweep evaluates each one)")
+    p.add_argument("--save-every-epoch", action=argparse.BooleanOptionalAction, default=True,
+                   help="save the actor after every epoch (default: yes; algd-sweep and the evaluator score each "
+                        "one, so without them only the final actor can be scored)")
     p.add_argument("--out", type=Path, default=Path("runs/baseline"))
     args = p.parse_args(argv)
     for name in ("steps", "epoch_steps", "threads"):
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
         "logger_cfgs": {"log_dir": str(args.out.resolve()), "use_wandb": False, "use_tensorboard": True,
                         **({"save_model_freq": 1} if args.save_every_epoch else {})},
     }
+    # Said at the start: ALGD's runs of the same task may be held to another limit (algd-train prints its own).
+    print(f"budget: cost limit {args.cost_limit:g} on Safety-Gymnasium's native cost summed over a 1000-step episode "
+          f"(OmniSafe's SACLag)", flush=True)
     omnisafe.Agent("SACLag", args.task, custom_cfgs=cfgs).learn()
     return 0
 

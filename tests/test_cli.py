@@ -25,6 +25,7 @@ def test_smoke_config_trains_writes_policy_and_eval_reads_it(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     policy = tmp_path / "PointHazard-v0-seed0" / "policy.pt"
     assert policy.is_file() and f"saved {policy}" in out.stdout
+    assert "budget: cost limit 5 on the cost summed over a 200-step episode (algd budget)" in out.stdout, out.stdout
     assert re.search(r"final eval: return -?[\d.]+ ± [\d.]+, cost [\d.]+ ± [\d.]+ \(limit 5", out.stdout)
     print(f"smoke training took {took:.0f} s")
     ev = cli("algd-eval", policy, "--episodes", "3")

@@ -48,6 +48,10 @@ def test_a_tiny_sweep_runs_on_local_ray_aggregates_and_skips_finished_trials(tmp
     assert "2 finished before, 0 to run" in capsys.readouterr().out
     assert [p.stat().st_mtime_ns for p in policies] == stamps
 
+    longer = [a if a != "300" else "600" for a in args]  # the same trials asked for more steps
+    assert main(longer + ["--report"]) == 1  # a report over unfinished trials is not a success
+    assert "2 of 2 trials unfinished" in capsys.readouterr().err
+
 
 def test_override_sets_are_checked_before_anything_runs(tmp_path, capsys):
     assert parse_set("algo.dual=episode_cost,algo.lr=0.001") == {"algo.dual": "episode_cost", "algo.lr": 0.001}
@@ -106,3 +110,45 @@ def test_a_stopped_sweep_saves_its_trials_and_exits(tmp_path, sig):
 
     steps = load_checkpoint(out / "PointHazard-v0-set0-seed1" / "policy.pt")["train_state"]["env_steps"]
     assert 200 <= steps < 10_000_000  # saved mid-run, so that the next run resumes it
+
+
+def test_a_baseline_that_cannot_keep_the_budget_is_refused_before_anything_runs(tmp_path, capsys):
+    """SafetyHalfCheetahVelocity-v1's paper budget is discounted; SACLag keeps an episode sum."""
+    from algd_runtime.sweep import main
+
+    assert main(["--task", "SafetyHalfCheetahVelocity-v1", "--baseline", "saclag", "--seeds", "1",
+                 "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert ("--baseline saclag on SafetyHalfCheetahVelocity-v1: the SACLag baseline constrains the summed episode "
+            "cost; this task's budget is 'discounted'") in err and "--set budget=safety_gymnasium" in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_failed_trial_names_its_own_exception_not_rays_wrapper():
+    from algd_runtime.sweep import failure_cause
+
+    class RayTaskError(Exception):
+        def __init__(self, cause):
+            super().__init__("ray::run_trial() (pid=1, ip=127.0.0.1)\n  File ...\nsomething")
+            self.cause = cause
+
+    assert failure_cause(RayTaskError(ValueError("budget is 'discounted'"))) == "ValueError: budget is 'discounted'"
+    assert failure_cause(RuntimeError("ray::run_trial()\n  File x\nBaselineError: no")) == "BaselineError: no"
+
+
+def test_the_equal_steps_table_sets_trials_at_the_step_all_reached(tmp_path):
+    """ALGD stopped at 10k and SACLag ran to 30k: both are read at 10k."""
+    from algd_runtime.sweep import aggregate
+
+    def progress(name, rows):
+        (tmp_path / name).mkdir()
+        lines = ["step,time_s,return_mean,cost_mean,cost_limit"] + [f"{s},{s / 10},{r},{c},25" for s, r, c in rows]
+        (tmp_path / name / "progress.csv").write_text("\n".join(lines) + "\n")
+
+    progress("algd", [(5000, 1.0, 30.0), (10000, 2.0, 20.0)])
+    progress("sac", [(10000, 5.0, 10.0), (20000, 8.0, 5.0), (30000, 9.0, 4.0)])
+    trials = [{"task": "T", "set": "ALGD", "seed": 1, "name": "algd", "system": "algd"},
+              {"task": "T", "set": "SACLag", "seed": 1, "name": "sac", "system": "saclag"}]
+    rows = {r["set"]: r for r in aggregate(tmp_path, trials)}
+    assert rows["ALGD"]["steps"] == rows["SACLag"]["steps"] == 10000
+    assert rows["SACLag"]["return_mean"] == 5.0 and rows["SACLag"]["cost_mean"] == 10.0
