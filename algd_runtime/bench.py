@@ -42,6 +42,22 @@ def machine_line(device: str) -> str:
             f"({torch.get_num_threads()} threads), device {device}")
 
 
+# The CPU features that decide bf16 speed: AMX tiles, AVX512-BF16 dot products, or neither
+# (then bf16 is emulated and slower than fp32).
+BF16_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_flags_line() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    have = [f for f in BF16_FLAGS if f in flags]
+    return (f"CPU flags: {', '.join(have) or 'none of ' + ', '.join(BF16_FLAGS)}; "
+            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
 def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu") -> list[dict]:
     """algo: an AlgoConfig (network sizes, batch size) to time the gradient updates with."""
     from algd_runtime.algd import ALGDAgent
@@ -52,10 +68,12 @@ def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu
         raise ValueError("--device cuda: torch sees no CUDA device")
     batch = algo.batch_size
     print(machine_line(device))
+    print(cpu_flags_line())
     print(f"networks: {algo.variant}, K={algo.diffusion_steps}, denoiser width {algo.score_hidden}, "
           f"critic width {algo.critic_hidden}, {algo.qc_ensemble} cost critics, N={algo.score_mc_samples}")
     header = (f"{'task':<28} {'obs':>4} {'act':>4} {'env steps/s':>12} {'act+step/s':>11} "
-              f"{'eager upd/s':>11} {'fast upd/s':>10} {'fast/eager':>10} {'batch':>6}")
+              f"{'eager upd/s':>11} {'fast upd/s':>10} {'fast/eager':>10} {'bf16-ac upd/s':>13} {'bf16-ac/eager':>13} "
+              f"{'batch':>6}")
     _print_header(header)
     rows = []
     for name in tasks:
@@ -82,39 +100,51 @@ def bench_train(tasks: list[str], algo, seconds: float = 5.0, device: str = "cpu
             replay.add(rng.normal(size=spec.obs_dim), rng.uniform(low, high), rng.normal(),
                        float(rng.random() < 0.1), rng.normal(size=spec.obs_dim), False)
 
-        eager, fast = _update_rates(spec, algo, device, lambda: replay.sample(batch, rng), seconds)
+        eager, fast, autocast = _update_rates(spec, algo, device, lambda: replay.sample(batch, rng), seconds)
         env.close()
         row = {"task": name, "obs": spec.obs_dim, "act": spec.act_dim, "env_steps_per_s": raw,
                "act_step_per_s": acting, "updates_per_s": fast, "eager_updates_per_s": eager,
-               "fast_over_eager": fast / eager, "batch": batch}
+               "fast_over_eager": fast / eager, "bf16_autocast_updates_per_s": autocast,
+               "bf16_autocast_over_eager": autocast / eager, "batch": batch}
         rows.append(row)
         print(f"{name:<28} {spec.obs_dim:>4} {spec.act_dim:>4} {raw:>12.0f} {acting:>11.0f} "
-              f"{eager:>11.1f} {fast:>10.1f} {fast / eager:>9.2f}x {batch:>6}", flush=True)
+              f"{eager:>11.1f} {fast:>10.1f} {fast / eager:>9.2f}x {autocast:>13.1f} {autocast / eager:>12.2f}x "
+              f"{batch:>6}", flush=True)
+    print("bf16-ac: the eager update under torch.autocast(bfloat16), as it stands (the fp32 weights cast at "
+          "each use); the measure a bf16 path has to beat")
     return rows
 
 
-def _update_rates(spec, algo, device: str, sample: Callable[[], dict], seconds: float) -> tuple[float, float]:
-    """Gradient updates/s of the eager update (autograd for grad_a L_A) and of the fast one,
-    from the same weights, in alternating rounds so that both see the same machine load."""
+def _update_rates(spec, algo, device: str, sample: Callable[[], dict], seconds: float
+                  ) -> tuple[float, float, float]:
+    """Gradient updates/s of the eager update (autograd for grad_a L_A), of the fast one, and
+    of the eager one under bf16 autocast, from the same weights, in alternating rounds so
+    that all see the same machine load."""
+    import contextlib
     import dataclasses
 
     from algd_runtime.algd import ALGDAgent
 
-    agents = [ALGDAgent(spec, dataclasses.replace(algo, fast_update=fast), device) for fast in (False, True)]
-    agents[1].load_state_dict(agents[0].state_dict())
-    done, spent = [0, 0], [0.0, 0.0]
-    for agent in agents:  # warm-up
-        agent.update(sample())
-    while sum(spent) < 2 * seconds:
-        for i, agent in enumerate(agents):
+    agents = [ALGDAgent(spec, dataclasses.replace(algo, fast_update=fast), device) for fast in (False, True, False)]
+    for agent in agents[1:]:
+        agent.load_state_dict(agents[0].state_dict())
+    modes = [contextlib.nullcontext, contextlib.nullcontext,
+             lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)]
+    done, spent = [0] * 3, [0.0] * 3
+    for agent, mode in zip(agents, modes):  # warm-up
+        with mode():
+            agent.update(sample())
+    while sum(spent) < 3 * seconds:
+        for i, (agent, mode) in enumerate(zip(agents, modes)):
             t0 = time.perf_counter()
             for _ in range(3):
-                agent.update(sample())
+                with mode():
+                    agent.update(sample())
             if device == "cuda":
                 torch.cuda.synchronize()
             spent[i] += time.perf_counter() - t0
             done[i] += 3
-    return done[0] / spent[0], done[1] / spent[1]
+    return done[0] / spent[0], done[1] / spent[1], done[2] / spent[2]
 
 
 # -- algd-bench envs ----------------------------------------------------------------------------

@@ -58,7 +58,10 @@ def test_bench_train_prints_a_table_with_rates():
     assert env_rate > 100 and act_rate > 10 and eager > 1 and fast > 1
     ratio = row.split()[7]  # the ratio of the two paths, measured in one run
     assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(fast / eager, abs=0.05)
+    autocast, ac_ratio = float(row.split()[8]), row.split()[9]  # bf16 autocast, beside them in the same run
+    assert autocast > 1 and float(ac_ratio[:-1]) == pytest.approx(autocast / eager, abs=0.05)
     assert out.stdout.startswith("machine:") and "critic width 256" in out.stdout
+    assert re.search(r"^CPU flags: .*; torch CPU capability \w+$", out.stdout, re.M), out.stdout
 
 
 def test_bench_loop_refuses_an_io_robot_without_its_monitor_and_a_missing_io_file(vesde_bundle, tmp_path):
