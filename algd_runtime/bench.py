@@ -234,6 +234,42 @@ def _torch_cases(policy_path: str, guidance: float):
     return deterministic, best_of
 
 
+def escalation_cases() -> tuple[float, list[tuple[str, dict]]]:
+    """The shipped control rate and what the controller runs at each of the monitor's levels,
+    from the shipped parameter file: OK its own mode; WARN guided (warn_guidance); ERROR
+    best-of-N (error_best_of_n) at its own guidance. STOP runs no policy (the safe action)."""
+    from algd_runtime.ros_nodes.launcher import shipped_param
+
+    rate = float(shipped_param("controller", "control_rate_hz", 500.0))
+    mode = shipped_param("controller", "mode", "deterministic")
+    guidance = float(shipped_param("controller", "guidance_scale", 0.0))
+    own = {"mode": mode, "guidance_scale": guidance}
+    if mode == "best_of_n":
+        own["n"] = int(shipped_param("controller", "best_of_n", 16))
+    warn = {**own, "guidance_scale": float(shipped_param("monitor", "warn_guidance", 0.3))}
+    error = {"mode": "best_of_n", "n": int(shipped_param("monitor", "error_best_of_n", 16)),
+             "guidance_scale": guidance}
+    return rate, [("OK", own), ("WARN", warn), ("ERROR", error)]
+
+
+def _escalation_levels(rt, obs: np.ndarray, iters: int) -> list[dict]:
+    """Each level's decision time (ONNX Runtime, CPU) against the shipped control period."""
+    rate, levels = escalation_cases()
+    period_us = 1e6 / rate
+    print(f"escalation levels at the shipped rate ({rate:g} Hz: a period of {period_us:.0f} us; the decision "
+          f"must leave room for the messages in and out, ~0.3-1 ms on loopback here):")
+    out = []
+    for level, kw in levels:
+        r = _latency(lambda: rt.act(obs, **kw), iters)
+        what = (f"best-of-{kw['n']}" if kw["mode"] == "best_of_n" else kw["mode"]) + (
+            f", guided w {kw['guidance_scale']:g}" if kw.get("guidance_scale") else "")
+        share = 100.0 * r["p99"] / period_us
+        print(f"  {level:<6} {what:<28} p50 {r['p50']:>8.1f} us  p99 {r['p99']:>8.1f} us  "
+              f"{share:>5.1f} % of the period{'' if r['p99'] < period_us else '  DOES NOT FIT'}")
+        out.append({"level": level, **kw, **r, "period_us": period_us})
+    return out
+
+
 def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: list[str] | None = None,
                 guidance: float = 0.3) -> list[dict]:
     import onnxruntime as ort
@@ -267,6 +303,7 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
         rt = rt0 if prov == "cpu" else PolicyRuntime.load(bundle, provider=prov)
         for case, kw in cases:
             emit(f"ort-{prov}", case, _latency(lambda: rt.act(obs, **kw), iters))
+    _escalation_levels(rt0, obs, iters)
     if policy:
         torch.set_num_threads(1)
         deterministic, best_of = _torch_cases(policy, guidance)

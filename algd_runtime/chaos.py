@@ -134,6 +134,7 @@ def run_chaos(bundle, workdir, minutes: float = 30.0, rate_hz: float = 500.0, io
     if not (minutes > 0 and rate_hz > 0 and every_s >= 10):
         raise ValueError(f"minutes and rate: expected > 0, every: expected >= 10 s, got {minutes}, {rate_hz}, "
                          f"{every_s}")
+    from algd_runtime.ros_nodes.launcher import shipped_param
     from algd_runtime.safety import load_key
 
     pool = fault_pool(io, faults)
@@ -144,7 +145,7 @@ def run_chaos(bundle, workdir, minutes: float = 30.0, rate_hz: float = 500.0, io
     with f._RosEnviron(domain):
         probe = f.Probe(graph.ns, domain)
         run = f.Run("chaos", float(rate_hz), minutes * 60.0, graph, probe, load_key(graph.key_file), limit,
-                    float(f._launch_value("controller", "monitor_timeout_s", 0.05)))
+                    float(shipped_param("controller", "monitor_timeout_s", 0.05)))
         memory_start: dict = {}
         killed: dict = {}
         aborted = None

@@ -1050,18 +1050,6 @@ class _RosEnviron:
                 os.environ[k] = v
 
 
-def _launch_value(node: str, name: str, default):
-    import yaml
-
-    from algd_runtime.ros_nodes.launcher import default_params
-
-    try:
-        params = yaml.safe_load(default_params().read_text())
-        return params[f"/**/{node}"]["ros__parameters"].get(name, default)
-    except (OSError, KeyError, TypeError, ValueError):
-        return default
-
-
 def prepare_graph(bundle, workdir, rate_hz: float, domain_id: int | None, io, sim_extra: dict | None,
                   monitor_latch: str = "episode") -> tuple[Graph, int, float]:
     """The three processes' Graph for one run in workdir (its own namespace, domain, operator
@@ -1098,6 +1086,7 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
         raise ValueError(f"fault: expected one of {', '.join(names)}{' (with --io)' if io else ''}, got {fault!r}")
     if not (rate_hz > 0 and seconds > 0):
         raise ValueError(f"rate_hz and seconds: expected values > 0, got {rate_hz}, {seconds}")
+    from algd_runtime.ros_nodes.launcher import shipped_param
     from algd_runtime.safety import load_key
 
     graph, domain, limit = prepare_graph(bundle, workdir, float(rate_hz), domain_id, io, IO_ROBOT_FAULTS.get(fault),
@@ -1106,7 +1095,7 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
     with _RosEnviron(domain):
         probe = Probe(graph.ns, domain)
         run = Run(fault, float(rate_hz), float(seconds), graph, probe, load_key(graph.key_file), limit,
-                  float(_launch_value("controller", "monitor_timeout_s", 0.05)))
+                  float(shipped_param("controller", "monitor_timeout_s", 0.05)))
         killed: dict = {}
         try:
             if fault not in ("late_monitor", "robot_first"):

@@ -71,3 +71,20 @@ def test_bench_loop_refuses_an_io_robot_without_its_monitor_and_a_missing_io_fil
                                    "monitor's e-stop state" in out.stderr, out.stderr
     out = cli("algd-bench", "loop", str(vesde_bundle), "--io", str(tmp_path / "none.yaml"))
     assert out.returncode == 2 and f"--io: expected an io file (see config/io/), got {tmp_path / 'none.yaml'}" in out.stderr
+
+
+def test_bench_infer_times_each_escalation_level_against_the_shipped_period(vesde_bundle):
+    from algd_runtime.bench import escalation_cases
+
+    rate, levels = escalation_cases()  # from the shipped parameter file
+    assert rate == 500.0 and [name for name, _ in levels] == ["OK", "WARN", "ERROR"]
+    assert levels[1][1]["guidance_scale"] == 0.3 and levels[2][1] == {"mode": "best_of_n", "n": 16, "guidance_scale": 0.0}
+    out = cli("algd-bench", "infer", vesde_bundle, "--iters", "50", "--provider", "cpu")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "escalation levels at the shipped rate (500 Hz: a period of 2000 us" in out.stdout
+    found = re.findall(r"^  (OK|WARN|ERROR) +(.+?) +p50 +[\d.]+ us  p99 +([\d.]+) us +([\d.]+) % of the period",
+                       out.stdout, re.M)
+    assert [f[0] for f in found] == ["OK", "WARN", "ERROR"], out.stdout
+    assert [f[1] for f in found] == ["deterministic", "deterministic, guided w 0.3", "best-of-16"]
+    for _, _, p99, share in found:
+        assert float(share) == pytest.approx(100 * float(p99) / 2000, abs=0.1)

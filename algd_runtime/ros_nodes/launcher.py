@@ -20,6 +20,17 @@ NODES = ("controller", "monitor", "sim")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
+def shipped_param(node: str, name: str, default):
+    """A node's parameter as the parameter file (default_params) ships it, else `default`."""
+    import yaml
+
+    try:
+        params = yaml.safe_load(default_params().read_text())
+        return params[f"/**/{node}"]["ros__parameters"].get(name, default)
+    except (OSError, KeyError, TypeError, ValueError):
+        return default
+
+
 def default_params() -> Path:
     """launch/controller.yaml: the ament index's share first (a colcon workspace, where a
     user may have edited it), else the package's own copy (algd_runtime/data)."""
