@@ -68,7 +68,7 @@ class EnergyGrad:
                 continue
             g2 = _relu_back(l3.weight.expand(rows[0].numel(), -1), pre2[rows])  # dq/dpre2: [R, H]
             g1 = _relu_back(g2 @ l2.weight, pre1[rows])
-            grad[rows] = g1 @ l1.weight[:, o:]
+            grad[rows] = (g1 @ l1.weight[:, o:]).to(grad.dtype)  # bf16 under autocast
         return q_min, grad
 
     # -- cost ensemble (SiLU) ---------------------------------------------------------------
