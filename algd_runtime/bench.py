@@ -343,7 +343,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     import tempfile
     from pathlib import Path
 
-    from algd_runtime.faults import io_for_rate
+    from algd_runtime.faults import io_for_rate, io_step_cost
     from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes
     from algd_runtime.safety import create_key
 
@@ -374,7 +374,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
             wired, scaled = {}, {}
             if io:  # as the fault bench: a cost per 10 ms of hazard (a stop over standard messages takes steps)
                 wired = {"io": str(io_for_rate(Path(io), rate, Path(tmp)))}
-                scaled = {"max_step_cost": 100.0 / rate}
+                scaled = {"max_step_cost": io_step_cost(rate)}
             procs = {
                 "controller": node_command("controller", "algd_bench", default_params(), bundle, provider=provider,
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
@@ -395,9 +395,10 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                                                 realtime_priority=max(1, realtime - 10) if realtime else 0)
             burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
             try:
-                logs = {n: open(os.path.join(tmp, f"{n}.log"), "w") for n in procs}
-                running = {n: subprocess.Popen(cmd, env=env, stdout=logs[n], stderr=subprocess.STDOUT)
-                           for n, cmd in procs.items()}
+                running = {}
+                for n, cmd in procs.items():
+                    with open(os.path.join(tmp, f"{n}.log"), "w") as log:  # the child keeps its own copy
+                        running[n] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
                 time.sleep(seconds)
                 stop_nodes(running, timeout=30.0)
             finally:

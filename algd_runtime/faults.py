@@ -224,7 +224,7 @@ class Graph:
         # With an io file every step in the hazard costs one per 10 ms, whatever the rate (a cost
         # per unit of time): a stop over standard messages takes some steps to land.
         self.io, self.sim_extra = io, dict(sim_extra or {})
-        self.step_cost = 100.0 / rate if io else 1.0
+        self.step_cost = io_step_cost(rate) if io else 1.0
         self.procs: dict[str, subprocess.Popen] = {}
         self.started: dict[str, float] = {}
         self.killed: set[str] = set()  # SIGKILLed here
@@ -1111,6 +1111,12 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
         result = _finish(run, end, killed)
     (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+def io_step_cost(rate: float) -> float:
+    """A step's cost in the hazard when the robot speaks standard messages: 1 per 10 ms,
+    whatever the rate (a stop over standard messages takes some steps to land)."""
+    return 100.0 / rate
 
 
 def io_for_rate(io: Path, rate: float, workdir: Path) -> Path:

@@ -315,6 +315,8 @@ class ControllerNode(ManagedNode):
     def _tick(self) -> None:
         """The control-rate timer: a decision every period unless the newest observation is
         fresh and already answered by the policy (then there is nothing new to say)."""
+        if self.io is not None:
+            self._read_waiting()  # costs before their deadlines are judged
         if self.core.needs_tick(time.monotonic()):
             self._act()
 
@@ -324,8 +326,6 @@ class ControllerNode(ManagedNode):
 
     def _act(self) -> None:
         m.take_waiting(self.heartbeats)  # the monitor's newest word first (m.Polled)
-        if self.io is not None:
-            self._read_waiting()  # costs before their deadlines are judged
         start = time.monotonic()
         if self.io is not None:
             self._charge(self.matcher.expire(start))  # steps whose cost did not come in time

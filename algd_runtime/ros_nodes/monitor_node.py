@@ -358,12 +358,12 @@ class MonitorNode(ManagedNode):
             self._heartbeat()
 
     def _heartbeat(self) -> None:
-        self._heartbeat_at = time.monotonic()
+        now = self._heartbeat_at = time.monotonic()
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.reset()
         mon = self.monitor
         if self.matcher is not None:
-            self._charge(self.matcher.expire(time.monotonic()))  # steps whose cost did not come in time
+            self._charge(self.matcher.expire(now))  # steps whose cost did not come in time
         self.seq += 1
         reason = mon.transitions[-1].reason if mon.level == Level.STOP and mon.transitions else ""
         payload = {"boot": self.boot, "seq": self.seq, "level": mon.level.name, "latched": mon.level == Level.STOP,
