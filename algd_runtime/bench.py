@@ -343,11 +343,11 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     import tempfile
     from pathlib import Path
 
-    from algd_runtime.faults import io_for_rate, io_step_cost
+    from algd_runtime.faults import LOG_FORMAT, io_for_rate, io_step_cost, last_warnings
     from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes
     from algd_runtime.safety import create_key
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_CONSOLE_OUTPUT_FORMAT=LOG_FORMAT, RCUTILS_COLORIZED_OUTPUT="0")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     print(machine_line("cpu"))
     graph = "sim, controller and monitor" if with_monitor else "sim and controller (no monitor)"
@@ -411,6 +411,10 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                 raise RuntimeError("; ".join(f"{n} wrote no summary; its log ends: " + " | ".join(t)
                                              for n, t in tails.items()))
             summaries = {n: json.load(open(f)) for n, f in files.items()}
+            if summaries["sim"]["steps"] < rate * seconds / 2:  # the robot mostly held: the nodes say why
+                for n in names:
+                    for line in last_warnings(Path(tmp) / f"{n}.log"):
+                        print(f"        {n} held? its log: {line}", flush=True)
         ctl, sim = summaries["controller"], summaries["sim"]
         ticks = ctl["ticks"]
         # Fallbacks are the holds of a running loop (stale, NaN, engine errors). Not counted:

@@ -89,6 +89,17 @@ _LOG_LINE = re.compile(r"^\[(\w+)\] \[(\d+(?:\.\d+)?)\] \[[^\]]*\]: (.*)$")
 _counter = iter(range(1_000_000))
 
 
+def last_warnings(log_file: Path, n: int = 3) -> list[str]:
+    """The last n WARN/ERROR/FATAL lines of a node's log (LOG_FORMAT), their message only."""
+    try:
+        text = Path(log_file).read_text(errors="replace")
+    except OSError:
+        return []
+    found = [mt.group(3) for line in text.splitlines()
+             if (mt := _LOG_LINE.match(line.strip())) and mt.group(1) in ("WARN", "ERROR", "FATAL")]
+    return found[-n:]
+
+
 # -- the harness's own ROS participant ------------------------------------------------------------
 class Probe:
     """Listens on the run's namespace: episode ends, steps (with the sim's stamps, turned into
@@ -324,6 +335,10 @@ class Graph:
                 out.append((float(mt.group(2)) - offset, mt.group(3)))
         return out
 
+    def last_warnings(self, label: str, n: int = 3) -> list[str]:
+        """A node's last n warning or error lines: why it holds, when a wait times out."""
+        return last_warnings(self.workdir / f"{label}.log", n)
+
     def stop_lines(self, label: str, offset: float) -> list[tuple[float, str]]:
         """The controller's STOP decisions from its log: (monotonic time, reason)."""
         return [(t, msg[6:]) for t, msg in self.log_lines(label, offset) if msg.startswith("STOP: ")]
@@ -391,7 +406,10 @@ class Run:
         if done():
             return True
         if what:
-            self.problems.append(f"timed out after {timeout:g} s waiting for {what}")
+            said = "; ".join(f"{label}: " + " | ".join(lines) for label in self.graph.procs
+                             if (lines := self.graph.last_warnings(label)))
+            self.problems.append(f"timed out after {timeout:g} s waiting for {what}"
+                                 + (f" (the nodes' last warnings: {said})" if said else ""))
         return False
 
     def sleep_until(self, t: float) -> None:
