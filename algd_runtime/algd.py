@@ -15,6 +15,7 @@ from algd_runtime.config import AlgoConfig
 from algd_runtime.diffusion import DiffusionPolicy, make_policy
 from algd_runtime.fastpath import EnergyGrad, energy_of_action
 from algd_runtime.networks import CostEnsemble, TwinQ
+from algd_runtime.precision import compute_in, resolve
 from algd_runtime.sim.spec import TaskSpec
 
 
@@ -27,6 +28,7 @@ def augmented_lagrangian(q_min: torch.Tensor, qc_risk: torch.Tensor, lam: torch.
 
 def risk_adjusted(qcs: torch.Tensor, k: float) -> torch.Tensor:
     """Qc_risk = mean_j Qc_j + k std_j Qc_j over the ensemble axis 0 (std 0 for one member)."""
+    qcs = qcs.float()  # the members' spread is small beside their values: bf16 would round it away
     if qcs.shape[0] == 1:
         return qcs[0]
     std, mean = torch.std_mean(qcs, dim=0)
@@ -67,7 +69,9 @@ class ALGDAgent:
         self.cost_opt = torch.optim.Adam(self.cost_critics.parameters(), lr=algo.qc_lr)
         self.lambda_opt = torch.optim.Adam([self.log_lambda], lr=algo.lambda_lr)
         self.grad_steps = 0
-        self.fast_energy = EnergyGrad(self)  # the fast update's L_A and grad_a L_A
+        # What the networks compute in (precision.py): fp32, or bf16 with fp32 master weights.
+        self.dtype, self.precision = resolve(algo.precision, self.device)
+        self.fast_energy = EnergyGrad(self, self.dtype)  # the fast update's L_A and grad_a L_A
 
     @property
     def lam(self) -> float:
@@ -125,10 +129,16 @@ class ALGDAgent:
         obs, action, next_obs = t["obs"], t["action"], t["next_obs"]
         reward, cost = t["reward"][:, None], t["cost"][:, None]
         mask = 1.0 - t["done"][:, None]
-        stats = self.update_critics(obs, action, reward, cost, next_obs, mask)
+        # One autocast region per phase: autocast keeps its bf16 casts of the weights until its
+        # region ends, so a later phase in the same region would see the weights from before
+        # this step's optimiser updates.
+        with compute_in(self.dtype, self.device):
+            stats = self.update_critics(obs, action, reward, cost, next_obs, mask)
         if actor:  # False while the critics warm up (fine-tuning)
-            stats.update(self.update_actor(obs))
-        stats.update(self.update_dual(obs, action, step=self.cfg.dual == "critic"))
+            with compute_in(self.dtype, self.device):
+                stats.update(self.update_actor(obs))
+        with compute_in(self.dtype, self.device):
+            stats.update(self.update_dual(obs, action, step=self.cfg.dual == "critic"))
         phase = repeat_index if self.conventions == "reference" and repeat_index is not None else self.grad_steps
         if phase % self.cfg.target_update_every == 0:
             soft_update(self.critic_target, self.critic, self.cfg.tau)

@@ -60,6 +60,10 @@ class AlgoConfig:
     batch_size: int = 256
     # grad_a L_A by hand (fastpath.py) instead of by autograd: the same update, faster
     fast_update: bool = True
+    # What the networks compute in: "fp32"; "bf16" (fp32 master weights, optimiser state,
+    # losses and lambda); "auto": bf16 where the CPU or GPU has native bf16, else fp32
+    # (precision.py, BENCHMARKS.md "Mixed precision").
+    precision: str = "fp32"
 
 
 @dataclass
@@ -110,6 +114,7 @@ _CHOICES = {
     "budget": ("algd", "safety_gymnasium"),
     "vector_envs": ("sync", "async"),
     "algo.dual": ("critic", "episode_cost"),
+    "algo.precision": ("fp32", "bf16", "auto"),
 }
 _POSITIVE = {
     "algo.diffusion_steps", "algo.score_hidden", "algo.time_embed_dim", "algo.critic_hidden",

@@ -10,9 +10,15 @@ cost ensemble. Only the action gradient is needed, which allows three exact savi
 The math is the eager path's (tests/test_fastpath.py holds them equal to 1e-5); only the
 order of the floating-point sums differs. At an exact tie Q1 == Q2 autograd splits the
 gradient between the two; here it goes to Q1 (a tie has probability zero).
+
+In bf16 the chain runs on bf16 copies of the critics (made again only when an optimiser
+step or a load has changed a weight), and what is small and sensitive stays fp32: the
+ensemble's mean and std, the penalty, L_A and the returned gradient.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch.nn import functional as F
@@ -31,49 +37,82 @@ class EnergyGrad:
     """Callable: (obs [B, o], actions [B, N, a], lam) -> (L_A, Q_min, Qc_risk, grad_a L_A),
     the first three [B, N], the gradient [B, N, a]. Reads the agent's current weights."""
 
-    def __init__(self, agent) -> None:
-        self.agent = agent
+    def __init__(self, agent, dtype: torch.dtype = torch.float32) -> None:
+        self.agent, self.dtype = agent, dtype
+        self._copies: tuple | None = None  # bf16: (critic, cost_critics) copies
+        self._versions: tuple = ()
+
+    def critics(self) -> tuple:
+        """(critic, cost_critics) to compute with: the agent's own in fp32, else copies in
+        self.dtype, refreshed when a weight's version (bumped by every in-place write:
+        optimiser steps, soft updates, loads) has moved."""
+        agent = self.agent
+        if self.dtype == torch.float32:
+            return agent.critic, agent.cost_critics
+        sources = (agent.critic, agent.cost_critics)
+        params = [p for m in sources for p in m.parameters()]
+        versions = tuple(p._version for p in params)
+        if versions != self._versions:
+            if self._copies is None:
+                self._copies = tuple(copy.deepcopy(m).to(self.dtype).requires_grad_(False) for m in sources)
+            with torch.no_grad():
+                for dst, src in zip((p for m in self._copies for p in m.parameters()), params):
+                    dst.copy_(src)
+            self._versions = versions
+        return self._copies
 
     @torch.no_grad()
     def __call__(self, obs: torch.Tensor, actions: torch.Tensor, lam: torch.Tensor | float):
-        agent = self.agent
+        with torch.autocast(obs.device.type, enabled=False):  # each step's dtype is chosen here
+            return self._energy(obs, actions, lam)
+
+    def _energy(self, obs, actions, lam):
+        agent, dt = self.agent, self.dtype
+        critic, ensemble = self.critics()
         o = obs.shape[-1]
-        q_min, grad_q = self._twin_q(obs, actions, o)
-        qc_risk, dqc_j, pre = self._ensemble(obs, actions, o)
+        q_min, grad_q = self._twin_q(critic, agent.critic, obs.float(), actions.float(), o)
+        obs, actions = obs.to(dt), actions.to(dt)
+        qc_risk, dqc_j, pre = self._ensemble(ensemble, obs, actions, o)
         rho, h = agent.cfg.rho, agent.h
         active = torch.clamp(lam + rho * (qc_risk - h), min=0.0)
         la = -q_min + (active**2 - lam**2) / (2.0 * rho)
-        grad = -grad_q + self._ensemble_grad(active[None] * dqc_j, pre, o)
+        grad = -grad_q + self._ensemble_grad(ensemble, (active[None] * dqc_j).to(dt), pre, o).float()
         return la, q_min, qc_risk, grad
 
     # -- twin reward critics (ReLU) ----------------------------------------------------------
-    def _twin_q(self, obs, actions, o):
-        c = self.agent.critic
+    @staticmethod
+    def _twin_q(c, master, obs, actions, o):
+        """c: the layers to compute with; master: the fp32 ones, for the first layer (cheap:
+        the state part once per state, the action part a few columns), whose rounding would
+        flip ReLUs and whose transpose makes the gradient: a sum that cancels (bf16 lost up to
+        a third of some rows' gradient there)."""
         nets = ((c.linear1, c.linear2, c.linear3), (c.linear4, c.linear5, c.linear6))
+        firsts = (master.linear1, master.linear4)
+        dt = c.linear2.weight.dtype
         outs = []
-        for l1, l2, l3 in nets:
+        for (_, l2, l3), l1 in zip(nets, firsts):
             # [B, H] once per state + [B, N, H] for the actions
             pre1 = F.linear(obs, l1.weight[:, :o], l1.bias)[:, None, :] + actions @ l1.weight[:, o:].T
-            pre2 = F.linear(torch.relu(pre1), l2.weight, l2.bias)
-            q = F.linear(torch.relu(pre2), l3.weight, l3.bias)[..., 0]
+            pre2 = F.linear(torch.relu(pre1).to(dt), l2.weight, l2.bias)
+            q = F.linear(torch.relu(pre2), l3.weight, l3.bias)[..., 0].float()
             outs.append((q, pre1, pre2))
         (q1, p11, p12), (q2, p21, p22) = outs
         first = q1 <= q2
         q_min = torch.where(first, q1, q2)
         grad = actions.new_empty(actions.shape)
         # Back through the network that gave Q_min, on its rows only.
-        for take, (l1, l2, l3), pre1, pre2 in ((first, nets[0], p11, p12), (~first, nets[1], p21, p22)):
+        for take, (_, l2, l3), l1, pre1, pre2 in ((first, nets[0], firsts[0], p11, p12),
+                                                  (~first, nets[1], firsts[1], p21, p22)):
             rows = take.nonzero(as_tuple=True)
             if rows[0].numel() == 0:
                 continue
             g2 = _relu_back(l3.weight.expand(rows[0].numel(), -1), pre2[rows])  # dq/dpre2: [R, H]
-            g1 = _relu_back(g2 @ l2.weight, pre1[rows])
-            grad[rows] = (g1 @ l1.weight[:, o:]).to(grad.dtype)  # bf16 under autocast
+            g1 = _relu_back((g2 @ l2.weight).float(), pre1[rows])
+            grad[rows] = g1 @ l1.weight[:, o:]
         return q_min, grad
 
     # -- cost ensemble (SiLU) ---------------------------------------------------------------
-    def _ensemble(self, obs, actions, o):
-        e = self.agent.cost_critics
+    def _ensemble(self, e, obs, actions, o):
         w1 = e.nn1.weight  # [M, o + a, H]
         b, n, a = actions.shape
         m = w1.shape[0]
@@ -82,7 +121,7 @@ class EnergyGrad:
             + torch.matmul(actions.reshape(1, b * n, a), w1[:, o:, :]).reshape(m, b, n, -1)
         pre1 = pre1.reshape(m, b * n, -1)
         pre2 = torch.baddbmm(e.nn2.bias[:, None, :], F.silu(pre1), e.nn2.weight)
-        qc = torch.baddbmm(e.nn3.bias[:, None, :], F.silu(pre2), e.nn3.weight)[..., 0].reshape(m, b, n)
+        qc = torch.baddbmm(e.nn3.bias[:, None, :], F.silu(pre2), e.nn3.weight)[..., 0].reshape(m, b, n).float()
         if m == 1:
             return qc[0], torch.ones_like(qc), (pre1, pre2)
         k = self.agent.cfg.qc_risk_k
@@ -91,9 +130,9 @@ class EnergyGrad:
         dqc_j = 1.0 / m + k * (qc - mean) / ((m - 1) * std)
         return mean + k * std, dqc_j, (pre1, pre2)
 
-    def _ensemble_grad(self, dqc, pre, o):
+    @staticmethod
+    def _ensemble_grad(e, dqc, pre, o):
         """sum_j dL/dqc_j * dqc_j/da, dqc: [M, B, N]."""
-        e = self.agent.cost_critics
         pre1, pre2 = pre
         m, b, n = dqc.shape
         g2 = _silu_back(dqc.reshape(m, b * n, 1) * e.nn3.weight.transpose(1, 2), pre2)  # [M, BN, H]

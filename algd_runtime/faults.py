@@ -1131,10 +1131,10 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
     return result
 
 
-def io_step_cost(rate: float) -> float:
-    """A step's cost in the hazard when the robot speaks standard messages: 1 per 10 ms,
-    whatever the rate (a stop over standard messages takes some steps to land)."""
-    return 100.0 / rate
+def io_step_cost(rate: float, per_second: float = 100.0) -> float:
+    """A step's cost in the hazard when the robot speaks standard messages: 1 per 10 ms
+    (`per_second`), whatever the rate (a stop over standard messages takes some steps to land)."""
+    return per_second / rate
 
 
 def io_for_rate(io: Path, rate: float, workdir: Path) -> Path:

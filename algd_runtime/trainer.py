@@ -445,6 +445,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.echo(f"budget: {budget_words(self.spec)} ({cfg.budget} budget)")
+        self.echo(f"updates: {'fast' if cfg.algo.fast_update else 'eager'}, networks in {self.agent.precision}")
         bar = None
         if self.progress:
             from algd_runtime.progress import progress_bar

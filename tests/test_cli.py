@@ -26,6 +26,7 @@ def test_smoke_config_trains_writes_policy_and_eval_reads_it(tmp_path):
     policy = tmp_path / "PointHazard-v0-seed0" / "policy.pt"
     assert policy.is_file() and f"saved {policy}" in out.stdout
     assert "budget: cost limit 5 on the cost summed over a 200-step episode (algd budget)" in out.stdout, out.stdout
+    assert "updates: fast, networks in fp32 (configured)" in out.stdout, out.stdout
     assert re.search(r"final eval: return -?[\d.]+ ± [\d.]+, cost [\d.]+ ± [\d.]+ \(limit 5", out.stdout)
     print(f"smoke training took {took:.0f} s")
     ev = cli("algd-eval", policy, "--episodes", "3")
@@ -58,10 +59,11 @@ def test_bench_train_prints_a_table_with_rates():
     assert env_rate > 100 and act_rate > 10 and eager > 1 and fast > 1
     ratio = row.split()[7]  # the ratio of the two paths, measured in one run
     assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(fast / eager, abs=0.05)
-    autocast, ac_ratio = float(row.split()[8]), row.split()[9]  # bf16 autocast, beside them in the same run
-    assert autocast > 1 and float(ac_ratio[:-1]) == pytest.approx(autocast / eager, abs=0.05)
+    bf16, bf16_ratio = float(row.split()[8]), row.split()[9]  # precision bf16, beside them in the same run
+    assert bf16 > 1 and float(bf16_ratio[:-1]) == pytest.approx(bf16 / eager, abs=0.05)
     assert out.stdout.startswith("machine:") and "critic width 256" in out.stdout
-    assert re.search(r"^CPU flags: .*; torch CPU capability \w+$", out.stdout, re.M), out.stdout
+    assert re.search(r"^CPU flags: .*; torch CPU capability \w+; precision auto: (bf16|fp32) \(auto: CPU has .*\)$",
+                     out.stdout, re.M), out.stdout
 
 
 def test_bench_loop_refuses_an_io_robot_without_its_monitor_and_a_missing_io_file(vesde_bundle, tmp_path):
