@@ -384,16 +384,25 @@ def _run(args, trials: list[dict]) -> bool:
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     pending: dict = {}
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM set a flag that the loop reads at least once a second: an exception
+    # raised wherever the signal lands could land inside Ray's own code (seen once: a sweep
+    # that went on after its SIGINT).
+    stop = _StopRequest()
+    old = {sig: signal.signal(sig, stop.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         remote = ray.remote(num_cpus=args.cpus_per_trial, max_retries=0)(run_trial)
         pending.update({remote.remote(t["config"], str((args.out / t["name"]).resolve()), args.cpus_per_trial,
                                       t["system"]): t for t in todo})
-        t0, done = time.monotonic(), 0
+        t0, done, shown = time.monotonic(), 0, time.monotonic()
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=args.progress_every)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(1.0, args.progress_every))
+            if stop.requested:
+                _stop_trials(ray, pending, args.out, stop)
+                return False
             if not ready:
-                print(progress_line(args.out, list(pending.values()), time.monotonic() - t0), flush=True)
+                if time.monotonic() - shown >= args.progress_every:
+                    print(progress_line(args.out, list(pending.values()), time.monotonic() - t0), flush=True)
+                    shown = time.monotonic()
                 continue
             trial = pending.pop(ready[0])
             done += 1
@@ -406,11 +415,9 @@ def _run(args, trials: list[dict]) -> bool:
                 print(f"[{done}/{len(todo)}] {trial['name']}: FAILED: {failure_cause(exc)}; "
                       f"run again to resume it", flush=True)
         return True
-    except KeyboardInterrupt:
-        _stop_trials(ray, pending, args.out)
-        return False
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         ray.shutdown()
 
 
@@ -441,11 +448,19 @@ def _check_baseline(system: str, task: str, cfg) -> None:
         env.close()
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class _StopRequest:
+    """The first Ctrl-C or SIGTERM asks the sweep to stop; a second stops the waiting."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_signal(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
-def _stop_trials(ray, pending: dict, out: Path) -> None:
+def _stop_trials(ray, pending: dict, out: Path, stop: _StopRequest) -> None:
     """Ctrl-C or SIGTERM: each running trial gets a KeyboardInterrupt (ray.cancel), on which
     an ALGD trial saves its checkpoint and returns (the trainer's own Ctrl-C) and a SACLag
     trial kills its OmniSafe process; queued trials never start. A second Ctrl-C, or
@@ -455,7 +470,10 @@ def _stop_trials(ray, pending: dict, out: Path) -> None:
     for ref in pending:
         ray.cancel(ref)
     try:
-        ray.wait(list(pending), num_returns=len(pending), timeout=STOP_GRACE_S)
+        deadline = time.monotonic() + STOP_GRACE_S
+        left = list(pending)
+        while left and time.monotonic() < deadline:
+            _, left = ray.wait(left, num_returns=len(left), timeout=1.0)
     except KeyboardInterrupt:
         pass
     for trial in pending.values():
