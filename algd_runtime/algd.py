@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from algd_runtime.config import AlgoConfig
 from algd_runtime.diffusion import DiffusionPolicy, make_policy
-from algd_runtime.fastpath import EnergyGrad, energy_of_action
+from algd_runtime.fastpath import EnergyGrad, with_action_gradient
 from algd_runtime.networks import CostEnsemble, TwinQ
 from algd_runtime.precision import compute_in, resolve
 from algd_runtime.sim.spec import TaskSpec
@@ -102,23 +102,31 @@ class ALGDAgent:
                      noise: torch.Tensor | None = None) -> torch.Tensor:
         """phi* = -(1/beta) sum_i w_i grad_a L_A(s, a^(i)), a^(i) = a_tau + sigma_tau eps_i,
         w = softmax_i(-L_A(s, a^(i)) / beta); detached. noise: eps, [B, N, act] (drawn if None)."""
-        b, act_dim = a_tau.shape
-        n, beta = self.cfg.score_mc_samples, self.cfg.beta
-        if noise is None:
-            noise = torch.randn(b, n, act_dim, device=a_tau.device)
-        n = noise.shape[1]
-        sigma = self.policy.score_target_sigma(tau).view(b, 1, 1)
-        samples = a_tau.detach()[:, None, :] + sigma * noise
+        samples = self.score_samples(a_tau, tau, noise)
+        b, n, act_dim = samples.shape
         if self.cfg.fast_update:
             la, _, _, grad = self.fast_energy(obs.detach(), samples, self.log_lambda.detach().exp())
-            weights = torch.softmax(-la / beta, dim=1)
-            return -(weights[:, :, None] * grad).sum(dim=1) / beta
+            return self.score_from(la, grad)
         samples = samples.reshape(b * n, act_dim).requires_grad_(True)
         obs_rep = obs[:, None, :].expand(b, n, obs.shape[-1]).reshape(b * n, -1)
         la, _, _ = self.energy(obs_rep, samples)
         (grad,) = torch.autograd.grad(la.sum(), samples)
-        weights = torch.softmax(-la.detach().view(b, n) / beta, dim=1)
-        return (-(weights[:, :, None] * grad.view(b, n, act_dim)).sum(dim=1) / beta).detach()
+        return self.score_from(la.detach().view(b, n), grad.view(b, n, act_dim)).detach()
+
+    def score_samples(self, a_tau: torch.Tensor, tau: torch.Tensor, noise: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """a^(i) = a_tau + sigma_tau eps_i, [B, N, act] (eps drawn if noise is None)."""
+        b, act_dim = a_tau.shape
+        if noise is None:
+            noise = torch.randn(b, self.cfg.score_mc_samples, act_dim, device=a_tau.device)
+        sigma = self.policy.score_target_sigma(tau).view(b, 1, 1)
+        return a_tau.detach()[:, None, :] + sigma * noise
+
+    def score_from(self, la: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """phi* from L_A [B, N] and grad_a L_A [B, N, act] at the samples."""
+        beta = self.cfg.beta
+        weights = torch.softmax(-la / beta, dim=1)
+        return -(weights[:, :, None] * grad).sum(dim=1) / beta
 
     # -- one gradient step ----------------------------------------------------------------
     def update(self, batch: dict[str, np.ndarray], repeat_index: int | None = None,
@@ -176,11 +184,17 @@ class ALGDAgent:
     def update_actor(self, obs) -> dict[str, float]:
         a0, a_tau, tau = self.policy.sample_with_tau(obs)
         if self.cfg.fast_update:
-            la, q_min, qc = energy_of_action(self.fast_energy, obs, a0, self.log_lambda.detach().exp())
+            # One pass of the energy for the policy's action and the score target's samples.
+            samples = self.score_samples(a_tau, tau)
+            both = torch.cat([a0.detach()[:, None, :], samples], dim=1)
+            la_all, q_all, qc_all, grad_all = self.fast_energy(obs.detach(), both, self.log_lambda.detach().exp())
+            la = with_action_gradient(a0, la_all[:, :1], grad_all[:, 0])
+            q_min, qc = q_all[:, :1], qc_all[:, :1]
+            phi_star = self.score_from(la_all[:, 1:], grad_all[:, 1:])
         else:
             la, q_min, qc = self.energy(obs, a0)
+            phi_star = self.score_target(obs, a_tau, tau)
         actor_loss = la.mean()
-        phi_star = self.score_target(obs, a_tau, tau)
         score_loss = F.mse_loss(self.policy.score(obs, a_tau, tau), phi_star)
         total = actor_loss + self.cfg.score_loss_weight * score_loss
         # Gradients for the actor only: the critics are fixed in this step.

@@ -141,23 +141,22 @@ class EnergyGrad:
         return ga.reshape(b, n, -1)
 
 
-class _EnergyOfAction(torch.autograd.Function):
+class _WithActionGradient(torch.autograd.Function):
     """L_A at the policy's actions, with the hand-made action gradient as its backward: the
     actor's loss flows back into the chain without a graph through the critics."""
 
     @staticmethod
-    def forward(ctx, action, obs, energy_grad, lam):
-        la, q_min, qc, grad = energy_grad(obs, action[:, None, :], lam)
-        ctx.save_for_backward(grad[:, 0, :])
-        return la[:, 0:1], q_min[:, 0:1], qc[:, 0:1]
+    def forward(ctx, action, la, grad):
+        ctx.save_for_backward(grad)
+        return la.clone()
 
     @staticmethod
-    def backward(ctx, g_la, g_q, g_qc):
+    def backward(ctx, g_la):
         (grad,) = ctx.saved_tensors
-        return g_la * grad, None, None, None
+        return g_la * grad, None, None
 
 
-def energy_of_action(energy_grad: EnergyGrad, obs, action, lam):
-    """(L_A, Q_min, Qc_risk), each [B, 1]; only L_A carries a gradient (to the action)."""
-    la, q_min, qc = _EnergyOfAction.apply(action, obs, energy_grad, lam)
-    return la, q_min.detach(), qc.detach()
+def with_action_gradient(action: torch.Tensor, la: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """la [B, 1] (computed at `action` [B, a], with grad_a L_A `grad` [B, a]) as a function of
+    `action` for autograd."""
+    return _WithActionGradient.apply(action, la, grad)
