@@ -43,6 +43,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="total environment steps (overrides the config)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--preset", help="a task config's preset: cpu (what a CPU finishes; the default without "
+                   "--device cuda) or paper (the paper's settings, sized for a GPU)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/<task>-seed<S>/policy.pt")
     p.add_argument("--force", action="store_true", help="start over in a folder that holds a run (its files are removed)")
@@ -51,7 +53,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from algd_runtime.checkpoint import CheckpointError
-    from algd_runtime.config import ConfigError, config_from_dict, load_config
+    from algd_runtime.config import ConfigError, config_from_dict, load_config, read_presets
 
     if args.out.exists() and not args.out.is_dir():
         return _fail(f"--out: {args.out} is a file; expected the folder that holds the runs (nothing was written)")
@@ -68,7 +70,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         if args.shift:
             overrides["shift"] = _parse_shift(args.shift)
         config_path = args.config or (task_config_path(args.task) if args.task else None)
-        cfg = load_config(config_path, overrides) if config_path else config_from_dict(overrides)
+        if args.preset and not config_path:
+            raise ConfigError(f"--preset {args.preset}: no config to take it from (give --task or --config)")
+        cfg = load_config(config_path, overrides, args.preset) if config_path else config_from_dict(overrides)
+        presets = read_presets(config_path) if config_path else {}
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
 
@@ -81,6 +86,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(cfg, run_dir, resume=args.resume, progress=not args.no_progress, force=args.force)
         cfg = trainer.cfg  # what will actually run (a resume runs the run's own config)
         print(f"config: {config_path or 'the built-in defaults (no shipped config for this task)'}", flush=True)
+        if cfg.preset:
+            why = "named" if args.preset else f"the default {'with' if cfg.device == 'cuda' else 'without'} --device cuda"
+            others = ", ".join(f"--preset {n}" for n in presets if n != cfg.preset)
+            print(f"preset: {cfg.preset} ({why}): {presets.get(cfg.preset, '')}"
+                  + (f"; the others: {others}" if others else ""), flush=True)
         print(f"training {cfg.task} ({cfg.algo.variant}, seed {cfg.seed}, {cfg.total_steps} steps, "
               f"cost limit {trainer.spec.cost_limit:g} per {trainer.spec.cost_semantics}) -> {run_dir}",
               flush=True)

@@ -101,6 +101,8 @@ class TrainConfig:
     # Env steps before the first actor update: the critics (and lambda) learn the system
     # first. 0 for training from scratch; fine-tuning delays the actor (finetune.py).
     actor_delay_steps: int = 0
+    # Which of the task config's presets built this run ("": a config without presets).
+    preset: str = ""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,9 +209,19 @@ def config_from_dict(data: dict[str, Any] | None, check_task: bool = True) -> Tr
     return cfg
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Load a YAML file, apply top-level overrides (from the command line), validate."""
-    path = Path(path)
+def default_preset(device: str) -> str:
+    """The preset a task config runs with unless one is named: the paper's on a GPU, the one
+    a CPU can finish elsewhere."""
+    return "paper" if device == "cuda" else "cpu"
+
+
+def read_presets(path: str | Path) -> dict[str, str]:
+    """A config's presets: {name: what it is (its `about`)}; empty without presets."""
+    presets = _read_mapping(Path(path)).get("presets") or {}
+    return {name: str((p or {}).get("about", "")) for name, p in presets.items()} if isinstance(presets, dict) else {}
+
+
+def _read_mapping(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -221,7 +233,35 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    data.update(overrides or {})
+    return data
+
+
+def _with_preset(path: Path, data: dict, presets, name: str) -> dict:
+    """data with the preset's keys over it (`algo` merged key by key)."""
+    if not isinstance(presets, dict) or not presets:
+        raise ConfigError(f"preset: {path} has no presets to pick {name!r} from")
+    if name not in presets:
+        raise ConfigError(f"preset: expected one of {', '.join(presets)} ({path}), got {name!r}")
+    chosen = dict(presets[name] or {})
+    chosen.pop("about", None)
+    out = dict(data)
+    for key, value in chosen.items():
+        out[key] = {**(out.get(key) or {}), **value} if key == "algo" and isinstance(value, dict) else value
+    out["preset"] = name
+    return out
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, preset: str | None = None) -> TrainConfig:
+    """Load a YAML file, apply its preset (`preset`, else default_preset of the device) where
+    it has presets, then top-level overrides (from the command line), validate."""
+    path = Path(path)
+    data = _read_mapping(path)
+    presets = data.pop("presets", None)
+    overrides = overrides or {}
+    if presets is not None or preset is not None:
+        name = preset or default_preset(str(overrides.get("device", data.get("device", "cpu"))))
+        data = _with_preset(path, data, presets, name)
+    data.update(overrides)
     try:
         return config_from_dict(data)
     except ConfigError as exc:

@@ -308,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="[NAME:]KEY=VALUE[,KEY=VALUE]",
                    help="one override set, named NAME in reports (repeat for several; default: the config as it is)")
     p.add_argument("--config", type=Path, help="base config (default: configs/<task>.yaml where it exists)")
+    p.add_argument("--preset", help="the config's preset (cpu or paper; default: cpu, as algd-train without "
+                   "--device cuda)")
     p.add_argument("--steps", type=int, help="total environment steps per trial")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"))
     p.add_argument("--address", help="Ray cluster address (default: an embedded local Ray)")
@@ -333,7 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         trials = []
         for task in args.task:
             path = args.config or task_config_path(task)
-            base = load_config(path, {"task": task}).to_dict() if path else config_from_dict({"task": task}).to_dict()
+            if args.preset and not path:
+                raise ConfigError(f"--preset {args.preset}: {task} has no config to take it from")
+            base = (load_config(path, {"task": task}, args.preset) if path else config_from_dict({"task": task})).to_dict()
             for index, overrides in enumerate(sets):
                 for seed in args.seeds:
                     config = trial_config(base, task, seed, overrides, args.steps)

@@ -168,7 +168,7 @@ RUN_FILES = ("policy.pt", "progress.csv", "train.csv", "episodes.csv", "tb", "re
 # Config changes a resumed run takes (printed): they change how long or where it runs, not
 # what it learns. Any other change is refused.
 RESUME_MAY_CHANGE = ("total_steps", "device", "num_threads", "eval_every", "eval_episodes", "log_every",
-                     "checkpoint_every")
+                     "checkpoint_every", "preset")  # preset: a name; what it sets is compared key by key
 
 
 def _check_run_dir(run_dir: Path, resume: bool, force: bool, echo: Callable[[str], None]) -> None:

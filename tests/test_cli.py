@@ -51,6 +51,19 @@ def test_bad_config_and_bad_policy_give_clear_errors(tmp_path):
     assert out.returncode == 2 and "not a policy.pt written by algd-train" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_train_on_a_cpu_takes_the_cpu_preset_and_says_so(tmp_path):
+    out = cli("algd-train", "--task", "SafetyHopperVelocity-v1", "--steps", "1", "--out", tmp_path, "--no-progress")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"^preset: cpu \(the default without --device cuda\): 1 update per env step.*; the others: "
+                     r"--preset paper$", out.stdout, re.M), out.stdout
+    out = cli("algd-train", "--task", "SafetyHopperVelocity-v1", "--steps", "1", "--preset", "paper", "--out",
+              tmp_path / "p", "--no-progress")
+    assert out.returncode == 0 and "preset: paper (named): the paper's settings" in out.stdout, out.stdout + out.stderr
+    assert "updates: fast, networks in fp32 (configured)" in out.stdout
+    out = cli("algd-train", "--task", "SafetyHopperVelocity-v1", "--preset", "gpu", "--out", tmp_path / "g")
+    assert out.returncode == 2 and "preset: expected one of paper, cpu" in out.stderr and not (tmp_path / "g").exists()
+
+
 def test_bench_train_prints_a_table_with_rates():
     out = cli("algd-bench", "train", "--task", "PointHazard-v0", "--seconds", "0.5", "--batch", "32")
     assert out.returncode == 0, out.stderr

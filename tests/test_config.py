@@ -23,6 +23,27 @@ def test_every_shipped_config_loads(path):
         assert cfg.task == path.stem  # configs/<task>.yaml is the task's config
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.startswith("Safety")], ids=lambda p: p.name)
+def test_every_safety_gymnasium_config_has_a_cpu_and_the_paper_preset(path):
+    cpu, paper = load_config(path, preset="cpu"), load_config(path, preset="paper")
+    assert paper.updates_per_step == 10 and paper.algo.precision == "fp32" and paper.preset == "paper"
+    assert cpu.updates_per_step == 1 and cpu.algo.dual == "episode_cost" and cpu.preset == "cpu"
+    assert cpu.algo.critic_hidden == paper.algo.critic_hidden  # the preset changes the schedule, not the networks
+    assert load_config(path) == cpu and load_config(path, {"device": "cuda"}).preset == "paper"
+
+
+def test_a_preset_is_chosen_by_name_and_overrides_win(tmp_path):
+    p = write(tmp_path, "task: PointHazard-v0\nupdates_per_step: 10\npresets:\n  cpu:\n    about: small\n"
+                        "    updates_per_step: 1\n    algo: {precision: bf16}\n  paper: {}\n")
+    cfg = load_config(p, {"updates_per_step": 3})
+    assert cfg.preset == "cpu" and cfg.updates_per_step == 3 and cfg.algo.precision == "bf16"
+    assert load_config(p, preset="paper").updates_per_step == 10
+    with pytest.raises(ConfigError, match=r"preset: expected one of cpu, paper \(.*c.yaml\), got 'gpu'"):
+        load_config(p, preset="gpu")
+    with pytest.raises(ConfigError, match="preset: .* has no presets to pick 'cpu' from"):
+        load_config(write(tmp_path, "task: PointHazard-v0\n"), preset="cpu")
+
+
 def test_there_is_a_config_per_listed_task():
     names = {p.stem for p in CONFIGS}
     for task in ("SafetyPointGoal1-v0", "SafetyPointButton1-v0", "SafetyCarButton1-v0", "SafetyPointPush1-v0",

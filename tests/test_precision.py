@@ -1,7 +1,5 @@
 """bf16 training (precision.py): what it resolves to, and that its updates stay near fp32's."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,15 @@ import torch
 from algd_runtime import precision
 from algd_runtime.algd import ALGDAgent
 from algd_runtime.config import AlgoConfig, ConfigError, load_config
-from tests.test_fastpath import SPEC, batch
+from algd_runtime.sim.spec import TaskSpec
+
+SPEC = TaskSpec("SafetyPointGoal1-v0", 12, 2, (-1.0, -1.0), (1.0, 1.0), 400, 10.0, cost_mask_always_one=True)
+
+
+def batch(rng, b=64):
+    return {"obs": rng.normal(size=(b, 12)).astype(np.float32), "action": rng.uniform(-1, 1, (b, 2)).astype(np.float32),
+            "reward": rng.normal(size=b).astype(np.float32), "cost": (rng.random(b) < 0.3).astype(np.float32),
+            "next_obs": rng.normal(size=(b, 12)).astype(np.float32), "done": (rng.random(b) < 0.05).astype(np.float32)}
 
 
 def agent(prec: str, fast: bool = True, seed: int = 0) -> ALGDAgent:
