@@ -45,6 +45,17 @@ def test_precision_resolves_by_the_hardware_and_says_why(monkeypatch):
         precision.resolve("fp16", cpu)
 
 
+def test_auto_on_a_cuda_device_follows_its_bf16_support(monkeypatch):
+    """The CUDA branch, with torch's answers stood in for (no GPU lent)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Stand-in GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
+    assert precision.resolve("auto", torch.device("cuda")) == (torch.bfloat16, "bf16 (auto: CUDA Stand-in GPU)")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert precision.resolve("auto", torch.device("cuda")) == (torch.float32, "fp32 (auto: CUDA Stand-in GPU)")
+    assert precision.compute_in(torch.bfloat16, torch.device("cpu")).fast_dtype == torch.bfloat16
+
+
 def test_a_misspelled_precision_is_refused_naming_the_field(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("algo:\n  precision: bf17\n")

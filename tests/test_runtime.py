@@ -4,6 +4,8 @@ import shutil
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -165,6 +167,56 @@ def test_unavailable_or_unknown_provider(vesde_bundle):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(BundleError, match="CUDAExecutionProvider is not in this onnxruntime"):
             PolicyRuntime.load(vesde_bundle, provider="cuda")
+
+
+def test_provider_order_on_a_machine_with_cuda_and_tensorrt(monkeypatch):
+    """What `provider` resolves to where onnxruntime-gpu lists CUDA and TensorRT (no GPU here:
+    the list is stood in for)."""
+    import onnxruntime as ort
+
+    from algd_runtime.runtime import resolve_providers
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert resolve_providers("auto") == ["CPUExecutionProvider"]
+
+
+def test_the_cuda_path_captures_one_session_per_graph_and_batch_size(vesde_bundle, monkeypatch):
+    """On CUDA each graph and batch size gets its own session with CUDA-graph capture, run
+    through IO binding. The same code here, with ONNX Runtime's CPU provider standing in for
+    CUDA (no GPU lent): which sessions are opened, with what, and that the answers match."""
+    import onnxruntime as ort
+
+    from algd_runtime import runtime
+
+    plain = PolicyRuntime.load(vesde_bundle, provider="cpu")
+    real = ort.InferenceSession
+    opened = []
+
+    def session(path, so, providers):
+        opened.append((Path(path).name, providers))
+        return real(path, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    bound_runner = runtime._BoundRunner
+    monkeypatch.setattr(runtime, "_BoundRunner", lambda s, feeds, device: bound_runner(s, feeds, "cpu"))
+    rt = PolicyRuntime.load(vesde_bundle, provider="auto")
+    assert rt.bind_io and rt.providers[0] == "CUDAExecutionProvider"
+    loaded = len(opened)
+    assert all(p == ["CUDAExecutionProvider", "CPUExecutionProvider"] for _, p in opened)
+    obs = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    for batch in (obs, obs[:1], obs):  # the third call reuses the first's captured session
+        np.testing.assert_allclose(rt.act(batch).action, plain.act(batch).action, rtol=1e-6, atol=1e-6)
+    captured = opened[loaded:]
+    assert captured and all(p[0] == ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) for _, p in captured)
+    names = [n for n, _ in captured]
+    assert len(names) == 2 * len(set(names))  # one per graph and batch size (3 and 1), none again for the third
 
 
 NO_TORCH = """

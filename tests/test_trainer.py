@@ -50,6 +50,19 @@ def test_resume_mid_episode_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert len(list((tmp_path / "split").glob("replay-*.npz"))) == 1
 
 
+def test_a_cuda_machine_s_random_state_is_saved_and_restored(tmp_path, monkeypatch):
+    """The checkpoint's CUDA RNG branch, with torch.cuda stood in for (no GPU lent)."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.arange(4, dtype=torch.uint8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    cfg = config_from_dict({**TINY, "total_steps": 150})  # device cpu: only the RNG branch is CUDA's
+    Trainer(cfg, tmp_path, progress=False, echo=lambda m: None).run()
+    assert torch.equal(load_checkpoint(tmp_path / "policy.pt")["train_state"]["cuda_rng"][0], torch.arange(4))
+    Trainer(config_from_dict({**TINY, "total_steps": 200}), tmp_path, resume=True, progress=False, echo=lambda m: None)
+    assert len(restored) == 1 and torch.equal(restored[0][0], torch.arange(4, dtype=torch.uint8))
+
+
 def test_logs_are_written_and_trimmed_on_resume(tmp_path):
     run(tmp_path, 300)
     rows = list(csv.DictReader(open(tmp_path / "train.csv")))
