@@ -223,27 +223,31 @@ def _torch_cases(policy_path: str, guidance: float):
     return deterministic, best_of
 
 
-def escalation_cases() -> tuple[float, list[tuple[str, dict]]]:
-    """The shipped control rate and what the controller runs at each of the monitor's levels,
-    from the shipped parameter file: OK its own mode; WARN guided (warn_guidance); ERROR
-    best-of-N (error_best_of_n) at its own guidance. STOP runs no policy (the safe action)."""
+def escalation_cases(base_lambda: float, remaining: float) -> tuple[float, list[tuple[str, dict]]]:
+    """The shipped control rate, and PolicyRuntime.act's arguments at each of the monitor's
+    levels as the shipped parameter file composes them (the monitor's level_response applied
+    to the controller's own parameters, as the controller does). STOP runs no policy."""
+    from dataclasses import replace
+
+    from algd_runtime.control import ControllerParams, act_kwargs
+    from algd_runtime.monitor import ESCALATION, Level, level_response
     from algd_runtime.ros_nodes.launcher import shipped_param
 
     rate = float(shipped_param("controller", "control_rate_hz", 500.0))
-    mode = shipped_param("controller", "mode", "deterministic")
-    guidance = float(shipped_param("controller", "guidance_scale", 0.0))
-    own = {"mode": mode, "guidance_scale": guidance}
-    if mode == "best_of_n":
-        own["n"] = int(shipped_param("controller", "best_of_n", 16))
-    warn = {**own, "guidance_scale": float(shipped_param("monitor", "warn_guidance", 0.3))}
-    error = {"mode": "best_of_n", "n": int(shipped_param("monitor", "error_best_of_n", 16)),
-             "guidance_scale": guidance}
-    return rate, [("OK", own), ("WARN", warn), ("ERROR", error)]
+    d = ControllerParams()
+    own = ControllerParams(mode=shipped_param("controller", "mode", d.mode),
+                           best_of_n=int(shipped_param("controller", "best_of_n", d.best_of_n)),
+                           lagrange_multiplier=float(shipped_param("controller", "lagrange_multiplier",
+                                                                   d.lagrange_multiplier)),
+                           guidance_scale=float(shipped_param("controller", "guidance_scale", d.guidance_scale)))
+    escalation = {k: shipped_param("monitor", k, v) for k, v in ESCALATION.items()}
+    return rate, [(level.name, act_kwargs(replace(own, **level_response(level, base_lambda, escalation, remaining))))
+                  for level in (Level.OK, Level.WARN, Level.ERROR)]
 
 
 def _escalation_levels(rt, obs: np.ndarray, iters: int) -> list[dict]:
     """Each level's decision time (ONNX Runtime, CPU) against the shipped control period."""
-    rate, levels = escalation_cases()
+    rate, levels = escalation_cases(rt.lagrange_multiplier, float(rt.manifest["budget"]["cost_limit"]))
     period_us = 1e6 / rate
     print(f"escalation levels at the shipped rate ({rate:g} Hz: a period of {period_us:.0f} us; the decision "
           f"must leave room for the messages in and out, ~0.3-1 ms on loopback here):")

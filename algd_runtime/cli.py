@@ -290,6 +290,16 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("--provider", action="append", choices=["cpu", "cuda", "tensorrt"],
                    help="providers to time (default: every one available)")
     i.add_argument("--guidance", type=float, default=0.3, help="w for the guided cases")
+    g = sub.add_parser("guidance", help="return and cost on the task against run-time lambda, guidance scale "
+                                        "and best-of-N (with and without the shield)")
+    g.add_argument("bundle", type=Path, nargs="+", help="bundle(s): one per training seed, each beside its policy.pt")
+    g.add_argument("--episodes", type=int, default=5, help="episodes per block")
+    g.add_argument("--blocks", type=int, default=2, help="blocks of episodes per policy and setting")
+    g.add_argument("--lambda", action="append", dest="lambdas", metavar="VALUE",
+                   help="the multiplier: a value, or 'own' (the bundle's; default: own, 1 and 10)")
+    g.add_argument("--scale", type=float, action="append", dest="scales", help="guidance scale (default: 0, 0.3, 1)")
+    g.add_argument("--best-of", type=int, action="append", help="best-of-N candidates (default: 4 and 16)")
+    g.add_argument("--out", type=Path, help="write guidance.csv and guidance.png here")
     lp = sub.add_parser("loop", help="closed loop sim <-> controller (<-> monitor) over DDS on loopback")
     lp.add_argument("bundle", type=Path)
     lp.add_argument("--rate", type=float, action="append", help="control rate(s) in Hz (default: 500 and 1000)")
@@ -334,6 +344,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         return _bench_chaos(args)
     if args.what == "infer":
         return _bench_infer(args)
+    if args.what == "guidance":
+        return _bench_guidance(args)
     if args.what == "envs":
         return _bench_envs(args)
     if args.what == "loop":
@@ -449,6 +461,36 @@ def _bench_infer(args) -> int:
     try:
         bench_infer(str(args.bundle), str(policy) if policy else None, args.iters, args.provider, args.guidance)
     except (BundleError, ValueError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _bench_guidance(args) -> int:
+    from algd_runtime.checkpoint import CheckpointError
+    from algd_runtime.guidance import bench_guidance
+    from algd_runtime.runtime import BundleError
+
+    for name, value in (("--episodes", args.episodes), ("--blocks", args.blocks)):
+        if value < 1:
+            return _fail(f"{name}: expected a count >= 1, got {value}")
+    scales, best_of = args.scales or [0.0, 0.3, 1.0], args.best_of or [4, 16]
+    try:
+        lambdas = [None if v == "own" else float(v) for v in (args.lambdas or ["own", "1", "10"])]
+    except ValueError:
+        return _fail(f"--lambda: expected a number or 'own', got {args.lambdas}")
+    if any(v is not None and not v >= 0 for v in lambdas) or min(scales) < 0 or min(best_of) < 1:
+        return _fail("--lambda and --scale: expected values >= 0; --best-of: expected counts >= 1")
+    pairs = []
+    for bundle in args.bundle:
+        if not (bundle / "manifest.yaml").is_file():
+            return _fail(f"{bundle}: no manifest.yaml (run algd-export first)")
+        policy = bundle.parent / "policy.pt"
+        if not policy.is_file():
+            return _fail(f"{bundle}: no {policy} beside it (the task, its budget and layout come from it)")
+        pairs.append((bundle, policy))
+    try:
+        bench_guidance(pairs, args.episodes, args.blocks, lambdas, scales, best_of, args.out)
+    except (BundleError, CheckpointError, ValueError) as exc:
         return _fail(str(exc))
     return 0
 

@@ -51,6 +51,15 @@ class ControllerParams:
     remaining_budget: float = math.inf  # best_of_n shield: only candidates with Qc risk below this
 
 
+def act_kwargs(p: ControllerParams) -> dict:
+    """PolicyRuntime.act's arguments for parameters p (the node's, with the monitor's response
+    applied): lagrange_multiplier < 0 is the bundle's own, an infinite budget no shield."""
+    return {"mode": p.mode, "n": p.best_of_n,
+            "lagrange_multiplier": None if p.lagrange_multiplier < 0 else p.lagrange_multiplier,
+            "guidance_scale": p.guidance_scale,
+            "remaining_budget": None if math.isinf(p.remaining_budget) else p.remaining_budget}
+
+
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -194,11 +203,8 @@ class ControllerCore:
             return self._not_policy("hold", "no_observation", verdict.lease)
         if now - self._received > p.obs_timeout_s:
             return self._not_policy("hold", "stale", verdict.lease)
-        lam = None if p.lagrange_multiplier < 0 else p.lagrange_multiplier
-        budget = None if math.isinf(p.remaining_budget) else p.remaining_budget
         try:
-            res = self.runtime.act(self._obs, mode=p.mode, n=p.best_of_n, lagrange_multiplier=lam,
-                                   guidance_scale=p.guidance_scale, remaining_budget=budget)
+            res = self.runtime.act(self._obs, **act_kwargs(p))
         except Exception:  # noqa: BLE001 -- whatever the engine's failure, the robot gets the safe action
             return self._not_policy("hold", "engine_error", verdict.lease)
         if not bool(np.all(res.valid)):

@@ -100,6 +100,23 @@ class Transition:
         return asdict(self)
 
 
+# How the monitor's levels escalate the policy (the monitor node's parameters of these names).
+ESCALATION = {"warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16}
+
+
+def level_response(level: Level, base_lambda: float, escalation: dict, remaining: float) -> dict:
+    """The controller parameters a level asks for (control.RESPONSE; none at OK and STOP):
+    WARN raises lambda and guides the reverse diffusion, ERROR picks the best of N candidates
+    whose cost risk fits the `remaining` budget."""
+    if level == Level.WARN:
+        lam = min(escalation["lambda_max"], max(base_lambda, 1e-3) * escalation["warn_lambda_factor"])
+        return {"lagrange_multiplier": float(lam), "guidance_scale": float(escalation["warn_guidance"])}
+    if level == Level.ERROR:
+        return {"mode": "best_of_n", "best_of_n": int(escalation["error_best_of_n"]),
+                "remaining_budget": float(max(0.0, remaining))}
+    return {}
+
+
 @dataclass
 class BudgetMonitor:
     cfg: MonitorConfig

@@ -118,3 +118,25 @@ def before_after(before: dict, after: dict, out: str | Path, title: str) -> Path
     ax_r.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, Path(out))
+
+
+def guidance_curves(lines: dict, limit: float | None, out: str | Path) -> Path:
+    """Episode cost and return against the guidance scale, one line per lambda:
+    lines = {lambda's name: [(w, cost mean, cost half-interval, return mean, return half-interval), ...]}.""" 
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, points in lines.items():
+        w = [p[0] for p in points]
+        axes[0].errorbar(w, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3,
+                         label=f"lambda {name}")
+        axes[1].errorbar(w, [p[3] for p in points], yerr=[p[4] for p in points], marker="o", capsize=3,
+                         label=f"lambda {name}")
+    if limit is not None:
+        axes[0].axhline(limit, color="red", linestyle="--", label="limit")
+    for ax, what in zip(axes, ("episode cost", "episode return")):
+        ax.set_xlabel("guidance scale w")
+        ax.set_ylabel(what)
+        ax.legend(fontsize=8)
+    fig.suptitle("run-time guidance: cost and return (mean, 95 % interval)")
+    return _save(fig, Path(out))
+

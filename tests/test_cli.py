@@ -1,6 +1,8 @@
 """The commands as users run them: algd-train (smoke config), algd-eval, algd-bench."""
 
+import csv
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -91,9 +93,12 @@ def test_bench_loop_refuses_an_io_robot_without_its_monitor_and_a_missing_io_fil
 def test_bench_infer_times_each_escalation_level_against_the_shipped_period(vesde_bundle):
     from algd_runtime.bench import escalation_cases
 
-    rate, levels = escalation_cases()  # from the shipped parameter file
+    rate, levels = escalation_cases(0.5, 3.0)  # from the shipped parameter file, as the monitor composes it
     assert rate == 500.0 and [name for name, _ in levels] == ["OK", "WARN", "ERROR"]
-    assert levels[1][1]["guidance_scale"] == 0.3 and levels[2][1] == {"mode": "best_of_n", "n": 16, "guidance_scale": 0.0}
+    assert levels[0][1] == {"mode": "deterministic", "n": 16, "lagrange_multiplier": None, "guidance_scale": 0.0,
+                            "remaining_budget": None}
+    assert levels[1][1] == {**levels[0][1], "lagrange_multiplier": 1.0, "guidance_scale": 0.3}  # lambda x 2
+    assert levels[2][1] == {**levels[0][1], "mode": "best_of_n", "remaining_budget": 3.0}
     out = cli("algd-bench", "infer", vesde_bundle, "--iters", "50", "--provider", "cpu")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "escalation levels at the shipped rate (500 Hz: a period of 2000 us" in out.stdout
@@ -103,3 +108,33 @@ def test_bench_infer_times_each_escalation_level_against_the_shipped_period(vesd
     assert [f[1] for f in found] == ["deterministic", "deterministic, guided w 0.3", "best-of-16"]
     for _, _, p99, share in found:
         assert float(share) == pytest.approx(100 * float(p99) / 2000, abs=0.1)
+
+
+def test_bench_guidance_runs_each_setting_on_the_task_and_writes_its_curves(vesde_bundle, tmp_path):
+    out = cli("algd-bench", "guidance", vesde_bundle, "--episodes", "1", "--blocks", "2", "--lambda", "own",
+              "--lambda", "10", "--scale", "0", "--scale", "1", "--best-of", "4", "--out", tmp_path / "g")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = re.findall(r"^(unguided|lambda \S+, w \S+|best-of-4(?:, shield)?) +(-?[\d.]+) ± ([\d.]+) +([\d.]+) ± "
+                      r"([\d.]+) +(\d+)% +([\d.]+)$", out.stdout, re.M)
+    assert [r[0] for r in rows] == ["unguided", "lambda own, w 1", "lambda 10, w 1", "best-of-4", "best-of-4, shield"]
+    assert "units per setting: 1 policy x 2 block(s)" in out.stdout
+    with (tmp_path / "g" / "guidance.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["setting"] for r in table] == [r[0] for r in rows] and all(r["episodes"] == "2" for r in table)
+    assert (tmp_path / "g" / "guidance.png").stat().st_size > 1000
+    lone = tmp_path / "lone"
+    shutil.copytree(vesde_bundle, lone / "bundle")
+    out = cli("algd-bench", "guidance", lone / "bundle")
+    assert out.returncode == 2 and f"no {lone / 'policy.pt'} beside it" in out.stderr
+
+
+def test_guidance_grid_and_interval():
+    from algd_runtime.guidance import interval, settings
+
+    grid = settings([None, 10.0], [0.0, 0.5], [8])
+    assert [s.name for s in grid] == ["unguided", "lambda own, w 0.5", "lambda 10, w 0.5", "best-of-8",
+                                      "best-of-8, shield"]
+    assert grid[2].lam == 10.0 and grid[2].act == {"guidance_scale": 0.5} and grid[4].shield
+    mean, half = interval([1.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(1.96 * (2 ** 0.5) / (2 ** 0.5))
+    assert interval([4.0]) == (4.0, 0.0)

@@ -148,3 +148,17 @@ def test_nan_cost_counts_as_worst_case_and_nan_prediction_as_none():
 def test_bad_config_names_the_field(kw, pattern):
     with pytest.raises(ValueError, match=pattern):
         MonitorConfig(**kw)
+
+
+def test_each_level_asks_the_controller_for_one_response():
+    """One rule (monitor.level_response) for the node's heartbeat and the benches."""
+    from algd_runtime.monitor import ESCALATION, level_response
+    from algd_runtime.ros_nodes.launcher import shipped_param
+
+    assert {k: shipped_param("monitor", k, None) for k in ESCALATION} == ESCALATION  # the file ships the defaults
+    assert level_response(Level.OK, 0.7, ESCALATION, 3.0) == {} == level_response(Level.STOP, 0.7, ESCALATION, 3.0)
+    assert level_response(Level.WARN, 0.7, ESCALATION, 3.0) == {"lagrange_multiplier": 1.4, "guidance_scale": 0.3}
+    assert level_response(Level.WARN, 80.0, ESCALATION, 3.0)["lagrange_multiplier"] == 100.0  # lambda_max
+    assert level_response(Level.WARN, 0.0, ESCALATION, 3.0)["lagrange_multiplier"] == 2e-3  # a lambda of 0 still rises
+    assert level_response(Level.ERROR, 0.7, ESCALATION, -1.0) == {"mode": "best_of_n", "best_of_n": 16,
+                                                                  "remaining_budget": 0.0}

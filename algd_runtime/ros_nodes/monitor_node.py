@@ -35,7 +35,7 @@ from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import Trigger
 
 from algd_runtime.adapters import load_io
-from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
+from algd_runtime.monitor import ESCALATION, BudgetMonitor, Level, MonitorConfig, level_response
 from algd_runtime.ros_nodes import messages as m
 from algd_runtime.ros_nodes import params
 from algd_runtime.ros_nodes.entry import run_node
@@ -59,8 +59,7 @@ _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
 # Every parameter and its default (launch/controller.yaml states them; tests/test_launch.py).
 DEFAULTS = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_steps": 1000, "warn_at": 0.5,
             "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator", "hysteresis": 0.1,
-            "clear_steps": 20, "max_step_cost": -1.0, "warn_lambda_factor": 2.0, "lambda_max": 100.0,
-            "warn_guidance": 0.3, "error_best_of_n": 16, "use_critic": True, "io": "", "record": "", "summary_file": "",
+            "clear_steps": 20, "max_step_cost": -1.0, **ESCALATION, "use_critic": True, "io": "", "record": "", "summary_file": "",
             "operator_key_file": "", "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0,
             "autostart": True, "realtime_priority": 0, "cpu_affinity": [], **SIGNATURE_DEFAULTS}
 
@@ -81,7 +80,7 @@ class MonitorNode(ManagedNode):
         self.monitor: BudgetMonitor | None = None
         self.runtime = self.recorder = None
         self.boot, self.seq = secrets.token_hex(8), 0
-        self.cfg = {k: self.values[k] for k in ("warn_lambda_factor", "lambda_max", "warn_guidance", "error_best_of_n")}
+        self.cfg = {k: self.values[k] for k in ESCALATION}
         self._obs = self._act = None
         self._robot = (None, 0)  # (episode, t) of the newest step from the robot
         self.seen_stamp_ns: int | None = None
@@ -408,14 +407,8 @@ class MonitorNode(ManagedNode):
 
     def _response(self) -> dict:
         """The controller parameters the current level asks for (none at OK and STOP)."""
-        level = self.monitor.level
-        if level == Level.WARN:
-            lam = min(self.cfg["lambda_max"], max(self.base_lambda, 1e-3) * self.cfg["warn_lambda_factor"])
-            return {"lagrange_multiplier": float(lam), "guidance_scale": float(self.cfg["warn_guidance"])}
-        if level == Level.ERROR:
-            left = max(0.0, self.monitor.cfg.cost_limit - self.monitor.accumulated)
-            return {"mode": "best_of_n", "best_of_n": int(self.cfg["error_best_of_n"]), "remaining_budget": float(left)}
-        return {}
+        mon = self.monitor
+        return level_response(mon.level, self.base_lambda, self.cfg, mon.cfg.cost_limit - mon.accumulated)
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         """All or nothing, and only what is safe to change live; the reason says why not."""
