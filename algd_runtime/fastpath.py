@@ -72,7 +72,7 @@ class EnergyGrad:
         o = obs.shape[-1]
         q_min, grad_q = self._twin_q(critic, agent.critic, obs.float(), actions.float(), o)
         obs, actions = obs.to(dt), actions.to(dt)
-        qc_risk, dqc_j, pre = self._ensemble(ensemble, obs, actions, o)
+        qc_risk, dqc_j, pre = self._ensemble(ensemble, agent.cost_critics.nn3, obs, actions, o)
         rho, h = agent.cfg.rho, agent.h
         active = torch.clamp(lam + rho * (qc_risk - h), min=0.0)
         la = -q_min + (active**2 - lam**2) / (2.0 * rho)
@@ -112,7 +112,9 @@ class EnergyGrad:
         return q_min, grad
 
     # -- cost ensemble (SiLU) ---------------------------------------------------------------
-    def _ensemble(self, e, obs, actions, o):
+    def _ensemble(self, e, last, obs, actions, o):
+        """e: the layers to compute with; last: the fp32 output layer. The members' outputs
+        are compared (their std): in bf16 (8 bits) they would often round to one value."""
         w1 = e.nn1.weight  # [M, o + a, H]
         b, n, a = actions.shape
         m = w1.shape[0]
@@ -121,13 +123,14 @@ class EnergyGrad:
             + torch.matmul(actions.reshape(1, b * n, a), w1[:, o:, :]).reshape(m, b, n, -1)
         pre1 = pre1.reshape(m, b * n, -1)
         pre2 = torch.baddbmm(e.nn2.bias[:, None, :], F.silu(pre1), e.nn2.weight)
-        qc = torch.baddbmm(e.nn3.bias[:, None, :], F.silu(pre2), e.nn3.weight)[..., 0].reshape(m, b, n).float()
+        qc = torch.baddbmm(last.bias[:, None, :], F.silu(pre2).float(), last.weight)[..., 0].reshape(m, b, n)
         if m == 1:
             return qc[0], torch.ones_like(qc), (pre1, pre2)
         k = self.agent.cfg.qc_risk_k
         std, mean = torch.std_mean(qc, dim=0)
         # d(mean + k std)/d qc_j, std unbiased (as torch.std)
-        dqc_j = 1.0 / m + k * (qc - mean) / ((m - 1) * std)
+        # Where the members agree (std 0) the std has no derivative; 0 there, as autograd takes it.
+        dqc_j = 1.0 / m + k * torch.where(std > 0, (qc - mean) / ((m - 1) * std), 0.0)
         return mean + k * std, dqc_j, (pre1, pre2)
 
     @staticmethod
