@@ -28,13 +28,6 @@ def _parse_shift(items: Sequence[str]) -> dict[str, float]:
     return shift
 
 
-def task_config_path(task: str) -> Path | None:
-    """configs/<task>.yaml shipped with the package, if there is one."""
-    from algd_runtime.data import task_config
-
-    return task_config(task)
-
-
 # -- algd-train ---------------------------------------------------------------------------
 def train_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="algd-train", description="Train an ALGD policy online.")
@@ -54,6 +47,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     from algd_runtime.checkpoint import CheckpointError
     from algd_runtime.config import ConfigError, config_from_dict, load_config, read_presets
+    from algd_runtime.data import task_config
 
     if args.out.exists() and not args.out.is_dir():
         return _fail(f"--out: {args.out} is a file; expected the folder that holds the runs (nothing was written)")
@@ -69,7 +63,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.shift:
             overrides["shift"] = _parse_shift(args.shift)
-        config_path = args.config or (task_config_path(args.task) if args.task else None)
+        config_path = args.config or (task_config(args.task) if args.task else None)
         if args.preset and not config_path:
             raise ConfigError(f"--preset {args.preset}: no config to take it from (give --task or --config)")
         cfg = load_config(config_path, overrides, args.preset) if config_path else config_from_dict(overrides)

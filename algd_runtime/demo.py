@@ -33,11 +33,11 @@ NAMESPACE = "algd_demo"
 def ensure_policy(out: Path, seed: int, minutes: float, echo: Callable[[str], None],
                   config: Path | None = None) -> Path:
     from algd_runtime.checkpoint import load_checkpoint
-    from algd_runtime.cli import task_config_path
+    from algd_runtime.data import task_config
     from algd_runtime.config import load_config
     from algd_runtime.trainer import Trainer
 
-    cfg = load_config(config or task_config_path(TASK), {"seed": seed})
+    cfg = load_config(config or task_config(TASK), {"seed": seed})
     if cfg.task != TASK:
         raise ValueError(f"--config: task: expected {TASK} (the demo's sim robot), got {cfg.task}")
     run_dir = out / f"{TASK}-seed{seed}"

@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="seconds between progress lines while trials run")
     args = p.parse_args(argv)
 
-    from algd_runtime.cli import task_config_path
+    from algd_runtime.data import task_config
     from algd_runtime.config import ConfigError, config_from_dict, load_config
 
     try:
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--cpus-per-trial: expected a value >= 1, got {args.cpus_per_trial}")
         trials = []
         for task in args.task:
-            path = args.config or task_config_path(task)
+            path = args.config or task_config(task)
             if args.preset and not path:
                 raise ConfigError(f"--preset {args.preset}: {task} has no config to take it from")
             base = (load_config(path, {"task": task}, args.preset) if path else config_from_dict({"task": task})).to_dict()

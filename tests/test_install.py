@@ -25,10 +25,9 @@ def test_a_wheel_install_uses_its_shipped_configs_and_parameters(tmp_path):
     work.mkdir()
     probe = subprocess.run([sys.executable, "-c", (
         "import algd_runtime\n"
-        "from algd_runtime.cli import task_config_path\n"
-        "from algd_runtime.data import io_example\n"
+        "from algd_runtime.data import io_example, task_config\n"
         "from algd_runtime.ros_nodes.launcher import default_params\n"
-        "print(algd_runtime.__file__); print(task_config_path('PointHazard-v0')); print(default_params())\n"
+        "print(algd_runtime.__file__); print(task_config('PointHazard-v0')); print(default_params())\n"
         "print(io_example('standard'))\n")], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr
     paths = probe.stdout.split()
