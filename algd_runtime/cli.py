@@ -290,7 +290,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--episodes", type=int, default=5, help="episodes per block")
     g.add_argument("--blocks", type=int, default=2, help="blocks of episodes per policy and setting")
     g.add_argument("--lambda", action="append", dest="lambdas", metavar="VALUE",
-                   help="the multiplier: a value, or 'own' (the bundle's; default: own, 1 and 10)")
+                   help="the multiplier: 'own' (the bundle's), a value, or '<k>xrate': k times the policy's "
+                        "exchange rate |grad_a Q| / |grad_a Qc| (default: own, 1, 10 and 2xrate)")
     g.add_argument("--scale", type=float, action="append", dest="scales", help="guidance scale (default: 0, 0.3, 1)")
     g.add_argument("--best-of", type=int, action="append", help="best-of-N candidates (default: 4 and 16)")
     g.add_argument("--out", type=Path, help="write guidance.csv and guidance.png here")
@@ -468,12 +469,9 @@ def _bench_guidance(args) -> int:
         if value < 1:
             return _fail(f"{name}: expected a count >= 1, got {value}")
     scales, best_of = args.scales or [0.0, 0.3, 1.0], args.best_of or [4, 16]
-    try:
-        lambdas = [None if v == "own" else float(v) for v in (args.lambdas or ["own", "1", "10"])]
-    except ValueError:
-        return _fail(f"--lambda: expected a number or 'own', got {args.lambdas}")
-    if any(v is not None and not v >= 0 for v in lambdas) or min(scales) < 0 or min(best_of) < 1:
-        return _fail("--lambda and --scale: expected values >= 0; --best-of: expected counts >= 1")
+    lambdas = args.lambdas or ["own", "1", "10", "2xrate"]
+    if min(scales) < 0 or min(best_of) < 1:
+        return _fail("--scale: expected values >= 0; --best-of: expected counts >= 1")
     pairs = []
     for bundle in args.bundle:
         if not (bundle / "manifest.yaml").is_file():

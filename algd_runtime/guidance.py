@@ -1,8 +1,9 @@
 """algd-bench guidance: what run-time guidance buys on a task.
 
 An exported bundle drives its task through ONNX Runtime, as the controller runs it, under
-each setting that the monitor's escalation can ask for: the multiplier lambda (as a factor
-of the bundle's own) and the guidance scale, and best-of-N with and without the shield (the
+each setting that the monitor's escalation can ask for: the multiplier lambda (the
+bundle's own, a value, or a multiple of the policy's exchange rate: median |grad_a Q| /
+median |grad_a Qc| at its own actions, how strongly each pulls) and the guidance scale, and best-of-N with and without the shield (the
 candidates whose cost risk fits what is left of the episode's budget). For each setting:
 return and cost per episode, as the mean and a 95 % interval over units (one unit: one
 policy's mean over one block of evaluation episodes), the share of episodes over the
@@ -25,7 +26,7 @@ class Setting:
     name: str
     act: dict  # PolicyRuntime.act's arguments but the multiplier
     shield: bool = False  # remaining_budget: the limit less the episode's cost so far
-    lam: float | None = None  # the multiplier; None: the bundle's own
+    lam: str = "own"  # the multiplier: "own" (the bundle's), a value ("10") or "2xrate" (2 x the exchange rate)
 
 
 @dataclass
@@ -38,11 +39,13 @@ class Outcome:
     act_ms: list = field(default_factory=list)
 
 
-def settings(lambdas: list[float | None], scales: list[float], best_of: list[int]) -> list[Setting]:
-    """The grid: every lambda (None: the bundle's own) x guidance scale (unguided once: lambda
-    acts only through the guidance), then best-of-N without and with the shield."""
+def settings(lambdas: list[str], scales: list[float], best_of: list[int]) -> list[Setting]:
+    """The grid: every lambda x guidance scale (unguided once: lambda acts only through the
+    guidance), then best-of-N without and with the shield."""
+    for lam in lambdas:
+        lambda_value(lam, 1.0, 1.0)  # a bad one is refused before anything runs
     out = [Setting("unguided", {"guidance_scale": 0.0})] if 0.0 in scales else []
-    out += [Setting(f"lambda {lam_name(lam)}, w {w:g}", {"guidance_scale": w}, lam=lam)
+    out += [Setting(f"lambda {lam}, w {w:g}", {"guidance_scale": w}, lam=lam)
             for lam in lambdas for w in scales if w != 0.0]
     for n in best_of:
         out.append(Setting(f"best-of-{n}", {"mode": "best_of_n", "n": n}))
@@ -50,8 +53,38 @@ def settings(lambdas: list[float | None], scales: list[float], best_of: list[int
     return out
 
 
-def lam_name(lam: float | None) -> str:
-    return "own" if lam is None else f"{lam:g}"
+def lambda_value(spec: str, own: float, rate: float) -> float:
+    """The multiplier a spec asks for: "own", a value >= 0, or "<k>xrate"."""
+    try:
+        value = own if spec == "own" else (float(spec[:-5]) * rate if spec.endswith("xrate") else float(spec))
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"--lambda: expected 'own', a value >= 0 or '<k>xrate' (e.g. 2xrate), got {spec!r}")
+    return value
+
+
+def exchange_rate(agent, env, steps: int = 600, seed: int = 5) -> float:
+    """median |grad_a Q_min| / median |grad_a Qc_risk| at the policy's own (deterministic)
+    actions over a rollout: how many units of cost gradient one unit of reward gradient is
+    worth to this policy's critics."""
+    import torch
+
+    observations = []
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        observations.append(obs)
+        obs, _, _, term, trunc, _ = env.step(agent.act(obs, deterministic=True))
+        if term or trunc:
+            obs, _ = env.reset()
+    o = torch.as_tensor(np.asarray(observations, np.float32), device=agent.device)
+    with torch.no_grad():
+        act = agent.policy.act_deterministic(o)
+    a = act.clone().requires_grad_(True)
+    (gq,) = torch.autograd.grad(torch.min(*agent.critic(o, a)).sum(), a)
+    a = act.clone().requires_grad_(True)
+    (gc,) = torch.autograd.grad(agent.qc_risk(o, a).sum(), a)
+    return float(gq.norm(dim=1).median() / gc.norm(dim=1).median().clamp(min=1e-12))
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -61,10 +94,10 @@ def interval(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(half)
 
 
-def run_block(rt, env, setting: Setting, episodes: int, seed: int, outcome: Outcome) -> None:
+def run_block(rt, env, setting: Setting, episodes: int, seed: int, outcome: Outcome, rate: float) -> None:
     """`episodes` episodes (reset seeds seed, seed + 1, ...) under one setting, into `outcome`."""
     spec = env.task_spec
-    kw = dict(setting.act, lagrange_multiplier=setting.lam)
+    kw = dict(setting.act, lagrange_multiplier=lambda_value(setting.lam, rt.lagrange_multiplier, rate))
     returns, costs = [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
@@ -88,12 +121,12 @@ def run_block(rt, env, setting: Setting, episodes: int, seed: int, outcome: Outc
     outcome.episodes += episodes
 
 
-def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, lambdas: list[float | None],
+def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, lambdas: list[str],
                    scales: list[float], best_of: list[int], out: Path | None = None,
                    echo=print) -> list[Outcome]:
     """pairs: (bundle, the policy.pt it was exported from: the task, its budget and layout
     conventions). Every setting sees the same reset seeds."""
-    from algd_runtime.checkpoint import load_checkpoint
+    from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
     from algd_runtime.runtime import PolicyRuntime
     from algd_runtime.sim import make_task
     from algd_runtime.sim.conventions import apply_conventions
@@ -109,12 +142,13 @@ def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, l
                                 ckpt["config"].get("conventions", "robot"), ckpt["config"].get("seed"))
         rt = PolicyRuntime.load(bundle, provider="cpu")
         limit = env.task_spec.cost_limit
-        echo(f"{bundle}: {spec.name}, lambda {rt.lagrange_multiplier:.4g}, cost limit {limit:g} per "
-             f"{env.task_spec.cost_semantics}, {blocks} block(s) of {episodes} episodes per setting")
+        rate = exchange_rate(agent_from_checkpoint(ckpt, with_optimizers=False), env)
+        echo(f"{bundle}: {spec.name}, lambda {rt.lagrange_multiplier:.4g}, exchange rate {rate:.3g}, cost limit "
+             f"{limit:g} per {env.task_spec.cost_semantics}, {blocks} block(s) of {episodes} episodes per setting")
         for block in range(blocks):
             seed = 2_000_000 + 1000 * block
             for s, o in zip(grid, outcomes):
-                run_block(rt, env, s, episodes, seed, o)
+                run_block(rt, env, s, episodes, seed, o, rate)
         env.close()
     header = f"{'setting':<24} {'return (95% CI)':>22} {'cost (95% CI)':>20} {'over limit':>10} {'act p50 ms':>10}"
     echo(header)
@@ -130,7 +164,7 @@ def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, l
     return outcomes
 
 
-def _write(outcomes: list[Outcome], out: Path, limit: float | None, lambdas: list[float | None],
+def _write(outcomes: list[Outcome], out: Path, limit: float | None, lambdas: list[str],
            scales: list[float]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "guidance.csv").open("w", newline="") as f:
@@ -140,13 +174,13 @@ def _write(outcomes: list[Outcome], out: Path, limit: float | None, lambdas: lis
         for o in outcomes:
             (r, rh), (c, ch) = interval(o.returns), interval(o.costs)
             s = o.setting
-            w.writerow([s.name, lam_name(s.lam), s.act.get("guidance_scale", 0.0), s.act.get("mode", "deterministic"),
+            w.writerow([s.name, s.lam, s.act.get("guidance_scale", 0.0), s.act.get("mode", "deterministic"),
                         s.act.get("n", 1), s.shield, r, rh, c, ch, 100.0 * o.over / max(o.episodes, 1), o.episodes,
                         float(np.median(o.act_ms))])
     from algd_runtime import plots
 
     guided = {(o.setting.lam, o.setting.act["guidance_scale"]): o for o in outcomes if o.setting.act.get("mode") is None}
-    lines = {lam_name(lam): [(w, *interval(o.costs), *interval(o.returns)) for w in scales
-                             if (o := guided.get((None, 0.0) if w == 0.0 else (lam, w))) is not None]
+    lines = {lam: [(w, *interval(o.costs), *interval(o.returns)) for w in scales
+                   if (o := guided.get(("own", 0.0) if w == 0.0 else (lam, w))) is not None]
              for lam in lambdas}
     plots.guidance_curves(lines, limit, out / "guidance.png")

@@ -112,11 +112,15 @@ def test_bench_infer_times_each_escalation_level_against_the_shipped_period(vesd
 
 def test_bench_guidance_runs_each_setting_on_the_task_and_writes_its_curves(vesde_bundle, tmp_path):
     out = cli("algd-bench", "guidance", vesde_bundle, "--episodes", "1", "--blocks", "2", "--lambda", "own",
-              "--lambda", "10", "--scale", "0", "--scale", "1", "--best-of", "4", "--out", tmp_path / "g")
+              "--lambda", "10", "--lambda", "2xrate", "--scale", "0", "--scale", "1", "--best-of", "4",
+              "--out", tmp_path / "g")
     assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"bundle: PointHazard-v0, lambda [\d.e+-]+, exchange rate [\d.e+-]+, cost limit 5 per episode",
+                     out.stdout), out.stdout
     rows = re.findall(r"^(unguided|lambda \S+, w \S+|best-of-4(?:, shield)?) +(-?[\d.]+) ± ([\d.]+) +([\d.]+) ± "
                       r"([\d.]+) +(\d+)% +([\d.]+)$", out.stdout, re.M)
-    assert [r[0] for r in rows] == ["unguided", "lambda own, w 1", "lambda 10, w 1", "best-of-4", "best-of-4, shield"]
+    assert [r[0] for r in rows] == ["unguided", "lambda own, w 1", "lambda 10, w 1", "lambda 2xrate, w 1", "best-of-4",
+                                    "best-of-4, shield"]
     assert "units per setting: 1 policy x 2 block(s)" in out.stdout
     with (tmp_path / "g" / "guidance.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -126,15 +130,23 @@ def test_bench_guidance_runs_each_setting_on_the_task_and_writes_its_curves(vesd
     shutil.copytree(vesde_bundle, lone / "bundle")
     out = cli("algd-bench", "guidance", lone / "bundle")
     assert out.returncode == 2 and f"no {lone / 'policy.pt'} beside it" in out.stderr
+    out = cli("algd-bench", "guidance", vesde_bundle, "--lambda", "twice")
+    assert out.returncode == 2 and "--lambda: expected 'own', a value >= 0 or '<k>xrate' (e.g. 2xrate), got 'twice'" \
+        in out.stderr
 
 
 def test_guidance_grid_and_interval():
-    from algd_runtime.guidance import interval, settings
+    from algd_runtime.guidance import interval, lambda_value, settings
 
-    grid = settings([None, 10.0], [0.0, 0.5], [8])
+    grid = settings(["own", "10"], [0.0, 0.5], [8])
     assert [s.name for s in grid] == ["unguided", "lambda own, w 0.5", "lambda 10, w 0.5", "best-of-8",
                                       "best-of-8, shield"]
-    assert grid[2].lam == 10.0 and grid[2].act == {"guidance_scale": 0.5} and grid[4].shield
+    assert grid[2].lam == "10" and grid[2].act == {"guidance_scale": 0.5} and grid[4].shield
+    assert lambda_value("own", 0.3, 4.0) == 0.3 and lambda_value("10", 0.3, 4.0) == 10.0
+    assert lambda_value("2xrate", 0.3, 4.0) == 8.0 and lambda_value("0.5xrate", 0.3, 4.0) == 2.0
+    for bad in ("-1", "xrate", "nan"):
+        with pytest.raises(ValueError, match="--lambda: expected"):
+            lambda_value(bad, 0.3, 4.0)
     mean, half = interval([1.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(1.96 * (2 ** 0.5) / (2 ** 0.5))
     assert interval([4.0]) == (4.0, 0.0)
