@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from typing import Callable
 
 import numpy as np
 import torch
+
+from algd_runtime.machine import BF16_FLAGS, cpu_flags, machine_line
 
 
 def _print_header(header: str) -> None:
@@ -26,24 +27,8 @@ def _rate(fn: Callable[[], int], seconds: float) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_line(device: str) -> str:
-    return (f"machine: {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), device {device}")
-
-
 def cpu_flags_line() -> str:
-    from algd_runtime.precision import BF16_FLAGS, cpu_flags, resolve
+    from algd_runtime.precision import resolve
 
     have = cpu_flags()
     return (f"CPU flags: {', '.join(have) or 'none of ' + ', '.join(BF16_FLAGS)}; "

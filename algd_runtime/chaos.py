@@ -254,7 +254,7 @@ def bench_chaos(bundle, minutes: float = 30.0, rate_hz: float = 500.0, io=None, 
     import sys
     import tempfile
 
-    from algd_runtime.bench import machine_line
+    from algd_runtime.machine import machine_line
 
     tmp = tempfile.TemporaryDirectory(prefix="algd-chaos-") if workdir is None else None
     root = Path(tmp.name if tmp else workdir)

@@ -1186,7 +1186,7 @@ def bench_safety(bundle, faults: Sequence[str] | None = None, rates: Sequence[fl
         tmp = tempfile.TemporaryDirectory(prefix="algd-faults-")
         workdir = tmp.name
     root = Path(workdir)
-    from algd_runtime.bench import machine_line
+    from algd_runtime.machine import machine_line
 
     echo(machine_line("cpu"))
     cost = "1 per 10 ms (a step at rate R costs 100 / R)" if io else "1"

@@ -2,7 +2,7 @@
 
 bf16 pays where the hardware has bf16 dot products (x86 AMX or AVX512-BF16, a CUDA GPU of
 compute capability 8.0 or later); elsewhere it is emulated and slower than fp32, so "auto"
-picks fp32 there. What a run used is said by `describe`, and trainers log it.
+picks fp32 there. `resolve` says which and why; trainers log it.
 """
 
 from __future__ import annotations
@@ -11,21 +11,10 @@ import contextlib
 
 import torch
 
+from algd_runtime.machine import cpu_flags
+
 PRECISIONS = ("fp32", "bf16", "auto")
-# The CPU features that decide bf16 speed: AMX tiles, AVX512-BF16 dot products, or neither
-# (then bf16 is emulated and slower than fp32).
-BF16_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 _NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's flags among BF16_FLAGS (Linux /proc/cpuinfo; none elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return [f for f in BF16_FLAGS if f in flags]
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:

@@ -21,7 +21,7 @@ ROBOT = ["runtime", "control", "monitor", "safety", "adapters", "signing", "atom
 TRAINING = ["algd", "trainer", "diffusion", "networks", "fastpath", "replay", "checkpoint", "guard", "finetune",
             "reference", "precision", "config", "progress", "ros_nodes.ros_env", "ros_nodes.logdata"]
 # Neither: the simulated tasks (and the sim robot's node), the exporter, the tools and the CLI.
-OTHER = ["sim", "ros_nodes.sim_node", "export", "cli", "bench", "chaos", "demo", "diagnose", "faults", "guidance",
+OTHER = ["sim", "ros_nodes.sim_node", "export", "cli", "bench", "chaos", "demo", "diagnose", "faults", "guidance", "machine",
          "plots", "sweep", "baseline"]
 
 
