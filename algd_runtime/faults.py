@@ -454,6 +454,9 @@ class Run:
             decisions = [m for _, m in self.graph.log_lines(label, self.probe.offset)
                          if m.startswith(("STOP: ", "moving", "operator reset: cleared"))]
             last = decisions[-1] if decisions else ""
+            if last.startswith(("STOP: budget", "STOP: monitor at STOP: budget")):
+                return  # it moved and spent its budget: held for it, not without a fault (a reset
+                # here cleared the operator-latched STOP that the hostile run waits for)
             if last.startswith("STOP: ") and not any(k in last for k in DISCOVERY_WAITS):
                 since = time.monotonic()  # before the reset: an episode may end as soon as it is done
                 self.warnings.append(f"{why}: no motion, the controller holds without a fault ({last[6:90]}); "
