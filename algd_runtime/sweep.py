@@ -190,17 +190,34 @@ def _summary(task: str, label: str, rows: list[dict]) -> dict:
     ret, ret_sd = _mean_std([r["return_mean"] for r in rows])
     cost, cost_sd = _mean_std([r["cost_mean"] for r in rows])
     time_s, _ = _mean_std([r.get("time_s", math.nan) for r in rows])
+    cpu_s, _ = _mean_std([r.get("cpu_s", math.nan) for r in rows])
     return {"task": task, "set": label, "seeds": len(rows), "steps": int(min((r["step"] for r in rows), default=0)),
-            "time_s": time_s, "return_mean": ret, "return_std": ret_sd, "cost_mean": cost, "cost_std": cost_sd,
+            "time_s": time_s, "cpu_s": cpu_s, "return_mean": ret, "return_std": ret_sd, "cost_mean": cost, "cost_std": cost_sd,
             "cost_limit": rows[0]["cost_limit"] if rows else math.nan}
 
 
-def _table(rows: list[dict]) -> list[str]:
-    lines = ["| task | trials | seeds | steps | wall-clock (s) | return | cost | limit |",
+def _table(rows: list[dict], clock: str = "time_s") -> list[str]:
+    lines = [f"| task | trials | seeds | steps | {'CPU' if clock == 'cpu_s' else 'wall-clock'} (s) | return | cost | limit |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    return lines + [f"| {r['task']} | {r['set']} | {r['seeds']} | {r['steps']} | {r['time_s']:.0f} "
+    return lines + [f"| {r['task']} | {r['set']} | {r['seeds']} | {r['steps']} | {r[clock]:.0f} "
                     f"| {r['return_mean']:.2f} ± {r['return_std']:.2f} | {r['cost_mean']:.2f} ± {r['cost_std']:.2f} "
                     f"| {r['cost_limit']:g} |" for r in rows]
+
+
+def _equal_time(curves: dict, clock: str) -> list[dict]:
+    """Each group's last evaluations within the fastest group's mean final `clock` (time_s or
+    cpu_s), per task where every trial logged that clock and at least two groups ran."""
+    timed = []
+    for task in sorted({task for task, _ in curves}):
+        groups = {label: cs for (t, label), cs in curves.items() if t == task and cs}
+        if len(groups) < 2 or not all(clock in c[-1] for cs in groups.values() for c in cs):
+            continue
+        budget = min(sum(c[-1][clock] for c in cs) / len(cs) for cs in groups.values())
+        for label, cs in groups.items():
+            within = [[row for row in c if row[clock] <= budget] for c in cs]
+            if all(within):
+                timed.append(_summary(task, label, [w[-1] for w in within]))
+    return timed
 
 
 def aggregate(out: Path, trials: list[dict]) -> list[dict]:
@@ -228,20 +245,14 @@ def aggregate(out: Path, trials: list[dict]) -> list[dict]:
              "Each trial's last evaluation at or before the step every trial of its task reached; mean ± std over "
              "seeds; wall-clock is the trials' own.", ""]
     lines += _table(rows)
-    timed = []
-    for task in sorted({task for task, _ in curves}):
-        finals = [r["time_s"] for r in rows if r["task"] == task and r["seeds"] and not math.isnan(r["time_s"])]
-        if len(finals) < 2:
-            continue
-        budget = min(finals)
-        for (t, label), cs in curves.items():
-            within = [[row for row in c if row.get("time_s", math.inf) <= budget] for c in cs if t == task]
-            if within and all(within):
-                timed.append(_summary(task, label, [w[-1] for w in within]))
-    if timed:
-        lines += ["", "## At equal wall-clock", "",
-                  "Each trial's last evaluation within the fastest group's mean wall-clock on the task.", ""]
-        lines += _table(timed)
+    for clock, title, words in (("time_s", "wall-clock", "wall-clock"),
+                                ("cpu_s", "compute", "CPU time (each trial's own process: fair where trials "
+                                 "shared the machine unevenly)")):
+        timed = _equal_time(curves, clock)
+        if timed:
+            lines += ["", f"## At equal {title}", "",
+                      f"Each trial's last evaluation within the fastest group's mean {words} on the task.", ""]
+            lines += _table(timed, clock)
     own = [(t["task"], t["set"], t["seed"], own_log(out / t["name"], t.get("system", "algd")), t.get("system", "algd"))
            for t in trials]
     own = [row for row in own if row[3]]

@@ -153,7 +153,7 @@ class _CsvLog:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
 
 
-EVAL_FIELDS = ["step", "time_s", "return_mean", "return_std", "cost_mean", "cost_std", "cost_limit",
+EVAL_FIELDS = ["step", "time_s", "cpu_s", "return_mean", "return_std", "cost_mean", "cost_std", "cost_limit",
                 "violations", "episodes", "lambda", "grad_steps"]
 _TRAIN_FIELDS = ["step", "time_s", "episodes", "train_return", "train_cost", "lambda", "critic_loss",
                  "cost_critic_loss", "actor_loss", "score_loss", "lambda_loss", "q_policy",
@@ -272,6 +272,7 @@ class Trainer:
                                                                      self.spec.act_dim)
         self.env_steps = self.episodes = self.updates_this_epoch = 0
         self.elapsed = 0.0
+        self.cpu_s = 0.0  # this process's CPU time: equal compute on a shared machine (algd-sweep)
         self.recent: list[tuple[float, float]] = []  # (return, cost) of recent training episodes
         self._stop_requested = False
 
@@ -311,6 +312,7 @@ class Trainer:
         ts = ckpt["train_state"]
         self.env_steps, self.episodes = ts["env_steps"], ts["episodes"]
         self.updates_this_epoch, self.elapsed = ts["updates_this_epoch"], ts["elapsed"]
+        self.cpu_s = ts.get("cpu_s", 0.0)  # absent from checkpoints before it was logged
         self.recent = [tuple(x) for x in ts["recent"]]
         if ckpt.get("replay_file"):
             replay_path = self.run_dir / ckpt["replay_file"]
@@ -356,7 +358,7 @@ class Trainer:
     def _train_state(self) -> dict[str, Any]:
         state = {
             "env_steps": self.env_steps, "episodes": self.episodes,
-            "updates_this_epoch": self.updates_this_epoch, "elapsed": self.elapsed,
+            "updates_this_epoch": self.updates_this_epoch, "elapsed": self.elapsed, "cpu_s": self.cpu_s,
             "recent": [list(x) for x in self.recent], "replay_size": self.replay.size,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -455,6 +457,7 @@ class Trainer:
         acc: dict[str, list[float]] = {}
         last_eval: EvalResult | None = None
         t0, steps0, elapsed0 = time.perf_counter(), self.env_steps, self.elapsed
+        c0, cpu0 = time.process_time(), self.cpu_s
         next_ckpt = self._next_multiple(cfg.checkpoint_every)
         next_eval = self._next_multiple(cfg.eval_every)
         next_log = self._next_multiple(cfg.log_every)
@@ -468,6 +471,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(self.env_steps - before)
                 self.elapsed = now = elapsed0 + time.perf_counter() - t0
+                self.cpu_s = cpu0 + time.process_time() - c0
                 if self.env_steps >= next_log:
                     next_log += cfg.log_every
                     rate = (self.env_steps - steps0) / max(time.perf_counter() - t0, 1e-9)
@@ -488,6 +492,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self.elapsed = elapsed0 + time.perf_counter() - t0
+        self.cpu_s = cpu0 + time.process_time() - c0
         interrupted = self._stop_requested
         if not interrupted and self.eval_env is not None:
             last_eval = self._evaluate(self.elapsed, None)
@@ -574,7 +579,8 @@ class Trainer:
         agent = self.agent
         res = evaluate(lambda o: agent.act(o, deterministic=True), self.eval_env,
                        self.cfg.eval_episodes, self.eval_seed)
-        row = {"step": self.env_steps, "time_s": round(now, 2), "return_mean": res.return_mean,
+        row = {"step": self.env_steps, "time_s": round(now, 2), "cpu_s": round(self.cpu_s, 2),
+               "return_mean": res.return_mean,
                "return_std": res.return_std, "cost_mean": res.cost_mean, "cost_std": res.cost_std,
                "cost_limit": res.cost_limit, "violations": res.violations, "episodes": self.episodes,
                "lambda": agent.lam, "grad_steps": agent.grad_steps}

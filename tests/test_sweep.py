@@ -152,3 +152,28 @@ def test_the_equal_steps_table_sets_trials_at_the_step_all_reached(tmp_path):
     rows = {r["set"]: r for r in aggregate(tmp_path, trials)}
     assert rows["ALGD"]["steps"] == rows["SACLag"]["steps"] == 10000
     assert rows["SACLag"]["return_mean"] == 5.0 and rows["SACLag"]["cost_mean"] == 10.0
+
+
+def test_the_report_compares_at_equal_cpu_time_where_trials_logged_it(tmp_path):
+    """UTD 1 was starved by its neighbour (slow in wall-clock, cheap in CPU time); UTD 10 was
+    not. Equal wall-clock and equal compute then cut the curves at different points."""
+    from algd_runtime.sweep import aggregate
+
+    def progress(name, rows):
+        (tmp_path / name).mkdir()
+        lines = ["step,time_s,cpu_s,return_mean,cost_mean,cost_limit"] + [
+            f"{s},{w},{c},{r},1,25" for s, w, c, r in rows]
+        (tmp_path / name / "progress.csv").write_text("\n".join(lines) + "\n")
+
+    progress("utd1", [(1000, 40, 10, 1.0), (2000, 80, 20, 2.0), (3000, 120, 30, 3.0)])
+    progress("utd10", [(1000, 30, 30, 5.0), (2000, 60, 60, 6.0)])
+    trials = [{"task": "T", "set": "utd1", "seed": 1, "name": "utd1", "system": "algd"},
+              {"task": "T", "set": "utd10", "seed": 1, "name": "utd10", "system": "algd"}]
+    aggregate(tmp_path, trials)
+    report = (tmp_path / "sweep.md").read_text()
+    wall, cpu = report.split("## At equal wall-clock")[1].split("## At equal compute")
+    # wall-clock: utd10 finished in 60 s, when utd1 had reached 1000 steps (40 s)
+    assert "| T | utd1 | 1 | 1000 | 40 | 1.00 ± 0.00 |" in wall
+    # compute: utd1 finished on 30 CPU s, when utd10 had reached 1000 steps (30 CPU s)
+    assert "| T | utd1 | 1 | 3000 | 30 | 3.00 ± 0.00 |" in cpu
+    assert "| T | utd10 | 1 | 1000 | 30 | 5.00 ± 0.00 |" in cpu
