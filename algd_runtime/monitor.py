@@ -133,6 +133,7 @@ class BudgetMonitor:
     _window: deque = field(default_factory=deque)
     _calm: int = 0
     _operator_only: bool = False  # a STOP that no episode end clears (latch_stop)
+    forgotten: str | None = None  # what the last operator reset forgot of the measured stop distance
 
     @property
     def forecast(self) -> float:
@@ -163,16 +164,17 @@ class BudgetMonitor:
         return self.update(self._worst_case(steps), count=steps)
 
     def update(self, cost: float, predicted_cost_to_go: float = 0.0, count: int = 1, reported: bool = True,
-               extra: float = 0.0) -> list[Transition]:
+               extra: float = 0.0, arrived: float | None = None) -> list[Transition]:
         """Account one step (or `count` steps costing `cost` together); returns the
         transitions it caused (usually none). reported=False: not one step's own cost report
-        (it never raises the margin); extra: costs of steps whose states were lost."""
+        (it never raises the margin); extra: costs of steps whose states were lost; arrived:
+        when the cost reached the node (monotonic; the stop distance counts later ones only)."""
+        if self.distance is not None:  # a cost the robot reported, not a worst-case charge (StopDistance)
+            self.distance.on_step(self.step + count - self._episode_start, cost + extra, arrived)
         if not math.isfinite(cost) or cost < 0:
             cost = self._worst_case(count)  # an unreadable cost is treated as the worst case
         elif count == 1 and reported:
             self.worst_step = max(self.worst_step, cost)
-        if self.distance is not None:
-            self.distance.on_step(self.step + count - self._episode_start, cost + extra)
         cost += extra if math.isfinite(extra) and extra >= 0 else self._worst_case(1)
         self.step += count
         if self.cfg.accounting == "window":
@@ -186,11 +188,14 @@ class BudgetMonitor:
         self.predicted = max(0.0, predicted_cost_to_go) if math.isfinite(predicted_cost_to_go) else 0.0
         return self._escalate_or_calm()
 
-    def refund(self, cost: float) -> list[Transition]:
-        """A step charged the worst case (its cost was late) costs `cost` after all."""
+    def refund(self, cost: float, t: int | None = None, arrived: float | None = None) -> list[Transition]:
+        """Step t of this episode, charged the worst case (its cost was late), costs `cost`
+        after all (arrived: when that cost came, for the stop distance)."""
         if math.isfinite(cost) and cost >= 0:
             self.accumulated += cost - self._worst_case(1)
             self.worst_step = max(self.worst_step, cost)
+            if self.distance is not None and t is not None:
+                self.distance.on_step(t, cost, arrived)
         return self._escalate_or_calm()
 
     def _escalate_or_calm(self) -> list[Transition]:
@@ -261,8 +266,11 @@ class BudgetMonitor:
             return []
         self._operator_only = False
         self.accumulated, self.predicted = 0.0, 0.0
+        self.forgotten = None
         if self.distance is not None:
             self.distance.abandon()  # motion after the reset is not the stop being measured
+            if self.cfg.budget.never_moves(self.worst_step, self.margin_steps):
+                self.forgotten = self.distance.forget()  # a hold that never ends by itself: the reset clears it
         self._window.clear()
         self._calm = 0
         return [self._move(Level.OK, "reset by operator")]

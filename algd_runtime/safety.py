@@ -136,30 +136,37 @@ class StopDistance:
     A distance runs from the step at which the budget first said stop to the last step of
     the episode the robot reported a cost for (a robot held still at no cost has stopped,
     whenever its episode ends), plus the costs of that episode that raced its end and were
-    charged to the next one (CostMatcher: without stamps the running episode pays)."""
+    charged to the next one (CostMatcher: without stamps the running episode pays). Only
+    costs that reached the node after it decided count: a backlog read after the decision
+    (a node that stalled) holds steps the robot took before anyone said stop."""
 
     def __init__(self, configured: int) -> None:
         self.configured = configured
         self.worst = -1  # -1: nothing measured yet
         self.last = -1  # the last episode's distance
         self._stop_at: int | None = None
+        self._decided_at: float | None = None
         self._last_costly: int | None = None
 
     @property
     def in_use(self) -> int:
         return max(self.configured, self.worst + 1)
 
-    def stop_decided(self, t: int) -> None:
-        """A budget stop was decided at step t of the episode (the first one counts)."""
+    def stop_decided(self, t: int, now: float | None = None) -> None:
+        """A budget stop was decided at step t of the episode, at `now` (monotonic; None: the
+        clock now). The first one counts."""
         if self._stop_at is None:
-            self._stop_at = t
+            self._stop_at, self._decided_at = t, time.monotonic() if now is None else now
 
-    def on_step(self, t: int, cost: float) -> None:
+    def on_step(self, t: int, cost: float, arrived: float | None = None) -> None:
         # Only a cost the robot reported: a step whose cost never came is charged the worst
         # case in the account, but as a distance it would measure the network, not the robot
         # (a held robot whose episode message was lost went on 5 483 "costly" steps, and the
         # margin latched for good). One lost cost at a distance's end shortens that episode's
         # measure by a step; the worst over the run's episodes is what the margin takes.
+        # arrived: when the step's cost reached the node (None: unknown, it counts).
+        if arrived is not None and self._decided_at is not None and arrived <= self._decided_at:
+            return
         if self._stop_at is not None and t > self._stop_at and math.isfinite(cost) and cost > 0:
             self._last_costly = t
 
@@ -170,14 +177,24 @@ class StopDistance:
         if self._stop_at is not None:
             self.last = (self._last_costly - self._stop_at) if self._last_costly is not None else 0
             self.worst = max(self.worst, self.last)
-        self._stop_at = self._last_costly = None
+        self._stop_at = self._decided_at = self._last_costly = None
         return self.in_use > before
 
     def abandon(self) -> None:
         """The operator's reset restarted the episode's account: what follows is motion the
         operator allowed, not the robot's stop (measured as one, a robot whose episode message
         was lost ran a "stop" of 4 050 steps, and budget_margin latched for good)."""
-        self._stop_at = self._last_costly = None
+        self._stop_at = self._decided_at = self._last_costly = None
+
+    def forget(self) -> str | None:
+        """The operator cleared a hold that the measured distance made permanent ("no episode
+        can move"): back to the configured steps, measured again from the next stop. Returns
+        what was forgotten, for the log (None: nothing measured beyond the configuration)."""
+        self.abandon()
+        if self.in_use <= self.configured:
+            return None
+        before, self.worst, self.last = self.in_use, -1, -1
+        return f"measured stop distance forgotten: {before} -> {self.configured} steps ahead (configured)"
 
     def raced(self, steps: int) -> bool:
         """`steps` cost messages of the last episode came after its end; True if it grew."""
@@ -220,12 +237,13 @@ class BudgetAccount:
     def margin(self) -> float:
         return self.budget.margin(self.worst_seen, self.steps_ahead)
 
-    def record(self, episode: int, t: int, cost: float, reported: bool = True, extra: float = 0.0) -> None:
+    def record(self, episode: int, t: int, cost: float, reported: bool = True, extra: float = 0.0,
+               arrived: float | None = None) -> None:
         """The robot's report that step t of `episode` cost `cost` (t = 0: the episode began).
         A repeat is ignored; a gap, a late join or an unreadable cost counts as the worst case.
         reported=False: `cost` is not one step's own report (a sum over steps whose states were
         lost), so it does not raise the margin. extra: the costs of steps whose states were
-        lost, charged with this one."""
+        lost, charged with this one. arrived: when the cost reached the node (StopDistance)."""
         if episode != self.episode:
             self.episode, self.t, self.accumulated, self.worst_charged = episode, 0, 0.0, 0
         if t <= self.t and not (t == 0 and self.t == 0):
@@ -236,7 +254,7 @@ class BudgetAccount:
             self.worst_charged += gap
             self.accumulated += self.budget.worst_case(gap)
         if t > 0 and self.distance is not None:
-            self.distance.on_step(t, cost)
+            self.distance.on_step(t, cost, arrived)
         if t > 0:
             if math.isfinite(cost) and cost >= 0:
                 if reported:
@@ -255,11 +273,11 @@ class BudgetAccount:
                 self.worst_seen = max(self.worst_seen, charge.cost)
                 self.worst_charged = max(0, self.worst_charged - 1)
                 if self.distance is not None:
-                    self.distance.on_step(charge.t, charge.cost)
+                    self.distance.on_step(charge.t, charge.cost, charge.arrived)
             return
         if charge.raced and self.distance is not None:
             self.distance.raced(charge.raced)
-        self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra)
+        self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra, charge.arrived)
 
     def verdict(self, with_provisional: bool = True) -> str | None:
         """Why the robot must hold. with_provisional=False: by the costs charged so far only
@@ -284,6 +302,7 @@ class Charge:
     extra: float = 0.0
     raced: int = 0  # cost messages that came before the episode's first state: the last episode's
     refund: bool = False  # the late cost of a step charged the worst case: it replaces that charge
+    arrived: float | None = None  # when its (last) cost reached the node; None: none came
 
 
 @dataclass
@@ -294,6 +313,7 @@ class _Step:
     costs: list | None = None  # None: its cost has not come yet
     extra: list = field(default_factory=list)
     raced: int = 0
+    arrived: float | None = None
 
 
 class CostMatcher:
@@ -327,9 +347,12 @@ class CostMatcher:
         self._measured_wait = 0.01  # the median interval, kept current as states arrive
         self._last_state_at: float | None = None
         self.episode, self.t = 0, -1  # -1: no state yet in this episode
-        self._early: list[tuple[float, int | None]] = []  # costs that came before their state
+        # costs that came before their state: (cost, stamp, arrived, sent)
+        self._early: list[tuple[float, int | None, float, int | None]] = []
         self._pending: deque[_Step] = deque()  # steps in order, some still waiting for a cost
-        self._worst: deque = deque(maxlen=256)  # (t, stamp) of steps charged the worst case this episode
+        # (episode, t, stamp) of steps charged the worst case, this episode's and the last's
+        self._worst: deque = deque(maxlen=256)
+        self._episode_sent: int | None = None  # when the robot sent this episode's start (its source clock)
         self._last_stamp: int | None = None
         self.armed = False  # the robot's first cost message arms the account
         self.received = 0  # cost messages over the run
@@ -354,29 +377,35 @@ class CostMatcher:
         """Steps taken whose cost has not come yet (the verdict holds them at the worst case)."""
         return sum(step.costs is None for step in self._pending)
 
-    def on_cost(self, cost: float, stamp_ns: int | None, now: float) -> list[Charge]:
+    def on_cost(self, cost: float, stamp_ns: int | None, now: float, sent_ns: int | None = None) -> list[Charge]:
+        """A cost message that reached the node at `now`; sent_ns: when the robot sent it (DDS's
+        source timestamp), which tells a late cost of the last episode from one of this episode."""
         self.received += 1
         self.armed = True
         out = self.expire(now)
         stamp_ns = stamp_ns if self.stamped else None
+        last_episodes = (sent_ns is not None and self._episode_sent is not None and sent_ns < self._episode_sent)
         # The oldest step without its own cost takes it: one charged the worst case when the
         # cost was late (the cost replaces that charge), else one still waiting. Unstamped, a
         # lost cost shifts costs to later steps, and the latest steps stay at the worst case:
-        # the account never holds less than the costs sent.
-        for i, (t, stamp) in enumerate(self._worst):
-            if stamp_ns is None or stamp == stamp_ns:
+        # the account never holds less than the costs sent. A cost sent before this episode
+        # began replaces its own episode's charge (the account has moved on: nothing changes),
+        # instead of being charged again to this one: a monitor that read costs late charged
+        # a new episode 35 of them and measured them as a 47-step stop.
+        for i, (episode, t, stamp) in enumerate(self._worst):
+            if (episode == self.episode or last_episodes) and (stamp_ns is None or stamp == stamp_ns):
                 del self._worst[i]
                 self.refunded += 1
-                return out + [Charge(self.episode, t, float(cost), True, refund=True)]
+                return out + [Charge(episode, t, float(cost), True, refund=True, arrived=now)]
         for step in self._pending:
             if step.costs is None and (stamp_ns is None or step.stamp_ns == stamp_ns):
-                step.costs = [float(cost)]
+                step.costs, step.arrived = [float(cost)], now
                 self.reordered += 1
                 return out + self._release()
         if stamp_ns is not None and self._last_stamp is not None and stamp_ns <= self._last_stamp:
             self.dropped += 1  # its step was charged the worst case already, or it is a repeat
             return out
-        self._early.append((float(cost), stamp_ns))
+        self._early.append((float(cost), stamp_ns, now, sent_ns))
         return out
 
     def on_state(self, stamp_ns: int | None, now: float) -> list[Charge]:
@@ -394,20 +423,27 @@ class CostMatcher:
         if not self.armed:
             return out
         if self.stamped and stamp_ns is not None:
-            mine = [c for c, s in self._early if s == stamp_ns]
-            older = [c for c, s in self._early if s is None or s < stamp_ns]
-            self._early = [(c, s) for c, s in self._early if s is not None and s > stamp_ns]
+            arrived = max((e[2] for e in self._early if e[1] == stamp_ns), default=None)
+            mine = [e[0] for e in self._early if e[1] == stamp_ns]
+            older = [e[0] for e in self._early if e[1] is None or e[1] < stamp_ns]
+            self._early = [e for e in self._early if e[1] is not None and e[1] > stamp_ns]
             if self.t < 0 and not mine:  # the episode's first state; older costs are the last episode's
                 self.t, self.dropped = 0, self.dropped + len(older)
                 return out + [Charge(self.episode, 0, 0.0)]
         else:
-            mine, older, self._early = [c for c, _ in self._early], [], []
+            early, self._early = self._early, []
+            arrived = max((e[2] for e in early), default=None)
+            mine, older = [e[0] for e in early], []
             if self.t < 0 and not mine:
                 self.t = 0
                 return out + [Charge(self.episode, 0, 0.0)]
-        raced = len(mine) if self.t < 0 and not self.stamped else 0
+        # Costs before an episode's first state are the last episode's (they raced its end),
+        # unless the robot sent them after this episode began: this episode's steps whose
+        # states were lost (a node that stalled found 24 such costs and measured a 41-step stop).
+        raced = 0 if self.t >= 0 or self.stamped else sum(
+            not (e[3] is not None and self._episode_sent is not None and e[3] >= self._episode_sent) for e in early)
         self.t = max(self.t, 0) + 1
-        self._pending.append(_Step(self.t, now + self.wait_s, stamp_ns, mine or None, older, raced))
+        self._pending.append(_Step(self.t, now + self.wait_s, stamp_ns, mine or None, older, raced, arrived))
         return out + self._release()
 
     def _release(self) -> list[Charge]:
@@ -417,10 +453,11 @@ class CostMatcher:
             step = self._pending.popleft()
             costs = step.costs
             if any(not (math.isfinite(c) and c >= 0) for c in costs):
-                out.append(Charge(self.episode, step.t, math.nan, False, math.fsum(step.extra), step.raced))
+                out.append(Charge(self.episode, step.t, math.nan, False, math.fsum(step.extra), step.raced,
+                                  arrived=step.arrived))
             else:
                 out.append(Charge(self.episode, step.t, math.fsum(costs), len(costs) == 1, math.fsum(step.extra),
-                                  step.raced))
+                                  step.raced, arrived=step.arrived))
         return out
 
     def expire(self, now: float) -> list[Charge]:
@@ -429,19 +466,21 @@ class CostMatcher:
             if step.costs is None and step.deadline <= now:
                 step.costs = [math.nan]
                 self.uncosted += 1
-                self._worst.append((step.t, step.stamp_ns))
+                self._worst.append((self.episode, step.t, step.stamp_ns))
         return self._release()
 
-    def on_episode(self, now: float) -> list[Charge]:
-        """A new episode starts. The old one's steps whose cost came are charged; a step still
-        waiting is not (the old episode is over): its cost, if it still comes, is charged to
-        the new episode unstamped (the safe side), or dropped by its stamp. The state may also
-        be the new episode's first, come before this message (DDS orders no two topics)."""
-        self._worst.clear()
+    def on_episode(self, now: float, sent_ns: int | None = None) -> list[Charge]:
+        """A new episode starts (sent_ns: when the robot sent its start message). The old one's
+        steps whose cost came are charged; a step still waiting is not (the old episode is
+        over): its cost, if it still comes, is charged to the new episode unstamped (the safe
+        side), or dropped by its stamp. A late cost of a step the old episode charged the worst
+        case replaces that charge where its send time says it is the old episode's. The state
+        may also be the new episode's first, come before this message (DDS orders no two topics)."""
+        self._worst = deque((w for w in self._worst if w[0] == self.episode), maxlen=self._worst.maxlen)
         self.carried += sum(step.costs is None for step in self._pending)
         self._pending = deque(step for step in self._pending if step.costs is not None)
         out = self._release()
-        self.episode, self.t = self.episode + 1, -1
+        self.episode, self.t, self._episode_sent = self.episode + 1, -1, sent_ns
         return out
 
 
@@ -813,7 +852,7 @@ class SafetyGate:
         if reason is None:
             reason = self.account.verdict()
             if reason and self.account.distance is not None:
-                self.account.distance.stop_decided(self.account.t)
+                self.account.distance.stop_decided(self.account.t, now)
         if reason:
             return Verdict(reason, 0)
         return Verdict(None, self.account.lease(self.lease_cap))
@@ -824,6 +863,11 @@ class SafetyGate:
         still-missing monitor stops the robot again at once), except after `budget_held`."""
         cleared = self.latch.clear()
         self._spent_since = None
+        if "budget_margin" in cleared and self.account.distance is not None:
+            # "No episode can move" never ends by itself: the operator's reset must clear it.
+            forgotten = self.account.distance.forget()
+            if forgotten:
+                cleared["budget_margin"] += f" ({forgotten})"
         if "budget_held" in cleared:
             # The robot could not end that episode: the operator's reset ends its account, as
             # the monitor's reset does (fresh accounting), and the robot may move again.

@@ -393,3 +393,123 @@ def test_the_operators_reset_abandons_the_stop_being_measured():
         monitor.update(1.0)
     monitor.end_episode()
     assert monitor.distance.worst <= 0
+
+
+def _monitor_with_distance(limit=5.0, bound=0.2, steps_ahead=3):
+    from algd_runtime.safety import StopDistance
+
+    monitor = BudgetMonitor(MonitorConfig(limit, max_step_cost=bound, steps_ahead=steps_ahead, stop_latch="episode"))
+    monitor.distance = StopDistance(steps_ahead)
+    return monitor
+
+
+def _apply(monitor, matcher, charges):
+    for c in charges:
+        if c.refund:
+            if c.episode == matcher.episode:
+                monitor.refund(c.cost, c.t, c.arrived)
+            continue
+        if c.raced:
+            monitor.distance.raced(c.raced)
+        if c.t > 0:
+            monitor.update(c.cost, reported=c.reported, extra=c.extra, arrived=c.arrived)
+
+
+def test_late_costs_of_an_ended_episode_are_not_charged_to_the_next_or_measured_as_a_stop():
+    """Issue 19, a fault-bench run: a monitor that read each cost after its step's wait was
+    over charged every step the worst case and refunded it when the cost came. At an episode
+    end its list of such steps was cleared, so the last steps' late costs (35 of them, 0.2
+    each) were charged again to the next episode's first step (accumulated 7 of 5 in one
+    step) and counted as steps that raced the end: a 47-step stop, "no episode can move", a
+    hold that no reset could clear. The robot's send times say whose costs they are."""
+    monitor, matcher = _monitor_with_distance(steps_ahead=21), CostMatcher(wait_s=PERIOD)
+    now, sent = 0.0, 1_000
+    _apply(monitor, matcher, matcher.on_cost(0.0, None, now, sent))
+    _apply(monitor, matcher, matcher.on_state(None, now))
+    for _ in range(35):  # 35 steps whose costs are read late: each is charged the worst case
+        now, sent = now + PERIOD, sent + 2_000_000
+        _apply(monitor, matcher, matcher.on_state(None, now))
+    now += 2 * PERIOD
+    _apply(monitor, matcher, matcher.expire(now))
+    assert matcher.uncosted == 35 and monitor.accumulated == pytest.approx(7.0)
+    episode_sent = sent + 1_000_000
+    _apply(monitor, matcher, matcher.on_episode(now, episode_sent))
+    monitor.end_episode()
+    for k in range(35):  # the old steps' costs, sent before the episode message, read after it
+        _apply(monitor, matcher, matcher.on_cost(0.2, None, now + 1e-4 * k, episode_sent - 70_000_000 + k))
+    _apply(monitor, matcher, matcher.on_cost(0.0, None, now + 0.004, episode_sent + 1_000))  # the new first state's
+    _apply(monitor, matcher, matcher.on_state(None, now + 0.004))
+    _apply(monitor, matcher, matcher.on_cost(0.2, None, now + 0.006, episode_sent + 2_001_000))
+    _apply(monitor, matcher, matcher.on_state(None, now + 0.006))
+    assert monitor.accumulated == pytest.approx(0.2)  # the new episode pays its own step only
+    assert monitor.distance.in_use == 21 and monitor.level.name == "OK"
+    assert matcher.refunded == 35
+
+
+def test_a_backlog_read_after_a_stop_decision_is_not_measured_as_the_robots_stop():
+    """A node that stalls reads a burst of steps at once. The stop it decides at the first of
+    them comes after the robot took the rest: only costs that reach it after it decided are
+    steps the robot took past the stop."""
+    from algd_runtime.safety import StopDistance
+
+    distance = StopDistance(2)
+    distance.stop_decided(10, now=5.0)
+    for t in range(11, 40):  # waited in the queue: arrived before the decision
+        distance.on_step(t, 0.2, arrived=4.9)
+    assert not distance.episode_ended() and distance.worst == 0
+    distance.stop_decided(3, now=6.0)
+    for t, arrived in ((4, 6.001), (5, 6.002), (6, 6.003)):  # the robot's own stop distance: 3 steps
+        distance.on_step(t, 0.2, arrived=arrived)
+    assert distance.episode_ended() and distance.worst == 3 and distance.in_use == 4
+
+
+def test_the_operators_reset_clears_a_margin_that_no_episode_can_move_under():
+    """Issue 19 item 4: a hold that cannot end by itself latches with a reason the operator
+    can clear. A measured stop distance that outgrew the budget re-latched at the next step
+    after every reset, so the robot stood still for good."""
+    from algd_runtime.safety import StopDistance
+
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 0.2, 3), distance=StopDistance(3)), None, "episode")
+    gate.account.distance.worst = 47  # as measured from a bogus burst
+    gate.on_charges([], 0)
+    gate.account.record(0, 0, 0.0)
+    gate.account.record(0, 1, 0.2)
+    gate._latch_if_stuck()
+    assert "budget_margin" in gate.latch.reasons and gate.verdict(0.0).stop
+    cleared = gate.reset()
+    assert "48 -> 3 steps ahead" in cleared["budget_margin"]
+    gate.account.record(0, 2, 0.2)
+    gate._latch_if_stuck()
+    assert not gate.latch.latched and gate.verdict(0.0).stop is None
+
+    monitor = _monitor_with_distance()
+    monitor.distance.worst = 47
+    monitor.update(0.2)
+    assert monitor.level.name == "STOP" and "no episode can move" in monitor.transitions[-1].reason
+    assert monitor.reset_stop() and "48 -> 3" in monitor.forgotten
+    monitor.update(0.2)
+    assert monitor.level.name == "OK" and monitor.margin_steps == 3
+
+
+def test_costs_sent_after_an_episode_began_are_its_own_steps_not_the_last_ones_race():
+    """A monitor stalled 380 ms at 100 Hz while the next episode ran; its state queue kept the
+    newest states only, and the first one it read came with 24 costs. Taken as costs that
+    raced the last episode's end, they measured a 41-step stop ("no episode can move"). The
+    robot sent them after the episode began: this episode pays them, and nothing raced."""
+    monitor, matcher = _monitor_with_distance(limit=40.0, bound=1.0, steps_ahead=3), CostMatcher(wait_s=0.01)
+    _apply(monitor, matcher, matcher.on_cost(0.0, None, 0.0, 0))
+    _apply(monitor, matcher, matcher.on_state(None, 0.0))
+    _apply(monitor, matcher, matcher.on_episode(0.01, 10_000_000))
+    monitor.end_episode()
+    for k in range(24):
+        _apply(monitor, matcher, matcher.on_cost(1.0, None, 0.4, 10_000_000 + (k + 1) * 10_000_000))
+    (first,) = matcher.on_state(None, 0.4)
+    assert first.raced == 0 and first.cost == 24.0
+    raced = CostMatcher(wait_s=0.01)  # sent before the episode began: they did race its end
+    raced.on_cost(0.0, None, 0.0, 0)
+    raced.on_state(None, 0.0)
+    raced.on_episode(0.01, 10_000_000)
+    raced.on_cost(1.0, None, 0.011, 9_000_000)
+    raced.on_cost(1.0, None, 0.012, None)  # unknown: the safe side
+    (first,) = raced.on_state(None, 0.013)
+    assert first.raced == 2

@@ -243,7 +243,7 @@ class ControllerNode(ManagedNode):
             # executor takes one of each ready subscription in turn); those its publisher sent
             # after it are the new episode's (SAFETY.md, io).
             later = m.take_sent_before([self._subs[self.io.cost.topic], self._subs[self.io.trigger]], info)
-            self._charge(self.matcher.on_episode(now))
+            self._charge(self.matcher.on_episode(now, m.source_ns(info)))
             if self.core.gate.account.distance is not None:
                 self.core.gate.account.distance.episode_ended()
                 self._charge([])  # logs a margin that grew
@@ -255,7 +255,7 @@ class ControllerNode(ManagedNode):
             except (ValueError, AttributeError, IndexError) as exc:  # unreadable: the worst case
                 cost = math.nan
                 self._io_problem(f"cost: {exc}")
-            self._charge(self.matcher.on_cost(cost, m.header_stamp_ns(msg), m.arrived_at(info, now)))
+            self._charge(self.matcher.on_cost(cost, m.header_stamp_ns(msg), m.arrived_at(info, now), m.source_ns(info)))
             self.core.gate.waiting_for = None
             if self.core.gate.watch is not None:  # the monitor must show it read a cost this recent
                 arrived_ns = (info or {}).get("received_timestamp") or time.time_ns()

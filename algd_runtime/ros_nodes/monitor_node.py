@@ -126,7 +126,10 @@ class MonitorNode(ManagedNode):
             forecast_only = set(self.io.observation.types) - {self.io.cost.topic, self.io.episode_topic, self.io.trigger}
             for topic, type_name in self.io.topics().items():
                 if topic in wanted:
-                    qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic) else m.OBSERVATIONS
+                    # Every state is a step to account: the trigger's queue is as deep as the
+                    # costs' (a stall's burst of states is read whole, not cut to the newest 5).
+                    qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic, self.io.trigger) \
+                        else m.OBSERVATIONS
                     group = {"callback_group": polled} if topic in forecast_only else {}
                     subs[topic] = self.qos.watch(self.create_subscription(
                         m.message_class(type_name), topic, lambda msg, info, topic=topic: self._on_io(topic, msg, info),
@@ -232,7 +235,7 @@ class MonitorNode(ManagedNode):
         if topic == io.episode_topic:  # a new episode: the one in progress (if it took steps) ends
             later = m.take_sent_before([self._subs[io.cost.topic], self._subs[io.trigger]], info)
             self._record(topic, msg)
-            self._charge(self.matcher.on_episode(now))
+            self._charge(self.matcher.on_episode(now, m.source_ns(info)))
             if self._robot[0] == self._io_episode and self._robot[1] > 0:
                 self._episode_end({"event": "end", "index": self._io_episode})
             self._io_episode += 1
@@ -247,7 +250,8 @@ class MonitorNode(ManagedNode):
             except (ValueError, AttributeError, IndexError):
                 cost = float("nan")  # unreadable: the worst case
             self.seen_stamp_ns = time.time_ns()  # no robot stamp on a cost: when it was read (controller_node)
-            self._charge(self.matcher.on_cost(cost, m.header_stamp_ns(msg), now))
+            # When it arrived, not when it is read: a cost read late was in time for its step.
+            self._charge(self.matcher.on_cost(cost, m.header_stamp_ns(msg), m.arrived_at(info, now), m.source_ns(info)))
         if topic == io.trigger:
             if io.cost.topic != topic:
                 m.take_waiting(self.step_sub)  # a step's cost that came with its state is read first
@@ -258,14 +262,15 @@ class MonitorNode(ManagedNode):
         for c in charges:
             if c.refund:
                 if c.episode == self.matcher.episode:
-                    for tr in self.monitor.refund(c.cost):
+                    for tr in self.monitor.refund(c.cost, c.t, c.arrived):
                         self._respond(tr)
                 continue
             if c.raced and self.monitor.distance is not None and self.monitor.distance.raced(c.raced):
                 self._margin_grew()
             self._robot = (self._io_episode, c.t)
             if c.t > 0:
-                for tr in self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra):
+                for tr in self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra,
+                                              arrived=c.arrived):
                     self._respond(tr)
 
     def _predicted(self) -> float:
@@ -342,6 +347,8 @@ class MonitorNode(ManagedNode):
         out = self.monitor.reset_stop()
         for t in out:
             self._respond(t)
+        if out and self.monitor.forgotten:
+            self.get_logger().warning(f"operator reset: {self.monitor.forgotten}")
         self.store.save({})
         return "e-stop cleared" if out else f"nothing to reset (level {self.monitor.level.name})"
 
