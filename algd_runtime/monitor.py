@@ -164,13 +164,12 @@ class BudgetMonitor:
         return self.update(self._worst_case(steps), count=steps)
 
     def update(self, cost: float, predicted_cost_to_go: float = 0.0, count: int = 1, reported: bool = True,
-               extra: float = 0.0, arrived: float | None = None) -> list[Transition]:
+               extra: float = 0.0) -> list[Transition]:
         """Account one step (or `count` steps costing `cost` together); returns the
         transitions it caused (usually none). reported=False: not one step's own cost report
-        (it never raises the margin); extra: costs of steps whose states were lost; arrived:
-        when the cost reached the node (monotonic; the stop distance counts later ones only)."""
+        (it never raises the margin); extra: costs of steps whose states were lost."""
         if self.distance is not None:  # a cost the robot reported, not a worst-case charge (StopDistance)
-            self.distance.on_step(self.step + count - self._episode_start, cost + extra, arrived)
+            self.distance.on_step(self.step + count - self._episode_start, cost + extra)
         if not math.isfinite(cost) or cost < 0:
             cost = self._worst_case(count)  # an unreadable cost is treated as the worst case
         elif count == 1 and reported:
@@ -188,14 +187,14 @@ class BudgetMonitor:
         self.predicted = max(0.0, predicted_cost_to_go) if math.isfinite(predicted_cost_to_go) else 0.0
         return self._escalate_or_calm()
 
-    def refund(self, cost: float, t: int | None = None, arrived: float | None = None) -> list[Transition]:
+    def refund(self, cost: float, t: int | None = None) -> list[Transition]:
         """Step t of this episode, charged the worst case (its cost was late), costs `cost`
-        after all (arrived: when that cost came, for the stop distance)."""
+        after all (a step the stop distance counts, as the controller's account does)."""
         if math.isfinite(cost) and cost >= 0:
             self.accumulated += cost - self._worst_case(1)
             self.worst_step = max(self.worst_step, cost)
             if self.distance is not None and t is not None:
-                self.distance.on_step(t, cost, arrived)
+                self.distance.on_step(t, cost)
         return self._escalate_or_calm()
 
     def _escalate_or_calm(self) -> list[Transition]:

@@ -136,37 +136,32 @@ class StopDistance:
     A distance runs from the step at which the budget first said stop to the last step of
     the episode the robot reported a cost for (a robot held still at no cost has stopped,
     whenever its episode ends), plus the costs of that episode that raced its end and were
-    charged to the next one (CostMatcher: without stamps the running episode pays). Only
-    costs that reached the node after it decided count: a backlog read after the decision
-    (a node that stalled) holds steps the robot took before anyone said stop."""
+    charged to the next one (CostMatcher: without stamps the running episode pays).
+    A backlog the node read after deciding counts too: the margin must cover every step
+    beyond the last one accounted when the stop was decided."""
 
     def __init__(self, configured: int) -> None:
         self.configured = configured
         self.worst = -1  # -1: nothing measured yet
         self.last = -1  # the last episode's distance
         self._stop_at: int | None = None
-        self._decided_at: float | None = None
         self._last_costly: int | None = None
 
     @property
     def in_use(self) -> int:
         return max(self.configured, self.worst + 1)
 
-    def stop_decided(self, t: int, now: float | None = None) -> None:
-        """A budget stop was decided at step t of the episode, at `now` (monotonic; None: the
-        clock now). The first one counts."""
+    def stop_decided(self, t: int) -> None:
+        """A budget stop was decided at step t of the episode (the first one counts)."""
         if self._stop_at is None:
-            self._stop_at, self._decided_at = t, time.monotonic() if now is None else now
+            self._stop_at = t
 
-    def on_step(self, t: int, cost: float, arrived: float | None = None) -> None:
+    def on_step(self, t: int, cost: float) -> None:
         # Only a cost the robot reported: a step whose cost never came is charged the worst
         # case in the account, but as a distance it would measure the network, not the robot
         # (a held robot whose episode message was lost went on 5 483 "costly" steps, and the
         # margin latched for good). One lost cost at a distance's end shortens that episode's
         # measure by a step; the worst over the run's episodes is what the margin takes.
-        # arrived: when the step's cost reached the node (None: unknown, it counts).
-        if arrived is not None and self._decided_at is not None and arrived <= self._decided_at:
-            return
         if self._stop_at is not None and t > self._stop_at and math.isfinite(cost) and cost > 0:
             self._last_costly = t
 
@@ -177,14 +172,14 @@ class StopDistance:
         if self._stop_at is not None:
             self.last = (self._last_costly - self._stop_at) if self._last_costly is not None else 0
             self.worst = max(self.worst, self.last)
-        self._stop_at = self._decided_at = self._last_costly = None
+        self._stop_at = self._last_costly = None
         return self.in_use > before
 
     def abandon(self) -> None:
         """The operator's reset restarted the episode's account: what follows is motion the
         operator allowed, not the robot's stop (measured as one, a robot whose episode message
         was lost ran a "stop" of 4 050 steps, and budget_margin latched for good)."""
-        self._stop_at = self._decided_at = self._last_costly = None
+        self._stop_at = self._last_costly = None
 
     def forget(self) -> str | None:
         """The operator cleared a hold that the measured distance made permanent ("no episode
@@ -237,13 +232,12 @@ class BudgetAccount:
     def margin(self) -> float:
         return self.budget.margin(self.worst_seen, self.steps_ahead)
 
-    def record(self, episode: int, t: int, cost: float, reported: bool = True, extra: float = 0.0,
-               arrived: float | None = None) -> None:
+    def record(self, episode: int, t: int, cost: float, reported: bool = True, extra: float = 0.0) -> None:
         """The robot's report that step t of `episode` cost `cost` (t = 0: the episode began).
         A repeat is ignored; a gap, a late join or an unreadable cost counts as the worst case.
         reported=False: `cost` is not one step's own report (a sum over steps whose states were
         lost), so it does not raise the margin. extra: the costs of steps whose states were
-        lost, charged with this one. arrived: when the cost reached the node (StopDistance)."""
+        lost, charged with this one."""
         if episode != self.episode:
             self.episode, self.t, self.accumulated, self.worst_charged = episode, 0, 0.0, 0
         if t <= self.t and not (t == 0 and self.t == 0):
@@ -254,7 +248,7 @@ class BudgetAccount:
             self.worst_charged += gap
             self.accumulated += self.budget.worst_case(gap)
         if t > 0 and self.distance is not None:
-            self.distance.on_step(t, cost, arrived)
+            self.distance.on_step(t, cost)
         if t > 0:
             if math.isfinite(cost) and cost >= 0:
                 if reported:
@@ -273,11 +267,11 @@ class BudgetAccount:
                 self.worst_seen = max(self.worst_seen, charge.cost)
                 self.worst_charged = max(0, self.worst_charged - 1)
                 if self.distance is not None:
-                    self.distance.on_step(charge.t, charge.cost, charge.arrived)
+                    self.distance.on_step(charge.t, charge.cost)
             return
         if charge.raced and self.distance is not None:
             self.distance.raced(charge.raced)
-        self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra, charge.arrived)
+        self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra)
 
     def verdict(self, with_provisional: bool = True) -> str | None:
         """Why the robot must hold. with_provisional=False: by the costs charged so far only
@@ -302,7 +296,6 @@ class Charge:
     extra: float = 0.0
     raced: int = 0  # cost messages that came before the episode's first state: the last episode's
     refund: bool = False  # the late cost of a step charged the worst case: it replaces that charge
-    arrived: float | None = None  # when its (last) cost reached the node; None: none came
 
 
 @dataclass
@@ -313,7 +306,6 @@ class _Step:
     costs: list | None = None  # None: its cost has not come yet
     extra: list = field(default_factory=list)
     raced: int = 0
-    arrived: float | None = None
 
 
 class CostMatcher:
@@ -347,8 +339,7 @@ class CostMatcher:
         self._measured_wait = 0.01  # the median interval, kept current as states arrive
         self._last_state_at: float | None = None
         self.episode, self.t = 0, -1  # -1: no state yet in this episode
-        # costs that came before their state: (cost, stamp, arrived, sent)
-        self._early: list[tuple[float, int | None, float, int | None]] = []
+        self._early: list[tuple[float, int | None, int | None]] = []  # (cost, stamp, sent): before their state
         self._pending: deque[_Step] = deque()  # steps in order, some still waiting for a cost
         # (episode, t, stamp) of steps charged the worst case, this episode's and the last's
         self._worst: deque = deque(maxlen=256)
@@ -396,16 +387,16 @@ class CostMatcher:
             if (episode == self.episode or last_episodes) and (stamp_ns is None or stamp == stamp_ns):
                 del self._worst[i]
                 self.refunded += 1
-                return out + [Charge(episode, t, float(cost), True, refund=True, arrived=now)]
+                return out + [Charge(episode, t, float(cost), True, refund=True)]
         for step in self._pending:
             if step.costs is None and (stamp_ns is None or step.stamp_ns == stamp_ns):
-                step.costs, step.arrived = [float(cost)], now
+                step.costs = [float(cost)]
                 self.reordered += 1
                 return out + self._release()
         if stamp_ns is not None and self._last_stamp is not None and stamp_ns <= self._last_stamp:
             self.dropped += 1  # its step was charged the worst case already, or it is a repeat
             return out
-        self._early.append((float(cost), stamp_ns, now, sent_ns))
+        self._early.append((float(cost), stamp_ns, sent_ns))
         return out
 
     def on_state(self, stamp_ns: int | None, now: float) -> list[Charge]:
@@ -423,7 +414,6 @@ class CostMatcher:
         if not self.armed:
             return out
         if self.stamped and stamp_ns is not None:
-            arrived = max((e[2] for e in self._early if e[1] == stamp_ns), default=None)
             mine = [e[0] for e in self._early if e[1] == stamp_ns]
             older = [e[0] for e in self._early if e[1] is None or e[1] < stamp_ns]
             self._early = [e for e in self._early if e[1] is not None and e[1] > stamp_ns]
@@ -432,7 +422,6 @@ class CostMatcher:
                 return out + [Charge(self.episode, 0, 0.0)]
         else:
             early, self._early = self._early, []
-            arrived = max((e[2] for e in early), default=None)
             mine, older = [e[0] for e in early], []
             if self.t < 0 and not mine:
                 self.t = 0
@@ -441,9 +430,9 @@ class CostMatcher:
         # unless the robot sent them after this episode began: this episode's steps whose
         # states were lost (a node that stalled found 24 such costs and measured a 41-step stop).
         raced = 0 if self.t >= 0 or self.stamped else sum(
-            not (e[3] is not None and self._episode_sent is not None and e[3] >= self._episode_sent) for e in early)
+            not (e[2] is not None and self._episode_sent is not None and e[2] >= self._episode_sent) for e in early)
         self.t = max(self.t, 0) + 1
-        self._pending.append(_Step(self.t, now + self.wait_s, stamp_ns, mine or None, older, raced, arrived))
+        self._pending.append(_Step(self.t, now + self.wait_s, stamp_ns, mine or None, older, raced))
         return out + self._release()
 
     def _release(self) -> list[Charge]:
@@ -453,11 +442,10 @@ class CostMatcher:
             step = self._pending.popleft()
             costs = step.costs
             if any(not (math.isfinite(c) and c >= 0) for c in costs):
-                out.append(Charge(self.episode, step.t, math.nan, False, math.fsum(step.extra), step.raced,
-                                  arrived=step.arrived))
+                out.append(Charge(self.episode, step.t, math.nan, False, math.fsum(step.extra), step.raced))
             else:
                 out.append(Charge(self.episode, step.t, math.fsum(costs), len(costs) == 1, math.fsum(step.extra),
-                                  step.raced, arrived=step.arrived))
+                                  step.raced))
         return out
 
     def expire(self, now: float) -> list[Charge]:
@@ -852,7 +840,7 @@ class SafetyGate:
         if reason is None:
             reason = self.account.verdict()
             if reason and self.account.distance is not None:
-                self.account.distance.stop_decided(self.account.t, now)
+                self.account.distance.stop_decided(self.account.t)
         if reason:
             return Verdict(reason, 0)
         return Verdict(None, self.account.lease(self.lease_cap))

@@ -211,3 +211,45 @@ def test_a_stop_reloaded_after_restarts_keeps_a_readable_reason(tmp_path):
     for _ in range(3):  # three restarts, each saving what it reloaded
         store.save({"monitor": restart_reason(store.load())})
     assert store.load() == {"monitor": "latched before restart: budget spent (5 >= 5)"}
+
+
+def test_costs_states_and_episode_starts_are_read_in_the_order_the_robot_sent_them():
+    """DDS orders no two topics and rclpy's executor takes one message of each ready
+    subscription in turn; a node that read a new episode's costs before its start message
+    charged them to the episode that ended. take_in_sent_order reads every waiting message of
+    the given topics in the order their publisher sent them."""
+    import time
+
+    import rclpy
+    from std_msgs.msg import Empty, Float64, Float64MultiArray
+
+    from algd_runtime.ros_nodes import messages as m
+
+    rclpy.init()
+    try:
+        ns = f"/order_{os.getpid()}"
+        robot, node = rclpy.create_node("robot", namespace=ns), rclpy.create_node("reader", namespace=ns)
+        kinds = {"cost": Float64, "state": Float64MultiArray, "episode_start": Empty}
+        pubs = {k: robot.create_publisher(t, k, m.COSTS) for k, t in kinds.items()}
+        subs = {k: node.create_subscription(t, k, lambda msg, info: None, m.COSTS) for k, t in kinds.items()}
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not all(p.get_subscription_count() for p in pubs.values()):
+            time.sleep(0.05)
+        sent = []
+        for step in range(12):
+            kind = "episode_start" if step == 6 else None
+            for k in ([kind] if kind else []) + ["cost", "state"]:
+                msg = kinds[k]()
+                if k == "cost":
+                    msg.data = float(step)
+                pubs[k].publish(msg)
+                sent.append((k, step if k == "cost" else None))
+        time.sleep(0.3)
+        read = m.take_in_sent_order([subs["cost"], subs["episode_start"], subs["state"]])
+        names = {sub: k for k, sub in subs.items()}
+        got = [(names[sub], taken[0].data if names[sub] == "cost" else None) for sub, taken in read]
+        assert got == sent
+        robot.destroy_node()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()

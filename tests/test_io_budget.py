@@ -407,12 +407,12 @@ def _apply(monitor, matcher, charges):
     for c in charges:
         if c.refund:
             if c.episode == matcher.episode:
-                monitor.refund(c.cost, c.t, c.arrived)
+                monitor.refund(c.cost, c.t)
             continue
         if c.raced:
             monitor.distance.raced(c.raced)
         if c.t > 0:
-            monitor.update(c.cost, reported=c.reported, extra=c.extra, arrived=c.arrived)
+            monitor.update(c.cost, reported=c.reported, extra=c.extra)
 
 
 def test_late_costs_of_an_ended_episode_are_not_charged_to_the_next_or_measured_as_a_stop():
@@ -444,23 +444,6 @@ def test_late_costs_of_an_ended_episode_are_not_charged_to_the_next_or_measured_
     assert monitor.accumulated == pytest.approx(0.2)  # the new episode pays its own step only
     assert monitor.distance.in_use == 21 and monitor.level.name == "OK"
     assert matcher.refunded == 35
-
-
-def test_a_backlog_read_after_a_stop_decision_is_not_measured_as_the_robots_stop():
-    """A node that stalls reads a burst of steps at once. The stop it decides at the first of
-    them comes after the robot took the rest: only costs that reach it after it decided are
-    steps the robot took past the stop."""
-    from algd_runtime.safety import StopDistance
-
-    distance = StopDistance(2)
-    distance.stop_decided(10, now=5.0)
-    for t in range(11, 40):  # waited in the queue: arrived before the decision
-        distance.on_step(t, 0.2, arrived=4.9)
-    assert not distance.episode_ended() and distance.worst == 0
-    distance.stop_decided(3, now=6.0)
-    for t, arrived in ((4, 6.001), (5, 6.002), (6, 6.003)):  # the robot's own stop distance: 3 steps
-        distance.on_step(t, 0.2, arrived=arrived)
-    assert distance.episode_ended() and distance.worst == 3 and distance.in_use == 4
 
 
 def test_the_operators_reset_clears_a_margin_that_no_episode_can_move_under():

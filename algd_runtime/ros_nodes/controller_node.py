@@ -88,6 +88,7 @@ class ControllerNode(ManagedNode):
         self.heartbeats = self.create_subscription(String, m.HEARTBEAT, self._on_heartbeat,
                                                    **m.endpoint(m.RELIABLE, False), callback_group=m.Polled())
         self.io = load_io(self.values["io"], m.message_class) if self.values["io"] else None
+        self._reading = self._answer_due = False  # inside _read_io; a state read there awaits its answer
         self.io_errors: dict[str, int] = {}
         self.first_observations: list[list[float]] = []  # with an io file: what the mapping made (tests)
         if self.io is None:  # our own contract: observation / action with (episode, t, cost) and leases
@@ -99,23 +100,25 @@ class ControllerNode(ManagedNode):
             self.command_cls = m.message_class(self.io.action_type)
             self.pub = self.qos.watch(self.create_lifecycle_publisher(self.command_cls, self.io.action_topic,
                                                                       **m.wired(m.COMMANDS, True)), True)
-            # Only the trigger (a step) and the episode topic wake this process. The cost and
-            # the other observation topics are read at each decision (the trigger's, or the
-            # timer's at least every period), costs first: a step's cost and the other
-            # sources' newest messages are in before the trigger is answered, and a cost is
-            # matched by when it arrived (m.arrived_at), not when it was read.
+            # Only the trigger (a step) and the episode topic wake this process. The costs are
+            # read with them, all in the order the robot sent them (m.take_in_sent_order), and
+            # the other observation topics' newest messages before a state is answered (at each
+            # trigger, or the timer's decision at least every period). A cost is matched by when
+            # it arrived (m.arrived_at), not when it was read.
             topics, self._subs = self.io.topics(), {}
             polled = m.Polled()
-            read_at_decision = [t for t in sorted(topics, key=lambda t: t != self.io.cost.topic)
-                                if t not in (self.io.trigger, self.io.episode_topic)]
+            read_at_decision = [t for t in topics if t not in (self.io.trigger, self.io.episode_topic)]
             for topic in topics:
                 qos = m.OBSERVATIONS if topic in self.io.observation.types else m.COSTS
                 type_name = topics[topic]
                 group = {"callback_group": polled} if topic in read_at_decision else {}
                 self._subs[topic] = self.qos.watch(self.create_subscription(
-                    m.message_class(type_name), topic, lambda msg, info, topic=topic: self._on_io(topic, msg, info),
+                    m.message_class(type_name), topic,
+                    lambda msg, info, topic=topic: self._on_io_message(topic, msg, info),
                     **m.wired(qos, False), **group), False)
-            self._read_at_decision = [self._subs[t] for t in read_at_decision]
+            self._in_order = [self._subs[t] for t in (self.io.cost.topic, self.io.episode_topic, self.io.trigger)
+                              if t]
+            self._read_at_decision = [self._subs[t] for t in read_at_decision if self._subs[t] not in self._in_order]
             # The second channel's own e-stop: either channel alone must end an episode whose
             # robot keeps costing while it stands (SAFETY.md, standard messages).
             self.estop_pub = self.create_publisher(Bool, m.CONTROLLER_ESTOP, **m.endpoint(m.LATCHED, True))
@@ -233,21 +236,34 @@ class ControllerNode(ManagedNode):
         if self.timer is not None:
             self._act()  # answer at once: waiting for the next tick would add up to a period of latency
 
+    def _on_io_message(self, topic: str, msg, info: dict | None = None) -> None:
+        """A wake-up (a state or an episode start): everything waiting on the cost, episode and
+        trigger topics, in the order the robot sent it; then the newest state is answered."""
+        if self._reading or self._subs[topic] not in self._in_order:  # taken by _read_io, or another source
+            self._on_io(topic, msg, info)
+            return
+        self._read_io((self._subs[topic], (msg, info)))
+        if self._answer_due and self.timer is not None:
+            self._act()  # at once: waiting for the next tick would add up to a period of latency
+
+    def _read_io(self, first: tuple | None = None) -> None:
+        self._reading, self._answer_due = True, False
+        try:
+            for sub, taken in m.take_in_sent_order(self._in_order, first):
+                m.call(sub, taken)
+        finally:
+            self._reading = False
+
     def _on_io(self, topic: str, msg, info: dict | None = None) -> None:
         """A message on one of the io file's topics (CostMatcher is the budget's contract)."""
         if self.core is None:
             return
         now, io = time.monotonic(), self.io
         if topic == io.episode_topic:
-            # Costs and states sent before this episode began may wait behind this message (the
-            # executor takes one of each ready subscription in turn); those its publisher sent
-            # after it are the new episode's (SAFETY.md, io).
-            later = m.take_sent_before([self._subs[self.io.cost.topic], self._subs[self.io.trigger]], info)
             self._charge(self.matcher.on_episode(now, m.source_ns(info)))
             if self.core.gate.account.distance is not None:
                 self.core.gate.account.distance.episode_ended()
                 self._charge([])  # logs a margin that grew
-            m.deliver(later)  # the new episode's first costs and states, if they are waiting too
             return
         if topic == io.cost.topic:
             try:
@@ -264,7 +280,7 @@ class ControllerNode(ManagedNode):
             io.observation.update(topic, msg, now)
         if topic != io.trigger:
             return
-        self._read_waiting()  # a step's cost that came with its state, and the other sources' newest
+        self._read_waiting()  # the other sources' newest
         self._charge(self.matcher.on_state(m.header_stamp_ns(msg), now))
         try:
             obs = io.observation.vector(now)
@@ -279,8 +295,7 @@ class ControllerNode(ManagedNode):
         self.core.on_observation(obs, stamp, now, None, None, accounted=True)
         if self.recorder:
             self.recorder.write(topic, msg, time.time_ns())
-        if self.timer is not None:
-            self._act()
+        self._answer_due = True  # the newest state read is answered once they all are (_on_io_message)
 
     def _assert_estop(self, force: bool = False) -> None:
         """True while a latch or the budget stops the robot (not for the start-up holds)."""
@@ -316,7 +331,8 @@ class ControllerNode(ManagedNode):
         """The control-rate timer: a decision every period unless the newest observation is
         fresh and already answered by the policy (then there is nothing new to say)."""
         if self.io is not None:
-            self._read_waiting()  # costs before their deadlines are judged
+            self._read_io()  # costs before their deadlines are judged
+            self._read_waiting()
         if self.core.needs_tick(time.monotonic()):
             self._act()
 

@@ -117,22 +117,13 @@ class Polled(CallbackGroup):
         pass
 
 
-def take_waiting(subscription, sent_before_ns: int | None = None) -> list:
+def take_waiting(subscription) -> None:
     """Run the subscription's callback on every message waiting in its queue, now. rclpy's
     executor runs due timers before waiting messages; a node that must act on the newest
-    message (a command, a heartbeat) reads them itself first.
-
-    sent_before_ns: only the messages their publisher sent before then (the DDS source
-    timestamp) are handled; the later ones are returned, for `deliver` once the caller has
-    handled what they come after."""
-    later = []
+    message (a command, a heartbeat) reads them itself first."""
     with subscription.handle:
         while (taken := subscription.handle.take_message(subscription.msg_type, False)) is not None:
-            if sent_before_ns is not None and taken[1].get("source_timestamp", 0) >= sent_before_ns:
-                later.append((taken[1].get("source_timestamp", 0), subscription, taken))
-            else:
-                _call(subscription, taken)
-    return later
+            call(subscription, taken)
 
 
 def arrived_at(info: dict | None, now: float) -> float:
@@ -149,20 +140,23 @@ def source_ns(info: dict | None) -> int | None:
     return info.get("source_timestamp") if info else None
 
 
-def take_sent_before(subscriptions: list, info: dict | None) -> list:
-    """At an episode message (its message info): the costs and states its publisher sent
-    before it, handled now, in the order given (costs first: a state read now reads the
-    costs still waiting); those sent after it are returned, for `deliver`."""
-    return [taken for sub in dict.fromkeys(subscriptions) for taken in take_waiting(sub, source_ns(info))]
+def take_in_sent_order(subscriptions: list, first: tuple | None = None) -> list:
+    """Every message waiting on `subscriptions`, with `first` ((subscription, (msg, info)),
+    one already taken), as (subscription, taken) in the order their publishers sent them (DDS
+    source timestamps; ties keep the order given). DDS orders no two topics, and the executor
+    takes one message of each ready subscription in turn: a node that accounts costs, states
+    and episode starts must read them in the robot's order, or a new episode's cost read
+    before its start message is charged to the episode that ended (and lost from its own)."""
+    taken = [first] if first is not None else []
+    for sub in dict.fromkeys(subscriptions):
+        with sub.handle:
+            while (message := sub.handle.take_message(sub.msg_type, False)) is not None:
+                taken.append((sub, message))
+    return sorted(taken, key=lambda item: (item[1][1] or {}).get("source_timestamp", 0))
 
 
-def deliver(later: list) -> None:
-    """Messages `take_waiting` put aside, handled in the order their publishers sent them."""
-    for _, subscription, taken in sorted(later, key=lambda item: item[0]):
-        _call(subscription, taken)
-
-
-def _call(subscription, taken) -> None:
+def call(subscription, taken) -> None:
+    """Run a subscription's callback on a message taken from it."""
     if subscription._callback_type is subscription.CallbackType.WithMessageInfo:
         subscription.callback(*taken)
     else:

@@ -100,6 +100,7 @@ class MonitorNode(ManagedNode):
         self._read_for_forecast: list = []  # subscriptions the forecast reads when it needs them (m.Polled)
         self.matcher: CostMatcher | None = None
         self._io_episode = 0
+        self._reading = False  # inside _read_io: a message taken there is handled at once
         if self.io is None:
             self.step_sub = self.qos.watch(self.create_subscription(Float64MultiArray, m.STEP, self._on_step,
                                                                     **m.wired(m.RELIABLE, False)), False)
@@ -122,19 +123,21 @@ class MonitorNode(ManagedNode):
                     m.message_class(self.io.action_type), self.io.action_topic, self._on_command,
                     **m.wired(m.LATEST, False), callback_group=polled), False))
             # A topic read only for the forecast is read when a forecast is made (its newest
-            # message then), not on its own wake-up.
+            # message then), not on its own wake-up; the costs are read at each state (and by
+            # the heartbeat): one wake-up per step instead of two (issue 19, headroom).
             forecast_only = set(self.io.observation.types) - {self.io.cost.topic, self.io.episode_topic, self.io.trigger}
+            polled_topics = forecast_only | ({self.io.cost.topic} - {self.io.trigger})
             for topic, type_name in self.io.topics().items():
                 if topic in wanted:
-                    # Every state is a step to account: the trigger's queue is as deep as the
-                    # costs' (a stall's burst of states is read whole, not cut to the newest 5).
-                    qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic, self.io.trigger) \
-                        else m.OBSERVATIONS
-                    group = {"callback_group": polled} if topic in forecast_only else {}
+                    qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic) else m.OBSERVATIONS
+                    group = {"callback_group": polled} if topic in polled_topics else {}
                     subs[topic] = self.qos.watch(self.create_subscription(
-                        m.message_class(type_name), topic, lambda msg, info, topic=topic: self._on_io(topic, msg, info),
+                        m.message_class(type_name), topic,
+                        lambda msg, info, topic=topic: self._on_io_message(topic, msg, info),
                         **m.wired(qos, False), **group), False)
             self.step_sub, self._subs = subs[self.io.cost.topic], subs
+            self._topic_of = {sub: topic for topic, sub in subs.items()}
+            self._in_order = [subs[t] for t in (self.io.cost.topic, self.io.episode_topic, self.io.trigger) if t]
             self._read_for_forecast += [subs[t] for t in forecast_only if t in subs]
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
         self.reset = ResetEndpoint(self, self._operator_reset)
@@ -186,7 +189,7 @@ class MonitorNode(ManagedNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # the publishers first: what follows must go out
         self._heartbeat_period = 1.0 / self.values["heartbeat_rate_hz"]
-        self._heartbeat_timer = self.create_timer(self._heartbeat_period, self._heartbeat)
+        self._heartbeat_timer = self.create_timer(self._heartbeat_period, self._on_heartbeat_timer)
         self._active_timers = [self._heartbeat_timer, self.create_timer(self.values["estop_period_s"], self._reassert)]
         self._reassert()
         self._heartbeat()  # after the start-up line: no controller moves before it (tests rely on this)
@@ -226,6 +229,24 @@ class MonitorNode(ManagedNode):
             except (ValueError, AttributeError):
                 self._act = None
 
+    def _on_io_message(self, topic: str, msg, info: dict | None = None) -> None:
+        """A wake-up (a state or an episode start; the costs are read with them): everything
+        waiting on the cost, episode and trigger topics, in the order the robot sent it."""
+        if self._reading or self._subs[topic] not in self._in_order:  # taken by _read_io, or a forecast input
+            self._on_io(topic, msg, info)
+            return
+        self._read_io((self._subs[topic], (msg, info)))
+
+    def _read_io(self, first: tuple | None = None, heartbeat: bool = True) -> None:
+        self._reading = True
+        try:
+            for sub, taken in m.take_in_sent_order(self._in_order, first):
+                m.call(sub, taken)
+        finally:
+            self._reading = False
+        if heartbeat:
+            self._heartbeat_if_due()
+
     def _on_io(self, topic: str, msg, info: dict | None = None) -> None:
         """A message on the io file's cost, episode, trigger or (for the forecast) observation
         topics; CostMatcher turns costs and states into steps, as in the controller."""
@@ -233,13 +254,11 @@ class MonitorNode(ManagedNode):
             return
         io, now = self.io, time.monotonic()
         if topic == io.episode_topic:  # a new episode: the one in progress (if it took steps) ends
-            later = m.take_sent_before([self._subs[io.cost.topic], self._subs[io.trigger]], info)
             self._record(topic, msg)
             self._charge(self.matcher.on_episode(now, m.source_ns(info)))
             if self._robot[0] == self._io_episode and self._robot[1] > 0:
                 self._episode_end({"event": "end", "index": self._io_episode})
             self._io_episode += 1
-            m.deliver(later)
             return
         if topic in io.observation.types and self.use_critic:
             io.observation.update(topic, msg)  # mapped only when a cost asks for the forecast
@@ -253,24 +272,20 @@ class MonitorNode(ManagedNode):
             # When it arrived, not when it is read: a cost read late was in time for its step.
             self._charge(self.matcher.on_cost(cost, m.header_stamp_ns(msg), m.arrived_at(info, now), m.source_ns(info)))
         if topic == io.trigger:
-            if io.cost.topic != topic:
-                m.take_waiting(self.step_sub)  # a step's cost that came with its state is read first
             self._charge(self.matcher.on_state(m.header_stamp_ns(msg), now))
-            self._heartbeat_if_due()
 
     def _charge(self, charges) -> None:
         for c in charges:
             if c.refund:
                 if c.episode == self.matcher.episode:
-                    for tr in self.monitor.refund(c.cost, c.t, c.arrived):
+                    for tr in self.monitor.refund(c.cost, c.t):
                         self._respond(tr)
                 continue
             if c.raced and self.monitor.distance is not None and self.monitor.distance.raced(c.raced):
                 self._margin_grew()
             self._robot = (self._io_episode, c.t)
             if c.t > 0:
-                for tr in self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra,
-                                              arrived=c.arrived):
+                for tr in self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra):
                     self._respond(tr)
 
     def _predicted(self) -> float:
@@ -362,6 +377,11 @@ class MonitorNode(ManagedNode):
         early = min(gap, self._heartbeat_period / 2)
         if self._heartbeat_timer is not None and now - self._heartbeat_at >= self._heartbeat_period - early:
             self._heartbeat()
+
+    def _on_heartbeat_timer(self) -> None:
+        if self.io is not None and self.monitor is not None:
+            self._read_io(heartbeat=False)  # costs that came since the last state (m.Polled)
+        self._heartbeat()
 
     def _heartbeat(self) -> None:
         now = self._heartbeat_at = time.monotonic()
