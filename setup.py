@@ -38,7 +38,7 @@ EXTRAS = {
         "ros-jazzy-nav-msgs",         # io adapters: nav_msgs/Odometry in
         "ros-jazzy-geometry-msgs",    # io adapters: Twist / TwistStamped out
         "ros-jazzy-trajectory-msgs",  # io adapters: JointTrajectory out (an expiring command)
-        "mcap>=1.2",                  # run logs (algd_runtime/ros_nodes/recorder.py)
+        "mcap>=1.2",                  # run logs (algd_runtime/ros/recorder.py)
         "mcap-ros2-support>=0.5",
     ],
     # Install on a CUDA machine *instead of* onnxruntime: pip uninstall onnxruntime first.
@@ -90,14 +90,14 @@ setup(
         "algd-bench = algd_runtime.cli:bench_main",
         "algd-import-reference = algd_runtime.cli:import_reference_main",
         "algd-finetune = algd_runtime.cli:finetune_main",
-        "algd-sweep = algd_runtime.sweep:main",
-        "algd-diagnose = algd_runtime.diagnose:main",
-        "algd-demo = algd_runtime.demo:main",
-        "algd-export = algd_runtime.export.cli:main",
-        "algd-controller = algd_runtime.ros_nodes.controller_node:main",
-        "algd-sim = algd_runtime.ros_nodes.sim_node:main",
-        "algd-monitor = algd_runtime.ros_nodes.monitor_node:main",
-        "algd-launch = algd_runtime.ros_nodes.launcher:main",
-        "algd-reset = algd_runtime.ros_nodes.reset_cli:main",
+        "algd-sweep = algd_runtime.cli:sweep_main",
+        "algd-diagnose = algd_runtime.cli:diagnose_main",
+        "algd-demo = algd_runtime.cli:demo_main",
+        "algd-export = algd_runtime.cli:export_main",
+        "algd-controller = algd_runtime.cli:controller_main",
+        "algd-sim = algd_runtime.cli:sim_main",
+        "algd-monitor = algd_runtime.cli:monitor_main",
+        "algd-launch = algd_runtime.cli:launch_main",
+        "algd-reset = algd_runtime.cli:reset_main",
     ]},
 )

@@ -1,4 +1,6 @@
-"""Command-line entry points: algd-train, algd-eval, algd-sign, algd-bench, algd-import-reference."""
+"""Every command-line entry point. The commands with their own parser live here
+(algd-train, algd-eval, algd-sign, algd-finetune, algd-bench, algd-import-reference); the
+others hand over to their module, imported only when run (a robot install has no torch)."""
 
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    from algd_runtime.checkpoint import CheckpointError
-    from algd_runtime.config import ConfigError, config_from_dict, load_config, read_presets
+    from algd_runtime.learn.checkpoint import CheckpointError
+    from algd_runtime.learn.config import ConfigError, config_from_dict, load_config, read_presets
     from algd_runtime.data import task_config
 
     if args.out.exists() and not args.out.is_dir():
@@ -71,7 +73,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
 
-    from algd_runtime.trainer import Trainer
+    from algd_runtime.learn.trainer import Trainer
 
     run_dir = args.out / f"{cfg.task}-seed{cfg.seed}"
     try:
@@ -113,10 +115,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     if args.episodes < 1:
         return _fail(f"--episodes: expected a value >= 1, got {args.episodes}")
 
-    from algd_runtime.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
+    from algd_runtime.learn.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
     from algd_runtime.sim import make_task
     from algd_runtime.sim.conventions import apply_conventions
-    from algd_runtime.trainer import evaluate
+    from algd_runtime.learn.trainer import evaluate
 
     try:
         ckpt = load_checkpoint(args.policy)
@@ -147,8 +149,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bundle_trust(bundle: Path, public_key: Path | None = None) -> str:
-    from algd_runtime.runtime import BundleError
-    from algd_runtime.signing import default_public_key_path, inspect_signature
+    from algd_runtime.contract.bundle import BundleError
+    from algd_runtime.contract.signing import default_public_key_path, inspect_signature
 
     key = public_key or default_public_key_path()
     try:
@@ -174,8 +176,8 @@ def sign_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--new-key", type=Path, metavar="FILE", help="make a key pair: FILE and FILE's .pub")
     args = p.parse_args(argv)
 
-    from algd_runtime.runtime import BundleError
-    from algd_runtime.signing import create_signing_key, default_signing_key_path, sign_bundle
+    from algd_runtime.contract.bundle import BundleError
+    from algd_runtime.contract.signing import create_signing_key, default_signing_key_path, sign_bundle
 
     if args.new_key:
         try:
@@ -228,9 +230,9 @@ def finetune_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from algd_runtime.checkpoint import CheckpointError, load_checkpoint
-    from algd_runtime.finetune import FinetuneOptions, finetune, parse_target
-    from algd_runtime.guard import GuardConfig
+    from algd_runtime.learn.checkpoint import CheckpointError, load_checkpoint
+    from algd_runtime.learn.finetune import FinetuneOptions, finetune, parse_target
+    from algd_runtime.learn.guard import GuardConfig
 
     try:
         target = parse_target(args.target, _parse_shift(args.shift))
@@ -344,7 +346,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     if args.what == "envs":
         return _bench_envs(args)
     if args.what == "loop":
-        from algd_runtime.bench import bench_loop
+        from algd_runtime.tools.bench import bench_loop
 
         if not (args.bundle / "manifest.yaml").is_file():
             return _fail(f"{args.bundle}: no manifest.yaml (run algd-export first)")
@@ -363,8 +365,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from algd_runtime.bench import bench_train
-    from algd_runtime.config import AlgoConfig, ConfigError, load_config
+    from algd_runtime.tools.bench import bench_train
+    from algd_runtime.learn.config import AlgoConfig, ConfigError, load_config
 
     tasks = args.task or ["PointHazard-v0", "SafetyPointGoal1-v0"]
     try:
@@ -380,8 +382,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench_envs(args) -> int:
-    from algd_runtime.bench import bench_envs
-    from algd_runtime.config import AlgoConfig, ConfigError, load_config
+    from algd_runtime.tools.bench import bench_envs
+    from algd_runtime.learn.config import AlgoConfig, ConfigError, load_config
     from algd_runtime.sim import TASK_NAMES
 
     counts = args.num_envs or [1, 4, 8]
@@ -399,7 +401,7 @@ def _bench_envs(args) -> int:
 
 def _check_graph_bench(args) -> None:
     """What algd-bench safety and chaos check before starting a graph (ValueError, BundleError)."""
-    from algd_runtime.runtime import PolicyRuntime
+    from algd_runtime.deploy.runtime import PolicyRuntime
 
     PolicyRuntime.load(str(args.bundle), provider="cpu")  # a bad bundle fails here, with its reason
     if args.load < 0:
@@ -409,8 +411,8 @@ def _check_graph_bench(args) -> None:
 
 
 def _bench_safety(args) -> int:
-    from algd_runtime.faults import bench_safety
-    from algd_runtime.runtime import BundleError
+    from algd_runtime.tools.faults import bench_safety
+    from algd_runtime.contract.bundle import BundleError
 
     try:
         _check_graph_bench(args)
@@ -425,8 +427,8 @@ def _bench_safety(args) -> int:
 
 
 def _bench_chaos(args) -> int:
-    from algd_runtime.chaos import bench_chaos
-    from algd_runtime.runtime import BundleError
+    from algd_runtime.tools.chaos import bench_chaos
+    from algd_runtime.contract.bundle import BundleError
 
     try:
         _check_graph_bench(args)
@@ -435,7 +437,7 @@ def _bench_chaos(args) -> int:
         if not args.every >= 10:
             raise ValueError(f"--every: expected >= 10 seconds (a fault, its recovery and motion again), "
                              f"got {args.every}")
-        from algd_runtime.chaos import fault_pool
+        from algd_runtime.tools.chaos import fault_pool
 
         fault_pool(args.io, args.fault)  # a misspelled fault fails before the graph starts
         r = bench_chaos(args.bundle, args.minutes, args.rate, args.io, args.every, args.seed, args.workdir, args.load,
@@ -446,8 +448,8 @@ def _bench_chaos(args) -> int:
 
 
 def _bench_infer(args) -> int:
-    from algd_runtime.bench import bench_infer
-    from algd_runtime.runtime import BundleError
+    from algd_runtime.tools.bench import bench_infer
+    from algd_runtime.contract.bundle import BundleError
 
     policy = args.policy or args.bundle.parent / "policy.pt"
     if not policy.is_file():
@@ -461,9 +463,9 @@ def _bench_infer(args) -> int:
 
 
 def _bench_guidance(args) -> int:
-    from algd_runtime.checkpoint import CheckpointError
-    from algd_runtime.guidance import bench_guidance
-    from algd_runtime.runtime import BundleError
+    from algd_runtime.learn.checkpoint import CheckpointError
+    from algd_runtime.tools.guidance import bench_guidance
+    from algd_runtime.contract.bundle import BundleError
 
     for name, value in (("--episodes", args.episodes), ("--blocks", args.blocks)):
         if value < 1:
@@ -500,8 +502,8 @@ def import_reference_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-o", "--out", type=Path, default=Path("policy.pt"))
     args = p.parse_args(argv)
 
-    from algd_runtime.checkpoint import CheckpointError
-    from algd_runtime.reference import import_reference
+    from algd_runtime.learn.checkpoint import CheckpointError
+    from algd_runtime.learn.reference import import_reference
 
     try:
         out = import_reference(args.actor, args.critics, args.safety_critics, args.task, args.out, args.lam)
@@ -509,6 +511,29 @@ def import_reference_main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     print(f"wrote {out}")
     return 0
+
+
+# -- the commands whose parser lives with their module --------------------------------------
+def _hand_over(module: str):
+    def main(argv: Sequence[str] | None = None) -> int:
+        import importlib
+
+        return importlib.import_module(f"algd_runtime.{module}").main(argv)
+
+    main.__name__ = f"{module.rsplit('.', 1)[-1]}_main"
+    main.__doc__ = f"algd_runtime.{module}.main"
+    return main
+
+
+sweep_main = _hand_over("tools.sweep")
+diagnose_main = _hand_over("tools.diagnose")
+demo_main = _hand_over("tools.demo")
+export_main = _hand_over("export.cli")
+controller_main = _hand_over("ros.controller_node")
+monitor_main = _hand_over("ros.monitor_node")
+sim_main = _hand_over("ros.sim_node")
+launch_main = _hand_over("ros.launcher")
+reset_main = _hand_over("ros.reset_cli")
 
 
 _COMMANDS = {"train": train_main, "eval": eval_main, "bench": bench_main, "finetune": finetune_main,

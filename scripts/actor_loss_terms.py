@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
-from algd_runtime.diagnose import saturated_fraction
+from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
+from algd_runtime.tools.diagnose import saturated_fraction
 
 
 def measure(agent, probe, low, high):

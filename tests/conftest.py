@@ -18,7 +18,7 @@ os.environ["ALGD_OPERATOR_KEY"] = os.path.join(_private, "operator.key")
 # The bundle signing pair (algd-export signs, the nodes trust its .pub): the session's own.
 os.environ["ALGD_SIGNING_KEY"] = os.path.join(_private, "bundle_signing.key")
 os.environ["ALGD_BUNDLE_PUBLIC_KEY"] = os.path.join(_private, "bundle_signing.pub")
-from algd_runtime.safety import create_key  # noqa: E402
+from algd_runtime.contract.keys import create_key  # noqa: E402
 
 create_key(os.environ["ALGD_OPERATOR_KEY"])
 
@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from algd_runtime.algd import ALGDAgent  # noqa: E402
-from algd_runtime.checkpoint import save_checkpoint  # noqa: E402
-from algd_runtime.config import AlgoConfig, TrainConfig  # noqa: E402
+from algd_runtime.learn.algd import ALGDAgent  # noqa: E402
+from algd_runtime.learn.checkpoint import save_checkpoint  # noqa: E402
+from algd_runtime.learn.config import AlgoConfig, TrainConfig  # noqa: E402
 from algd_runtime.sim import make_task  # noqa: E402
 
 

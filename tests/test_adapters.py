@@ -12,7 +12,7 @@ from geometry_msgs.msg import PoseWithCovariance, Twist, TwistStamped, TwistWith
 from sensor_msgs.msg import Imu, JointState, LaserScan  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from algd_runtime.adapters import action_map, io_config, observation_map, scan_bins, yaw  # noqa: E402
+from algd_runtime.deploy.adapters import action_map, io_config, observation_map, scan_bins, yaw  # noqa: E402
 
 CONFIG = [
     {"topic": "joint_states", "type": "sensor_msgs/JointState", "field": "position", "joints": ["knee", "hip"]},
@@ -108,7 +108,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def test_the_shipped_io_files_load_and_fit_the_toy_task():
-    from algd_runtime.adapters import load_io
+    from algd_runtime.deploy.adapters import load_io
 
     for name, topics in [("standard", {"cost", "episode_start", "odom", "joint_states"}),
                          ("vector", {"cost", "episode_start", "state"})]:
@@ -125,7 +125,7 @@ def test_the_robot_side_writes_what_the_controller_side_reads():
     from nav_msgs.msg import Odometry
     from std_msgs.msg import Float64
 
-    from algd_runtime.adapters import io_config
+    from algd_runtime.deploy.adapters import io_config
 
     io = io_config({
         "observation": [
@@ -166,7 +166,7 @@ def _minimal():
 
 
 def test_a_source_older_than_its_max_age_is_stale():
-    from algd_runtime.adapters import io_config
+    from algd_runtime.deploy.adapters import io_config
 
     io = io_config(_minimal())
     io.observation.update("s", Float64MultiArray(data=[1.0]), now=1.0)
@@ -176,7 +176,7 @@ def test_a_source_older_than_its_max_age_is_stale():
 
 
 def test_io_file_mistakes_name_the_file_and_the_field(tmp_path):
-    from algd_runtime.adapters import io_config, load_io
+    from algd_runtime.deploy.adapters import io_config, load_io
 
     cases = [
         ({k: v for k, v in _minimal().items() if k != "cost"}, r"io: missing 'cost' \(observation, action and cost"),
@@ -204,7 +204,7 @@ def test_io_file_mistakes_name_the_file_and_the_field(tmp_path):
 def test_the_readme_io_example_is_a_valid_io_file():
     import yaml
 
-    from algd_runtime.adapters import io_config
+    from algd_runtime.deploy.adapters import io_config
 
     text = (ROOT / "README.md").read_text()
     start = text.index("```yaml\nobservation:") + len("```yaml\n")
@@ -216,7 +216,7 @@ def test_the_readme_io_example_is_a_valid_io_file():
 def test_expiring_commands_give_the_margin_from_their_expiry():
     """TwistStamped dropped after the consumer's timeout, a JointTrajectory ended at its
     point's time_from_start: a command moves the robot for at most expiry x rate steps."""
-    from algd_runtime.adapters import load_io
+    from algd_runtime.deploy.adapters import load_io
 
     for name, kind in (("twist_stamped", "geometry_msgs/TwistStamped"), ("trajectory", "trajectory_msgs/JointTrajectory")):
         io = load_io(str(ROOT / "config" / "io" / f"{name}.yaml"))

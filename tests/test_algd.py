@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from algd_runtime.algd import ALGDAgent, augmented_lagrangian, risk_adjusted
-from algd_runtime.config import AlgoConfig
-from algd_runtime.diffusion import DDPMPolicy, VESDEPolicy
+from algd_runtime.learn.algd import ALGDAgent, augmented_lagrangian, risk_adjusted
+from algd_runtime.learn.config import AlgoConfig
+from algd_runtime.learn.diffusion import DDPMPolicy, VESDEPolicy
 from algd_runtime.sim.spec import TaskSpec
 
 SPEC = TaskSpec(name="unit", obs_dim=3, act_dim=2, act_low=(-1.0, -2.0), act_high=(1.0, 2.0),
@@ -230,7 +230,7 @@ def test_episode_cost_dual_leaves_lambda_to_the_episodes_not_to_the_updates():
 
 
 def test_the_dual_rule_is_checked_by_name():
-    from algd_runtime.config import ConfigError, config_from_dict
+    from algd_runtime.learn.config import ConfigError, config_from_dict
 
     assert config_from_dict({"algo": {"dual": "episode_cost"}}).algo.dual == "episode_cost"
     with pytest.raises(ConfigError, match="algo.dual"):

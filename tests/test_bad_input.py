@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from algd_runtime.safety import create_key
+from algd_runtime.contract.keys import create_key
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from algd_runtime.algd import ALGDAgent
-from algd_runtime.checkpoint import (CheckpointError, agent_from_checkpoint, load_checkpoint,
+from algd_runtime.learn.algd import ALGDAgent
+from algd_runtime.learn.checkpoint import (CheckpointError, agent_from_checkpoint, load_checkpoint,
                                      save_checkpoint)
-from algd_runtime.config import AlgoConfig, TrainConfig
-from algd_runtime.replay import ReplayBuffer
+from algd_runtime.learn.config import AlgoConfig, TrainConfig
+from algd_runtime.learn.replay import ReplayBuffer
 from algd_runtime.sim.spec import TaskSpec
 
 SPEC = TaskSpec(name="PointHazard-v0", obs_dim=8, act_dim=2, act_low=(-1.0, -1.0), act_high=(1.0, 1.0),
@@ -93,7 +93,7 @@ def test_write_cut_off_midway_leaves_previous_file_intact(tmp_path, monkeypatch)
 
 WRITER = """
 import sys, torch
-from algd_runtime.atomic import atomic_write
+from algd_runtime.contract.atomic import atomic_write
 path, marker = sys.argv[1], sys.argv[2]
 big = {"blob": torch.arange(20_000_000, dtype=torch.float32)}
 open(marker, "w").close()

@@ -91,7 +91,7 @@ def test_bench_loop_refuses_an_io_robot_without_its_monitor_and_a_missing_io_fil
 
 
 def test_bench_infer_times_each_escalation_level_against_the_shipped_period(vesde_bundle):
-    from algd_runtime.bench import escalation_cases
+    from algd_runtime.tools.bench import escalation_cases
 
     rate, levels = escalation_cases(0.5, 3.0)  # from the shipped parameter file, as the monitor composes it
     assert rate == 500.0 and [name for name, _ in levels] == ["OK", "WARN", "ERROR"]
@@ -136,7 +136,7 @@ def test_bench_guidance_runs_each_setting_on_the_task_and_writes_its_curves(vesd
 
 
 def test_guidance_grid_and_interval():
-    from algd_runtime.guidance import interval, lambda_value, settings
+    from algd_runtime.tools.guidance import interval, lambda_value, settings
 
     grid = settings(["own", "10"], [0.0, 0.5], [8])
     assert [s.name for s in grid] == ["unguided", "lambda own, w 0.5", "lambda 10, w 0.5", "best-of-8",

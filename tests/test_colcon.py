@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).parent.parent
 COLCON = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil.which("colcon")
 # The modules the robot runs (engine, safety, controller, monitor) and their ROS / pip names.
-RUNTIME = ["algd_runtime/runtime.py", "algd_runtime/control.py", "algd_runtime/safety.py", "algd_runtime/monitor.py",
-           "algd_runtime/atomic.py", "algd_runtime/__init__.py", *(f"algd_runtime/ros_nodes/{n}.py" for n in (
+RUNTIME = ["algd_runtime/deploy/runtime.py", "algd_runtime/deploy/control.py", "algd_runtime/deploy/safety.py", "algd_runtime/deploy/monitor.py",
+           "algd_runtime/contract/atomic.py", "algd_runtime/__init__.py", *(f"algd_runtime/ros/{n}.py" for n in (
                "controller_node", "monitor_node", "managed", "messages", "params", "entry", "operator", "recorder",
                "launcher"))]
 ROSDEP_KEYS = {"numpy": "python3-numpy", "yaml": "python3-yaml", "onnxruntime": "python3-onnxruntime-pip"}
@@ -50,7 +50,7 @@ def test_colcon_builds_the_package_into_an_ament_install_space(tmp_path, symlink
     assert os.access(prefix / "lib" / "algd_runtime" / "algd-controller", os.X_OK)
     # In the sourced workspace, Python finds the package there (built or, with
     # --symlink-install, the sources themselves) and ament finds its share.
-    probe = ("import algd_runtime.ros_nodes.launcher as l; from ament_index_python.packages import "
+    probe = ("import algd_runtime.ros.launcher as l; from ament_index_python.packages import "
              "get_package_share_directory as g; print(l.__file__); print(g('algd_runtime')); print(l.default_params())")
     env = {k: v for k, v in os.environ.items() if k not in ("AMENT_PREFIX_PATH", "PYTHONPATH")}
     res = subprocess.run(["bash", "-c", f". install/setup.bash && {sys.executable} -c \"{probe}\""], cwd=ws, env=env,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from algd_runtime.config import ConfigError, TrainConfig, config_from_dict, load_config
+from algd_runtime.learn.config import ConfigError, TrainConfig, config_from_dict, load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -106,8 +106,8 @@ def test_a_key_given_twice_is_refused_in_configs_io_files_and_params_files(tmp_p
     """Issue 20: the last one won, silently."""
     import yaml as _yaml
 
-    from algd_runtime.adapters import load_io
-    from algd_runtime.config import ConfigError, load_config
+    from algd_runtime.deploy.adapters import load_io
+    from algd_runtime.learn.config import ConfigError, load_config
 
     (tmp_path / "c.yaml").write_text("task: PointHazard-v0\ntotal_steps: 100\nalgo:\n  batch_size: 32\n  batch_size: 64\n")
     with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML: the key 'batch_size' is given twice \(lines 4 and 5\)"):
@@ -116,7 +116,7 @@ def test_a_key_given_twice_is_refused_in_configs_io_files_and_params_files(tmp_p
     (tmp_path / "io.yaml").write_text(io + "steps_ahead: 2\nsteps_ahead: 9\n")
     with pytest.raises(ValueError, match=r"io: .*io.yaml is not valid YAML: the key 'steps_ahead' is given twice"):
         load_io(str(tmp_path / "io.yaml"))
-    from algd_runtime.ros_nodes.entry import _params_files_problem
+    from algd_runtime.ros.entry import _params_files_problem
 
     (tmp_path / "p.yaml").write_text("/**/controller:\n  ros__parameters:\n    cost_limit: 5.0\n    cost_limit: 50.0\n")
     assert "the key 'cost_limit' is given twice (lines 3 and 4)" in _params_files_problem(

@@ -6,9 +6,10 @@ import re
 import numpy as np
 import pytest
 
-from algd_runtime.control import LATENCY_WINDOW, ControllerCore, ControllerParams, check_param
-from algd_runtime.runtime import PolicyRuntime
-from algd_runtime.safety import Budget, BudgetAccount, HeartbeatWatch, SafetyGate, sign_heartbeat
+from algd_runtime.deploy.control import LATENCY_WINDOW, ControllerCore, ControllerParams, check_param
+from algd_runtime.deploy.runtime import PolicyRuntime
+from algd_runtime.contract.budget import Budget
+from algd_runtime.deploy.safety import BudgetAccount, HeartbeatWatch, SafetyGate, sign_heartbeat
 
 KEY, NS = b"k" * 32, "/t"
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from algd_runtime.algd import ALGDAgent
-from algd_runtime.config import AlgoConfig, ConfigError, config_from_dict
+from algd_runtime.learn.algd import ALGDAgent
+from algd_runtime.learn.config import AlgoConfig, ConfigError, config_from_dict
 from algd_runtime.sim import make_task
 from algd_runtime.sim.base import TaskEnv
 from algd_runtime.sim.conventions import ReferenceConventions, apply_conventions

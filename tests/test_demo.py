@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from algd_runtime.demo import main as demo_main  # noqa: E402
+from algd_runtime.tools.demo import main as demo_main  # noqa: E402
 
 QUICK = """\
 task: PointHazard-v0

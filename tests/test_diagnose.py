@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from algd_runtime.diagnose import ascend_energy, discounted_tail, main, saturated_fraction
+from algd_runtime.tools.diagnose import ascend_energy, discounted_tail, main, saturated_fraction
 from conftest import small_policy
 
 

@@ -96,7 +96,7 @@ def test_export_refuses_above_tolerance_and_leaves_no_bundle(tmp_path):
 def test_cli_exports_reference_imports_and_refuses_bad_input(tmp_path):
     from test_reference import reference_files
 
-    from algd_runtime.reference import import_reference
+    from algd_runtime.learn.reference import import_reference
 
     (a, c, s), *_ = reference_files(tmp_path)
     import_reference(a, c, s, "PointHazard-v0", tmp_path / "imported.pt")
@@ -135,8 +135,8 @@ def _tie_the_twins_at(agent, obs, act, sess):
 
 def test_a_gradient_across_a_kink_is_reported_apart_and_never_refuses_the_export(tmp_path):
     """Issue 20 item 7: `make demo` refused its own export 1 run in 3."""
-    from algd_runtime.checkpoint import save_checkpoint
-    from algd_runtime.config import TrainConfig
+    from algd_runtime.learn.checkpoint import save_checkpoint
+    from algd_runtime.learn.config import TrainConfig
     from algd_runtime.export.exporter import parity_points
 
     agent = small_policy(tmp_path / "policy.pt")
@@ -153,8 +153,8 @@ def test_a_gradient_across_a_kink_is_reported_apart_and_never_refuses_the_export
 @pytest.mark.slow  # three smoke trainings (about a minute each) and their exports
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_trained_policies_of_several_seeds_all_export(tmp_path, seed):
-    from algd_runtime.config import load_config
-    from algd_runtime.trainer import Trainer
+    from algd_runtime.learn.config import load_config
+    from algd_runtime.learn.trainer import Trainer
 
     cfg = load_config(Path(__file__).parent.parent / "configs" / "smoke.yaml", overrides={"seed": seed})
     Trainer(cfg, tmp_path / "run", progress=False, echo=lambda m: None).run()
@@ -170,7 +170,7 @@ def _tree(root):
 def test_export_never_deletes_what_it_did_not_make(tmp_path):
     """Issue 20: `-o runs` once wiped the training runs, and `-o` the run folder deleted the
     policy it was exporting."""
-    from algd_runtime.checkpoint import CheckpointError
+    from algd_runtime.learn.checkpoint import CheckpointError
 
     run = tmp_path / "runs" / "PointHazard-v0-seed0"
     run.mkdir(parents=True)

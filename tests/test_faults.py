@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from algd_runtime.faults import run_fault
+from algd_runtime.tools.faults import run_fault
 
 IO = Path(__file__).resolve().parents[1] / "config" / "io"
 
@@ -128,7 +128,7 @@ def test_io_fault_matrix_at_500_hz(vesde_bundle, tmp_path, io, fault):
 def test_a_short_chaos_soak_keeps_the_budget_and_loses_no_record(vesde_bundle, tmp_path):
     """Four faults in one running graph on standard messages, each followed by the operator's
     reset: a robot fault switched on and off in the running sim, then the node faults."""
-    from algd_runtime.chaos import run_chaos
+    from algd_runtime.tools.chaos import run_chaos
 
     r = run_chaos(vesde_bundle, tmp_path / "chaos", minutes=4 * 12 / 60, rate_hz=500.0, io=IO / "standard.yaml",
                   every_s=12.0, faults=["cost_drop", "kill_monitor", "sigstop_monitor", "kill_controller"],

@@ -26,7 +26,7 @@ def test_a_wheel_install_uses_its_shipped_configs_and_parameters(tmp_path):
     probe = subprocess.run([sys.executable, "-c", (
         "import algd_runtime\n"
         "from algd_runtime.data import io_example, task_config\n"
-        "from algd_runtime.ros_nodes.launcher import default_params\n"
+        "from algd_runtime.ros.launcher import default_params\n"
         "print(algd_runtime.__file__); print(task_config('PointHazard-v0')); print(default_params())\n"
         "print(io_example('standard'))\n")], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr

@@ -13,12 +13,13 @@ import pytest
 import torch
 import yaml
 
-from algd_runtime.checkpoint import (CheckpointError, agent_from_checkpoint, load_checkpoint,
+from algd_runtime.learn.checkpoint import (CheckpointError, agent_from_checkpoint, load_checkpoint,
                                      payload_checksum, save_checkpoint)
 from algd_runtime.cli import eval_main
 from algd_runtime.export import exporter
 from algd_runtime.export.exporter import ExportError, build_critics, build_denoiser, export_bundle
-from algd_runtime.runtime import BundleError, PolicyRuntime, bundle_digest, sha256_file, validate_manifest
+from algd_runtime.contract.bundle import BundleError, bundle_digest, sha256_file, validate_manifest
+from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.sim import make_task
 from algd_runtime.sim.spec import TaskSpec
 

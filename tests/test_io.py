@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 pytest.importorskip("nav_msgs")
-from algd_runtime.safety import create_key  # noqa: E402
+from algd_runtime.contract.keys import create_key  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_standard_messages_drive_the_robot_and_the_budget_holds(vesde_bundle, tm
 
 
 def test_a_mistake_in_the_io_file_is_reported_once_with_the_field(vesde_bundle, tmp_path, capsys):
-    from algd_runtime.ros_nodes.launcher import main
+    from algd_runtime.ros.launcher import main
 
     create_key(tmp_path / "k")
     io = yaml.safe_load((ROOT / "config" / "io" / "standard.yaml").read_text())
@@ -86,8 +86,8 @@ def test_a_mistake_in_the_io_file_is_reported_once_with_the_field(vesde_bundle, 
 
 
 def test_a_misspelled_field_path_stops_the_io_file_at_load_naming_the_entry(tmp_path):
-    from algd_runtime.adapters import load_io
-    from algd_runtime.ros_nodes.messages import message_class
+    from algd_runtime.deploy.adapters import load_io
+    from algd_runtime.ros.messages import message_class
 
     io = yaml.safe_load((ROOT / "config" / "io" / "standard.yaml").read_text())
     io["observation"][2]["field"] = "twist.twist.linaer.x"
@@ -128,8 +128,8 @@ def test_an_episode_message_behind_a_backlog_of_costs_ends_its_episode_after_the
     from rclpy.parameter import Parameter
     from std_msgs.msg import Empty, Float64, Float64MultiArray
 
-    from algd_runtime.ros_nodes import messages as m
-    from algd_runtime.ros_nodes.monitor_node import MonitorNode
+    from algd_runtime.ros import messages as m
+    from algd_runtime.ros.monitor_node import MonitorNode
 
     create_key(tmp_path / "op.key")
     rclpy.init()
@@ -183,7 +183,7 @@ def test_a_stop_on_an_expiring_command_renews_no_lease(vesde_bundle, tmp_path):
     from builtin_interfaces.msg import Time
     from rclpy.parameter import Parameter
 
-    from algd_runtime.ros_nodes.controller_node import ControllerNode
+    from algd_runtime.ros.controller_node import ControllerNode
 
     create_key(tmp_path / "op.key")
     rclpy.init()
@@ -203,8 +203,8 @@ def test_a_stop_on_an_expiring_command_renews_no_lease(vesde_bundle, tmp_path):
 
 
 def test_a_stop_reloaded_after_restarts_keeps_a_readable_reason(tmp_path):
-    from algd_runtime.ros_nodes.monitor_node import restart_reason
-    from algd_runtime.safety import LatchStore
+    from algd_runtime.ros.monitor_node import restart_reason
+    from algd_runtime.deploy.safety import LatchStore
 
     store = LatchStore(tmp_path / "state.json")
     store.save({"monitor": "budget spent (5 >= 5)"})
@@ -223,7 +223,7 @@ def test_costs_states_and_episode_starts_are_read_in_the_order_the_robot_sent_th
     import rclpy
     from std_msgs.msg import Empty, Float64, Float64MultiArray
 
-    from algd_runtime.ros_nodes import messages as m
+    from algd_runtime.ros import messages as m
 
     rclpy.init()
     try:

@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-from algd_runtime.monitor import BudgetMonitor, MonitorConfig
-from algd_runtime.safety import (Budget, BudgetAccount, CostMatcher, HeartbeatWatch, SafetyGate, resolve_budget,
-                                 sign_heartbeat)
+from algd_runtime.deploy.monitor import BudgetMonitor, MonitorConfig
+from algd_runtime.contract.budget import Budget, resolve_budget
+from algd_runtime.deploy.safety import BudgetAccount, CostMatcher, HeartbeatWatch, SafetyGate, sign_heartbeat
 
 KEY, NS = bytes(range(32)), "/algd"
 PERIOD = 0.002  # 500 Hz
@@ -227,7 +227,7 @@ def test_steps_seen_before_the_monitor_sees_the_robot_are_not_a_lagging_monitor(
 def test_the_margin_grows_to_the_steps_a_robot_took_after_a_stop_and_never_shrinks():
     """A robot that takes 4 steps after the stop decision before its episode ends (its e-stop
     is slow) overspent with steps_ahead 2; the measured distance makes the next stop earlier."""
-    from algd_runtime.safety import StopDistance
+    from algd_runtime.deploy.safety import StopDistance
 
     gate = SafetyGate(BudgetAccount(Budget(10.0, 1.0, 2), distance=StopDistance(2)), None, "episode")
     matcher = CostMatcher(wait_s=PERIOD)
@@ -259,7 +259,7 @@ def test_the_margin_grows_to_the_steps_a_robot_took_after_a_stop_and_never_shrin
 
 
 def test_costs_that_raced_the_episode_message_count_in_the_distance_and_a_still_robot_does_not():
-    from algd_runtime.safety import StopDistance
+    from algd_runtime.deploy.safety import StopDistance
 
     distance = StopDistance(2)
     distance.stop_decided(3)
@@ -325,7 +325,7 @@ def test_a_spent_episode_the_robot_never_ends_latches_with_the_numbers():
     ten of its costs is lost, and the worst-case charges spend the episode before it moves.
     Nothing ends that episode: the hold latches after SPENT_HOLD_LATCH_S with a reason, and
     the operator's reset ends its account."""
-    from algd_runtime.safety import SPENT_HOLD_LATCH_S, Charge
+    from algd_runtime.deploy.safety import SPENT_HOLD_LATCH_S, Charge
 
     gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0, 2)), None, "episode")
     for t in range(5):  # the first state, then four steps whose cost never came
@@ -351,7 +351,7 @@ def test_costs_that_never_came_do_not_stretch_the_measured_stop_distance():
     """The io chaos soak: a held robot whose episode message was lost kept publishing states,
     some of whose costs were lost; counting those unknown costs as motion measured a stop
     5 483 steps long, and budget_margin latched for good. Only reported costs measure it."""
-    from algd_runtime.safety import Charge, StopDistance
+    from algd_runtime.deploy.safety import Charge, StopDistance
 
     account = BudgetAccount(Budget(50.0, 1.0, 2), distance=StopDistance(2))
     for t in range(4):
@@ -372,7 +372,7 @@ def test_the_operators_reset_abandons_the_stop_being_measured():
     held a spent one; after the operator's reset its motion was measured as the old stop
     (4 050 steps) and budget_margin latched for good. The reset abandons that measurement,
     on the controller (budget_held) and on the monitor alike."""
-    from algd_runtime.safety import SPENT_HOLD_LATCH_S, Charge, StopDistance
+    from algd_runtime.deploy.safety import SPENT_HOLD_LATCH_S, Charge, StopDistance
 
     gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0, 2), distance=StopDistance(2)), None, "episode")
     for t in range(5):
@@ -396,7 +396,7 @@ def test_the_operators_reset_abandons_the_stop_being_measured():
 
 
 def _monitor_with_distance(limit=5.0, bound=0.2, steps_ahead=3):
-    from algd_runtime.safety import StopDistance
+    from algd_runtime.deploy.safety import StopDistance
 
     monitor = BudgetMonitor(MonitorConfig(limit, max_step_cost=bound, steps_ahead=steps_ahead, stop_latch="episode"))
     monitor.distance = StopDistance(steps_ahead)
@@ -450,7 +450,7 @@ def test_the_operators_reset_clears_a_margin_that_no_episode_can_move_under():
     """Issue 19 item 4: a hold that cannot end by itself latches with a reason the operator
     can clear. A measured stop distance that outgrew the budget re-latched at the next step
     after every reset, so the robot stood still for good."""
-    from algd_runtime.safety import StopDistance
+    from algd_runtime.deploy.safety import StopDistance
 
     gate = SafetyGate(BudgetAccount(Budget(5.0, 0.2, 3), distance=StopDistance(3)), None, "episode")
     gate.account.distance.worst = 47  # as measured from a bogus burst

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from algd_runtime.safety import create_key
+from algd_runtime.contract.keys import create_key
 
 ROOT = Path(__file__).parent.parent
 
@@ -72,7 +72,7 @@ def test_the_launch_yaml_states_every_default_of_every_node():
     launch/controller.yaml states each of them, with the same value, or names it in a comment
     ("# key: ..."); a value in one that drifts from the other (obs_timeout_s was 0.05 in the
     code and 0.02 in the YAML) fails here."""
-    from algd_runtime.ros_nodes import controller_node, monitor_node, sim_node
+    from algd_runtime.ros import controller_node, monitor_node, sim_node
 
     text = (ROOT / "launch" / "controller.yaml").read_text()
     params = yaml.safe_load(text)
@@ -135,7 +135,7 @@ def test_algd_launch_refuses_a_folder_without_a_bundle(tmp_path):
 def test_every_node_executable_answers_help_with_its_parameters():
     shipped = yaml.safe_load((ROOT / "launch" / "controller.yaml").read_text())
     for name in ("controller", "monitor", "sim"):
-        out = subprocess.run([sys.executable, "-m", f"algd_runtime.ros_nodes.{name}_node", "--help"],
+        out = subprocess.run([sys.executable, "-m", f"algd_runtime.ros.{name}_node", "--help"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"usage: algd-{name} [--help] [--ros-args")
@@ -144,7 +144,7 @@ def test_every_node_executable_answers_help_with_its_parameters():
 
 
 def test_algd_launch_mirrors_the_launch_arguments(tmp_path, capsys):
-    from algd_runtime.ros_nodes.launcher import main, node_command
+    from algd_runtime.ros.launcher import main, node_command
 
     cmd = node_command("controller", "robot1", Path("p.yaml"), "b", use_sim_time=True, log_level="debug")
     ros = cmd[cmd.index("--ros-args"):]
@@ -185,7 +185,7 @@ def test_use_sim_time_without_a_clock_publisher_is_reported(tmp_path):
     import time
 
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + (os.getpid() + 13) % 50))
-    proc = subprocess.Popen([sys.executable, "-m", "algd_runtime.ros_nodes.sim_node", "--ros-args", "-r",
+    proc = subprocess.Popen([sys.executable, "-m", "algd_runtime.ros.sim_node", "--ros-args", "-r",
                              f"__ns:=/clockless_{os.getpid()}", "-p", "use_sim_time:=true"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(8)
@@ -195,8 +195,8 @@ def test_use_sim_time_without_a_clock_publisher_is_reported(tmp_path):
 
 
 def test_launch_refuses_a_negative_duration_and_a_params_file_with_a_key_twice(vesde_bundle, tmp_path, capsys):
-    from algd_runtime.ros_nodes.launcher import main
-    from algd_runtime.safety import create_key
+    from algd_runtime.ros.launcher import main
+    from algd_runtime.contract.keys import create_key
 
     create_key(tmp_path / "k")
     assert main(["--bundle", str(vesde_bundle), "--key", str(tmp_path / "k"), "--duration", "-3"]) == 2
@@ -207,7 +207,7 @@ def test_launch_refuses_a_negative_duration_and_a_params_file_with_a_key_twice(v
 
 
 def test_the_monitors_default_latch_file_is_one_per_namespace_and_domain(monkeypatch, tmp_path):
-    from algd_runtime.ros_nodes.monitor_node import default_state_file
+    from algd_runtime.ros.monitor_node import default_state_file
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     monkeypatch.setenv("ROS_DOMAIN_ID", "7")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from algd_runtime.monitor import BudgetMonitor, Level, MonitorConfig
+from algd_runtime.deploy.monitor import BudgetMonitor, Level, MonitorConfig
 
 
 def levels(mon):
@@ -152,8 +152,8 @@ def test_bad_config_names_the_field(kw, pattern):
 
 def test_each_level_asks_the_controller_for_one_response():
     """One rule (monitor.level_response) for the node's heartbeat and the benches."""
-    from algd_runtime.monitor import ESCALATION, level_response
-    from algd_runtime.ros_nodes.launcher import shipped_param
+    from algd_runtime.deploy.monitor import ESCALATION, level_response
+    from algd_runtime.ros.launcher import shipped_param
 
     assert {k: shipped_param("monitor", k, None) for k in ESCALATION} == ESCALATION  # the file ships the defaults
     assert level_response(Level.OK, 0.7, ESCALATION, 3.0) == {} == level_response(Level.STOP, 0.7, ESCALATION, 3.0)

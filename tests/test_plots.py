@@ -3,7 +3,7 @@
 import pytest
 
 pytest.importorskip("matplotlib")
-from algd_runtime import plots  # noqa: E402
+from algd_runtime.learn import plots  # noqa: E402
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_zero_cost_bars_are_drawn_with_an_outline(tmp_path, figures):
 def test_saving_a_plot_releases_its_figure(tmp_path):
     import matplotlib.pyplot as plt
 
-    from algd_runtime.plots import _save
+    from algd_runtime.learn.plots import _save
 
     before = len(plt.get_fignums())
     fig, _ = plt.subplots()

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from algd_runtime import precision
-from algd_runtime.algd import ALGDAgent
-from algd_runtime.config import AlgoConfig, ConfigError, load_config
+from algd_runtime.learn import precision
+from algd_runtime.learn.algd import ALGDAgent
+from algd_runtime.learn.config import AlgoConfig, ConfigError, load_config
 from algd_runtime.sim.spec import TaskSpec
 
 SPEC = TaskSpec("SafetyPointGoal1-v0", 12, 2, (-1.0, -1.0), (1.0, 1.0), 400, 10.0, cost_mask_always_one=True)

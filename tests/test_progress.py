@@ -2,7 +2,7 @@
 
 import io
 
-from algd_runtime.progress import PlainProgress, progress_bar
+from algd_runtime.learn.progress import PlainProgress, progress_bar
 
 
 class Clock:

@@ -3,11 +3,11 @@
 import subprocess
 import sys
 
-from algd_runtime.ros_nodes.realtime import make_realtime
+from algd_runtime.ros.realtime import make_realtime
 
 PROBE = """
 import os, threading, time
-from algd_runtime.ros_nodes.realtime import make_realtime
+from algd_runtime.ros.realtime import make_realtime
 t = threading.Thread(target=time.sleep, args=(2,), daemon=True)
 t.start()  # a thread that exists before: it must be switched too
 why = make_realtime(7)
@@ -36,7 +36,7 @@ def test_a_bad_priority_is_refused_with_the_range():
 def test_cpu_affinity_pins_every_thread_or_names_the_cpus_there_are():
     probe = """
 import os, threading, time
-from algd_runtime.ros_nodes.realtime import pin_cpus
+from algd_runtime.ros.realtime import pin_cpus
 threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
 cpu = sorted(os.sched_getaffinity(0))[-1]
 print(pin_cpus([cpu]))
@@ -51,7 +51,7 @@ print(pin_cpus([9999]))
 
 
 def test_a_list_parameter_takes_integers_only():
-    from algd_runtime.ros_nodes.params import coerce
+    from algd_runtime.ros.params import coerce
 
     assert coerce("cpu_affinity", [1, 0], []) == [1, 0] and coerce("cpu_affinity", (), []) == []
     for bad in ("1", [1.5], [True]):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from algd_runtime.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
+from algd_runtime.learn.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
 from algd_runtime.cli import import_reference_main
-from algd_runtime.reference import import_reference
+from algd_runtime.learn.reference import import_reference
 
 OBS, ACT, K, EMB, H, CH, M = 8, 2, 5, 16, 32, 24, 4  # PointHazard-v0 sizes, small widths
 

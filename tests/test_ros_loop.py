@@ -16,14 +16,14 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from algd_runtime.ros_nodes import messages as m  # noqa: E402
-from algd_runtime.ros_nodes.controller_node import ControllerNode  # noqa: E402
-from algd_runtime.ros_nodes.sim_node import SimNode  # noqa: E402
+from algd_runtime.ros import messages as m  # noqa: E402
+from algd_runtime.ros.controller_node import ControllerNode  # noqa: E402
+from algd_runtime.ros.sim_node import SimNode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory):
-    from algd_runtime.safety import create_key
+    from algd_runtime.contract.keys import create_key
 
     return str(create_key(tmp_path_factory.mktemp("key") / "operator.key"))
 
@@ -36,7 +36,7 @@ def controller(bundle, ns, key_file, **params):
 
 
 def monitor(bundle, ns, key_file, state_file, **params):
-    from algd_runtime.ros_nodes.monitor_node import MonitorNode
+    from algd_runtime.ros.monitor_node import MonitorNode
 
     params = {"bundle": str(bundle), "operator_key_file": key_file, "state_file": str(state_file),
               "use_critic": False, **params}
@@ -201,8 +201,8 @@ def test_injected_cost_escalates_stops_the_robot_and_only_the_operator_clears_it
     from std_msgs.msg import Bool, Float64MultiArray
     from std_srvs.srv import Trigger
 
-    from algd_runtime.ros_nodes.reset_cli import operator_reset
-    from algd_runtime.safety import load_key
+    from algd_runtime.ros.reset_cli import operator_reset
+    from algd_runtime.contract.keys import load_key
 
     rclpy.init()
     ns = f"/algd_stop_{os.getpid()}"
@@ -294,9 +294,9 @@ def test_injected_cost_escalates_stops_the_robot_and_only_the_operator_clears_it
 def test_lockstep_episode_returns_agree_with_algd_eval(vesde_bundle, key_file):
     """The exported policy driving the sim node over DDS gives the returns the torch
     evaluation (algd-eval) gives on the same reset seeds: tolerance 1e-3 relative + 1e-2."""
-    from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
+    from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
     from algd_runtime.sim import make_task
-    from algd_runtime.trainer import evaluate
+    from algd_runtime.learn.trainer import evaluate
 
     agent = agent_from_checkpoint(load_checkpoint(vesde_bundle.parent / "policy.pt"), with_optimizers=False)
     expected = evaluate(lambda o: agent.act(o, deterministic=True), make_task("PointHazard-v0"), 2, seed=7)

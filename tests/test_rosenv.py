@@ -12,11 +12,11 @@ pytest.importorskip("rclpy")
 
 from conftest import small_policy  # noqa: E402
 
-from algd_runtime.finetune import FinetuneOptions, finetune, parse_target  # noqa: E402
-from algd_runtime.ros_nodes.launcher import default_params, node_command, stop_nodes  # noqa: E402
-from algd_runtime.ros_nodes.logdata import add_mcap_to_replay, read_transitions  # noqa: E402
-from algd_runtime.ros_nodes.ros_env import RosEnv, RosEnvTimeout  # noqa: E402
-from algd_runtime.replay import ReplayBuffer  # noqa: E402
+from algd_runtime.learn.finetune import FinetuneOptions, finetune, parse_target  # noqa: E402
+from algd_runtime.ros.launcher import default_params, node_command, stop_nodes  # noqa: E402
+from algd_runtime.learn.logdata import add_mcap_to_replay, read_transitions  # noqa: E402
+from algd_runtime.learn.ros_env import RosEnv, RosEnvTimeout  # noqa: E402
+from algd_runtime.learn.replay import ReplayBuffer  # noqa: E402
 from algd_runtime.sim import make_task  # noqa: E402
 from algd_runtime.sim.hazard_task import scripted_action  # noqa: E402
 
@@ -171,8 +171,8 @@ def test_a_recorded_log_feeds_fine_tuning(tmp_path):
     records them, come back exactly and pre-fill the fine-tuning replay."""
     from builtin_interfaces.msg import Time
 
-    from algd_runtime.ros_nodes import messages as m
-    from algd_runtime.ros_nodes.recorder import McapRecorder
+    from algd_runtime.ros import messages as m
+    from algd_runtime.ros.recorder import McapRecorder
 
     env = make_task("PointHazard-v0", seed=0)
     rec, written, t_ns = McapRecorder(tmp_path / "run.mcap"), [], 1
@@ -225,7 +225,7 @@ def test_reset_asks_again_when_a_reply_is_lost(monkeypatch):
     import json
     from types import SimpleNamespace
 
-    from algd_runtime.ros_nodes import ros_env
+    from algd_runtime.learn import ros_env
 
     spec = make_task("PointHazard-v0").task_spec
     env = RosEnv(spec, f"algd_lost_reply_{os.getpid()}", timeout_s=5.0)

@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
-from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
-from algd_runtime.runtime import BundleError, PolicyRuntime, sha256_file
+from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
+from algd_runtime.contract.bundle import BundleError, sha256_file
+from algd_runtime.deploy.runtime import PolicyRuntime
 
 
 @pytest.fixture
@@ -174,7 +175,7 @@ def test_provider_order_on_a_machine_with_cuda_and_tensorrt(monkeypatch):
     the list is stood in for)."""
     import onnxruntime as ort
 
-    from algd_runtime.runtime import resolve_providers
+    from algd_runtime.deploy.runtime import resolve_providers
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -192,7 +193,7 @@ def test_the_cuda_path_captures_one_session_per_graph_and_batch_size(vesde_bundl
     CUDA (no GPU lent): which sessions are opened, with what, and that the answers match."""
     import onnxruntime as ort
 
-    from algd_runtime import runtime
+    from algd_runtime.deploy import runtime
 
     plain = PolicyRuntime.load(vesde_bundle, provider="cpu")
     real = ort.InferenceSession
@@ -227,7 +228,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("torch is blocked in this process")
 sys.meta_path.insert(0, Block())
 import numpy as np
-from algd_runtime.runtime import PolicyRuntime
+from algd_runtime.deploy.runtime import PolicyRuntime
 rt = PolicyRuntime.load(sys.argv[1], provider="cpu")
 res = rt.act(np.zeros(8, np.float32), mode="best_of_n", n=4, guidance_scale=0.2, seed=0)
 assert res.valid.all() and np.isfinite(res.action).all()

@@ -1,4 +1,4 @@
-"""The safety core (algd_runtime/safety.py) in plain Python: the budget rule and account,
+"""The safety core (algd_runtime/deploy/safety.py) in plain Python: the budget rule and account,
 the latch and its file, keys, heartbeats, and the operator's reset."""
 
 import json
@@ -8,9 +8,21 @@ import os
 import numpy as np
 import pytest
 
-from algd_runtime.safety import (Budget, BudgetAccount, CostMatcher, resolve_budget, HeartbeatWatch, Latch, LatchStore, OperatorKeyError, ResetAuthority,
-                                 SafetyGate, budget_verdict, create_key, lease_steps, load_key, parse_safe_action,
-                                 read_heartbeat, reset_proof, sign_heartbeat)
+from algd_runtime.contract.budget import Budget, resolve_budget, budget_verdict, lease_steps
+from algd_runtime.contract.keys import OperatorKeyError, create_key, load_key
+from algd_runtime.deploy.safety import (
+    BudgetAccount,
+    CostMatcher,
+    HeartbeatWatch,
+    Latch,
+    LatchStore,
+    ResetAuthority,
+    SafetyGate,
+    parse_safe_action,
+    read_heartbeat,
+    reset_proof,
+    sign_heartbeat,
+)
 
 KEY, NS = bytes(range(32)), "/algd"
 

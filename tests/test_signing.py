@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from algd_runtime.runtime import BundleError, bundle_digest
-from algd_runtime.signing import check_bundle, create_signing_key, inspect_signature, sign_bundle
+from algd_runtime.contract.bundle import BundleError, bundle_digest
+from algd_runtime.contract.signing import check_bundle, create_signing_key, inspect_signature, sign_bundle
 
 PUB = Path(os.environ["ALGD_BUNDLE_PUBLIC_KEY"])
 BIN = Path(sys.executable).parent
@@ -76,7 +76,7 @@ def test_the_controller_refuses_at_configure_and_the_opt_out_shows(vesde_bundle,
     from lifecycle_msgs.msg import State  # noqa: F401 -- the lifecycle interfaces are installed
     from rclpy.parameter import Parameter
 
-    from algd_runtime.ros_nodes.controller_node import ControllerNode
+    from algd_runtime.ros.controller_node import ControllerNode
 
     copy = edited_copy(vesde_bundle, tmp_path / "bundle")
     rclpy.init()

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from algd_runtime.sweep import main, parse_set  # noqa: E402
+from algd_runtime.tools.sweep import main, parse_set  # noqa: E402
 
 TINY = """\
 task: PointHazard-v0
@@ -62,7 +62,7 @@ def test_override_sets_are_checked_before_anything_runs(tmp_path, capsys):
 
 
 def test_progress_reads_each_systems_own_log(tmp_path):
-    from algd_runtime.sweep import progress_line
+    from algd_runtime.tools.sweep import progress_line
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "train.csv").write_text("step,time_s\n1000,3\n2500,9\n")
@@ -76,7 +76,7 @@ def test_progress_reads_each_systems_own_log(tmp_path):
 
 
 def test_an_override_set_may_carry_a_name_for_reports():
-    from algd_runtime.sweep import set_label, split_name
+    from algd_runtime.tools.sweep import set_label, split_name
 
     name, text = split_name("ALGD UTD 1:updates_per_step=1,algo.dual=episode_cost")
     assert name == "ALGD UTD 1" and parse_set(text) == {"updates_per_step": 1, "algo.dual": "episode_cost"}
@@ -91,7 +91,7 @@ def test_a_stopped_sweep_saves_its_trials_and_exits(tmp_path, sig):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "algd_runtime.sweep", "--task", "PointHazard-v0", "--seeds", "1", "--steps",
+    cmd = [sys.executable, "-m", "algd_runtime.tools.sweep", "--task", "PointHazard-v0", "--seeds", "1", "--steps",
            "10000000", "--config", str(config), "--out", str(out), "--num-cpus", "1", "--progress-every", "1"]
     sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -106,7 +106,7 @@ def test_a_stopped_sweep_saves_its_trials_and_exits(tmp_path, sig):
         sweep.kill()
     assert sweep.returncode == 130, text
     assert "stopping 1 trials" in text and "stopped at step" in text
-    from algd_runtime.checkpoint import load_checkpoint
+    from algd_runtime.learn.checkpoint import load_checkpoint
 
     steps = load_checkpoint(out / "PointHazard-v0-set0-seed1" / "policy.pt")["train_state"]["env_steps"]
     assert 200 <= steps < 10_000_000  # saved mid-run, so that the next run resumes it
@@ -114,7 +114,7 @@ def test_a_stopped_sweep_saves_its_trials_and_exits(tmp_path, sig):
 
 def test_a_baseline_that_cannot_keep_the_budget_is_refused_before_anything_runs(tmp_path, capsys):
     """SafetyHalfCheetahVelocity-v1's paper budget is discounted; SACLag keeps an episode sum."""
-    from algd_runtime.sweep import main
+    from algd_runtime.tools.sweep import main
 
     assert main(["--task", "SafetyHalfCheetahVelocity-v1", "--baseline", "saclag", "--seeds", "1",
                  "--out", str(tmp_path / "s")]) == 2
@@ -125,7 +125,7 @@ def test_a_baseline_that_cannot_keep_the_budget_is_refused_before_anything_runs(
 
 
 def test_a_failed_trial_names_its_own_exception_not_rays_wrapper():
-    from algd_runtime.sweep import failure_cause
+    from algd_runtime.tools.sweep import failure_cause
 
     class RayTaskError(Exception):
         def __init__(self, cause):
@@ -138,7 +138,7 @@ def test_a_failed_trial_names_its_own_exception_not_rays_wrapper():
 
 def test_the_equal_steps_table_sets_trials_at_the_step_all_reached(tmp_path):
     """ALGD stopped at 10k and SACLag ran to 30k: both are read at 10k."""
-    from algd_runtime.sweep import aggregate
+    from algd_runtime.tools.sweep import aggregate
 
     def progress(name, rows):
         (tmp_path / name).mkdir()
@@ -157,7 +157,7 @@ def test_the_equal_steps_table_sets_trials_at_the_step_all_reached(tmp_path):
 def test_the_report_compares_at_equal_cpu_time_where_trials_logged_it(tmp_path):
     """UTD 1 was starved by its neighbour (slow in wall-clock, cheap in CPU time); UTD 10 was
     not. Equal wall-clock and equal compute then cut the curves at different points."""
-    from algd_runtime.sweep import aggregate
+    from algd_runtime.tools.sweep import aggregate
 
     def progress(name, rows):
         (tmp_path / name).mkdir()

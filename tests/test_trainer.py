@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from algd_runtime.checkpoint import load_checkpoint
-from algd_runtime.config import config_from_dict
-from algd_runtime.replay import ReplayBuffer
-from algd_runtime.trainer import Trainer
+from algd_runtime.learn.checkpoint import load_checkpoint
+from algd_runtime.learn.config import config_from_dict
+from algd_runtime.learn.replay import ReplayBuffer
+from algd_runtime.learn.trainer import Trainer
 
 TINY = {
     "task": "PointHazard-v0", "seed": 3, "warmup_steps": 100, "min_replay": 64, "updates_per_step": 1,

@@ -20,10 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "created on first use with its .pub, the file the robot trusts)")
     args = p.parse_args(argv)
 
-    from algd_runtime.checkpoint import CheckpointError
+    from algd_runtime.learn.checkpoint import CheckpointError
     from algd_runtime.export.exporter import ExportError, export_bundle
-    from algd_runtime.runtime import BundleError, bundle_digest
-    from algd_runtime.signing import default_public_key_path, default_signing_key_path, ensure_signing_key
+    from algd_runtime.contract.bundle import BundleError, bundle_digest
+    from algd_runtime.contract.signing import default_public_key_path, default_signing_key_path, ensure_signing_key
 
     out = args.out or args.policy.parent / "bundle"
     if args.signing_key is None or args.signing_key.expanduser() == default_signing_key_path():

@@ -16,10 +16,17 @@ import onnx
 import torch
 import yaml
 
-from algd_runtime.algd import ALGDAgent
-from algd_runtime.checkpoint import agent_from_checkpoint, load_checkpoint
+from algd_runtime.learn.algd import ALGDAgent
+from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
 from algd_runtime.export.graph import DenoiserEmitter, EnergyEmitter, GraphBuilder
-from algd_runtime.runtime import BUNDLE_SCHEMA, BUNDLE_SCHEMA_VERSION, DIGEST_FILE, MANIFEST, SIGNATURE_FILE, sha256_file
+from algd_runtime.contract.bundle import (
+    BUNDLE_SCHEMA,
+    BUNDLE_SCHEMA_VERSION,
+    DIGEST_FILE,
+    MANIFEST,
+    SIGNATURE_FILE,
+    sha256_file,
+)
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -336,7 +343,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
     signing_key (default: signing.default_signing_key_path(), created when missing); refuse
     above tolerance. out_dir: new or empty, or (force) an older bundle, which is replaced
     (check_out_dir)."""
-    from algd_runtime.signing import ensure_signing_key, sign_bundle
+    from algd_runtime.contract.signing import ensure_signing_key, sign_bundle
 
     if not 13 <= opset <= 21:
         raise ExportError(f"--opset: expected 13..21, got {opset}")

@@ -1,0 +1,1 @@
+"""Training (torch): the ALGD learner, its networks, the trainer, checkpoints, fine-tuning."""

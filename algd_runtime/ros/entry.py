@@ -1,0 +1,113 @@
+"""The shared `main` of the nodes: init, spin until Ctrl-C / SIGINT, summarise, shut down."""
+
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+
+
+def node_help(node_cls) -> str:
+    """Usage, what the node does (its module's docstring) and its parameters as the shipped
+    YAML sets them, comments included."""
+    from algd_runtime.ros.launcher import default_params
+
+    name = node_cls.NAME
+    doc = (sys.modules[node_cls.__module__].__doc__ or "").strip()
+    usage = (f"usage: algd-{name} [--help] [--ros-args [-r __ns:=/algd] [--params-file FILE] "
+             f"[-p NAME:=VALUE ...] [--log-level LEVEL]]")
+    section, lines = False, []
+    path = default_params()
+    for line in path.read_text().splitlines():
+        if not line.startswith((" ", "#")) and line.strip():
+            section = line.strip() == f"/**/{name}:"
+        if section:
+            lines.append(line)
+    return "\n\n".join([usage, doc, f"Parameters ({path}):", "\n".join(lines)])
+
+
+CLOCK_GRACE_S = 5.0
+
+
+def _warn_without_clock(node) -> None:
+    """use_sim_time with nobody publishing /clock: every stamp stays 0, and the node's
+    timers (on ROS time) never fire. Said once, CLOCK_GRACE_S after start, on the steady clock."""
+    from rclpy.clock import Clock, ClockType
+
+    def check():
+        timer.cancel()
+        if node.count_publishers("/clock") == 0:
+            node.get_logger().warning(f"use_sim_time is true but nothing publishes /clock after {CLOCK_GRACE_S:g} s: "
+                                      "every stamp is 0 and this node's timers wait for simulated time; start the "
+                                      "simulator's clock or set use_sim_time:=false")
+
+    timer = node.create_timer(CLOCK_GRACE_S, check, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+
+def _params_files_problem(argv: list[str]) -> str | None:
+    """A --params-file that gives a key twice (rcl keeps one of them silently)."""
+    import yaml
+
+    from algd_runtime.contract.yamlfile import load_yaml
+
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--params-file":
+            try:
+                with open(value) as f:
+                    load_yaml(f.read())
+            except (OSError, yaml.YAMLError) as exc:
+                return f"--params-file: {value}: {exc}"
+    return None
+
+
+def run_node(node_cls, argv=None) -> int:
+    argv = list(argv if argv is not None else sys.argv)
+    ours = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "-h" in ours or "--help" in ours:
+        print(node_help(node_cls))
+        return 0
+    why = _params_files_problem(argv)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    rclpy.init(args=argv)
+    try:
+        node = node_cls()
+    except (ValueError, ParameterException, RuntimeError) as exc:  # bad parameters, QoS or bundle: one clear line
+        print(f"error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    except KeyboardInterrupt:  # stopped while starting (a sibling failed under algd-launch): no traceback
+        print(f"{node_cls.NAME}: stopped while starting", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 130
+    from algd_runtime.ros.realtime import make_realtime, pin_cpus
+
+    log = node.get_logger()
+    if node.get_parameter("use_sim_time").value:
+        _warn_without_clock(node)
+    cpus = list(node.get_parameter("cpu_affinity").value) if node.has_parameter("cpu_affinity") else []
+    if cpus:
+        refused = pin_cpus(cpus)
+        log.warning(refused) if refused else log.info(f"on CPU(s) {cpus}")
+    priority = node.get_parameter("realtime_priority").value if node.has_parameter("realtime_priority") else 0
+    if priority:
+        refused = make_realtime(priority)
+        log.warning(refused) if refused else log.info(f"SCHED_FIFO at priority {priority}")
+    try:
+        # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did
+        # not stop on SIGINT, so the single-threaded executor stays.
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:  # noqa: BLE001
+        if rclpy.ok():
+            raise  # a failure while running: in full
+        # SIGINT shut the context down while a callback was still publishing: that is the stop
+    finally:
+        node.summarize()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
