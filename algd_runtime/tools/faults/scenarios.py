@@ -380,7 +380,7 @@ class Hostile:
         self.Bool, self.String, self.Trigger = Bool, String, Trigger
         self.estop = self.node.create_publisher(Bool, m.ESTOP, m.LATCHED)
         self.heartbeat = self.node.create_publisher(String, m.HEARTBEAT, m.RELIABLE)
-        self.episode = self.node.create_publisher(String, m.EPISODE, m.RELIABLE)
+        self.episode = self.node.create_publisher(String, m.EPISODE, m.EVENTS)  # as the robot publishes them
         self.reset = {n: self.node.create_publisher(String, f"{n}/reset", m.RELIABLE) for n in ("controller", "monitor")}
         self.challenge = {n: self.node.create_client(Trigger, f"{n}/reset_challenge") for n in ("controller", "monitor")}
         self.trigger = self.node.create_client(Trigger, "reset")  # the monitor's old unauthenticated service
