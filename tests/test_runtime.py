@@ -175,7 +175,7 @@ def test_provider_order_on_a_machine_with_cuda_and_tensorrt(monkeypatch):
     the list is stood in for)."""
     import onnxruntime as ort
 
-    from algd_runtime.deploy.runtime import resolve_providers
+    from algd_runtime.deploy.sessions import resolve_providers
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -193,7 +193,7 @@ def test_the_cuda_path_captures_one_session_per_graph_and_batch_size(vesde_bundl
     CUDA (no GPU lent): which sessions are opened, with what, and that the answers match."""
     import onnxruntime as ort
 
-    from algd_runtime.deploy import runtime
+    from algd_runtime.deploy import sessions
 
     plain = PolicyRuntime.load(vesde_bundle, provider="cpu")
     real = ort.InferenceSession
@@ -205,8 +205,8 @@ def test_the_cuda_path_captures_one_session_per_graph_and_batch_size(vesde_bundl
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", session)
-    bound_runner = runtime._BoundRunner
-    monkeypatch.setattr(runtime, "_BoundRunner", lambda s, feeds, device: bound_runner(s, feeds, "cpu"))
+    bound_runner = sessions.BoundRunner
+    monkeypatch.setattr(sessions, "BoundRunner", lambda s, feeds, device: bound_runner(s, feeds, "cpu"))
     rt = PolicyRuntime.load(vesde_bundle, provider="auto")
     assert rt.bind_io and rt.providers[0] == "CUDAExecutionProvider"
     loaded = len(opened)

@@ -252,7 +252,8 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
                 guidance: float = 0.3) -> list[dict]:
     import onnxruntime as ort
 
-    from algd_runtime.deploy.runtime import PROVIDERS, PolicyRuntime
+    from algd_runtime.deploy.runtime import PolicyRuntime
+    from algd_runtime.deploy.sessions import PROVIDERS
 
     available = ort.get_available_providers()
     providers = providers or [p for p, name in PROVIDERS.items() if name in available]
