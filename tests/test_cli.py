@@ -72,10 +72,16 @@ def test_bench_train_prints_a_table_with_rates():
     row = next(line for line in out.stdout.splitlines() if line.startswith("PointHazard-v0"))
     env_rate, act_rate, eager, fast = (float(x) for x in row.split()[3:7])
     assert env_rate > 100 and act_rate > 10 and eager > 1 and fast > 1
-    ratio = row.split()[7]  # the ratio of the two paths, measured in one run
-    assert ratio.endswith("x") and float(ratio[:-1]) == pytest.approx(fast / eager, abs=0.05)
-    bf16, bf16_ratio = float(row.split()[8]), row.split()[9]  # precision bf16, beside them in the same run
-    assert bf16 > 1 and float(bf16_ratio[:-1]) == pytest.approx(bf16 / eager, abs=0.05)
+    # The ratios are of the unrounded rates, measured in one run; the rates print with one
+    # decimal, so a ratio read back from them is off by up to that rounding (a loaded machine's
+    # eager 1.5 upd/s made 10.22x read as 10.4x).
+    def close(printed: str, num: float, den: float) -> bool:
+        slack = (num / den) * (0.05 / num + 0.05 / den) + 0.005
+        return printed.endswith("x") and abs(float(printed[:-1]) - num / den) <= slack
+
+    assert close(row.split()[7], fast, eager)  # the ratio of the two paths
+    bf16 = float(row.split()[8])  # precision bf16, beside them in the same run
+    assert bf16 > 1 and close(row.split()[9], bf16, eager)
     assert out.stdout.startswith("machine:") and "critic width 256" in out.stdout
     assert re.search(r"^CPU flags: .*; torch CPU capability \w+; precision auto: (bf16|fp32) \(auto: CPU has .*\)$",
                      out.stdout, re.M), out.stdout
