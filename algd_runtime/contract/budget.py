@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from algd_runtime.contract.keys import canonical
 
 LEASE_MAX = 1000  # an upper bound on any lease, even with nothing spent yet
+
+
 def budget_verdict(accumulated: float, margin: float, limit: float) -> str | None:
     """Why the robot must not take another step, or None. `margin` bounds one step's cost."""
     if accumulated >= limit:

@@ -37,6 +37,7 @@ import numpy as np
 from algd_runtime.contract.budget import LEASE_MAX, Budget, budget_verdict, lease_steps
 from algd_runtime.contract.keys import canonical, mac
 
+
 class StopDistance:
     """For a robot without a lease (standard commands): how many steps it takes between a
     stop decision and its stop, measured. The margin counts the larger of the configured

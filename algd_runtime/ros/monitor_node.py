@@ -138,7 +138,6 @@ class MonitorNode(ManagedNode):
                         lambda msg, info, topic=topic: self._on_io_message(topic, msg, info),
                         **m.wired(qos, False), **group), False)
             self.step_sub, self._subs = subs[self.io.cost.topic], subs
-            self._topic_of = {sub: topic for topic, sub in subs.items()}
             self._in_order = [subs[t] for t in (self.io.cost.topic, self.io.episode_topic, self.io.trigger) if t]
             self._read_for_forecast += [subs[t] for t in forecast_only if t in subs]
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)

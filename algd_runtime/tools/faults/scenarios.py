@@ -19,6 +19,7 @@ from algd_runtime.tools.faults.probe import Probe
 from algd_runtime.tools.faults.settings import (
     CMD_TIMEOUT_S, DISCOVERY_WAITS, MONITOR_LATE_S, QUIET_S, REVIVE_AFTER_S, SIGSTOP_S, WARMUP_TIMEOUT_S)
 
+
 # With an io file (standard messages), the robot's own faults too; hostile and
 # duplicate_controller are the raw contract's (forged episode events, our action topic).
 # Holds that are the budget's (the controller's or the monitor's) or the start's, not a fault's.

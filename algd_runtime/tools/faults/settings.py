@@ -29,6 +29,8 @@ BUDGET_HOLDS = ("stop: budget", "stop: monitor at STOP: budget", "estop", "no_co
 QUIET_S = 0.5  # no step for this long: the robot is not moving
 REVIVE_AFTER_S = 2.5  # no episode for this long without a fault: look at why (discovery or a latch)
 DISCOVERY_WAITS = ("no heartbeat from the monitor yet", "does not see the robot", "starting: ")
+
+
 def io_step_cost(rate: float, per_second: float = 100.0) -> float:
     """A step's cost in the hazard when the robot speaks standard messages: 1 per 10 ms
     (`per_second`), whatever the rate (a stop over standard messages takes some steps to land)."""
