@@ -118,7 +118,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     from algd_runtime.learn.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
     from algd_runtime.sim import make_task
     from algd_runtime.sim.conventions import apply_conventions
-    from algd_runtime.learn.trainer import evaluate
+    from algd_runtime.learn.evaluation import evaluate
 
     try:
         ckpt = load_checkpoint(args.policy)

@@ -10,7 +10,7 @@ import torch
 from algd_runtime.tools import omnisafe as baseline
 from algd_runtime.sim import make_task
 from algd_runtime.tools.sweep import aggregate, finished
-from algd_runtime.learn.trainer import eval_seed_of, evaluate
+from algd_runtime.learn.evaluation import eval_seed_of, evaluate
 
 TASK = "PointHazard-v0"
 

@@ -10,10 +10,11 @@ from conftest import small_policy
 from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
 from algd_runtime.cli import finetune_main
 from algd_runtime.learn.config import TrainConfig
+from algd_runtime.learn.evaluation import evaluate
 from algd_runtime.learn.finetune import FinetuneOptions, finetune, parse_target, start_agent
 from algd_runtime.learn.guard import BudgetGuard, GuardConfig
 from algd_runtime.sim import make_task
-from algd_runtime.learn.trainer import Trainer, evaluate
+from algd_runtime.learn.trainer import Trainer
 
 # A hazard three times as wide covers the start: every step of a naive policy costs 1.
 ENGULFED = {"hazard_scale": 3.0}
@@ -184,7 +185,7 @@ def test_the_actor_waits_for_the_critics_and_moves_at_a_fraction_of_its_rate(tmp
 
 def test_worse_after_fine_tuning_is_said_and_the_best_policy_within_budget_kept(tmp_path):
     from algd_runtime.learn.finetune import BestPolicy, compare
-    from algd_runtime.learn.trainer import EvalResult
+    from algd_runtime.learn.evaluation import EvalResult
 
     before = EvalResult(returns=[10.0, 11.0, 9.5, 10.5], costs=[1.0, 2.0, 0.0, 1.0], cost_limit=5.0)
     worse = EvalResult(returns=[4.0, 5.0, 3.0, 4.5], costs=[1.0, 1.0, 0.0, 2.0], cost_limit=5.0)

@@ -296,7 +296,7 @@ def test_lockstep_episode_returns_agree_with_algd_eval(vesde_bundle, key_file):
     evaluation (algd-eval) gives on the same reset seeds: tolerance 1e-3 relative + 1e-2."""
     from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
     from algd_runtime.sim import make_task
-    from algd_runtime.learn.trainer import evaluate
+    from algd_runtime.learn.evaluation import evaluate
 
     agent = agent_from_checkpoint(load_checkpoint(vesde_bundle.parent / "policy.pt"), with_optimizers=False)
     expected = evaluate(lambda o: agent.act(o, deterministic=True), make_task("PointHazard-v0"), 2, seed=7)

@@ -35,7 +35,7 @@ def test_resume_mid_episode_reproduces_the_uninterrupted_run_exactly(tmp_path):
     # 330 is mid-episode (episodes last up to 200 steps): the resume must rebuild it.
     straight, _ = run(tmp_path / "straight", 600)
     first, _ = run(tmp_path / "split", 330)
-    assert first.episode.actions, "the checkpoint should fall inside an episode"
+    assert first.collector.episode.actions, "the checkpoint should fall inside an episode"
     resumed, summary = run(tmp_path / "split", 600, resume=True)
     assert summary["env_steps"] == 600 and resumed.agent.grad_steps == straight.agent.grad_steps
     for name, module in straight.agent.networks().items():
@@ -134,7 +134,7 @@ def test_copies_of_the_task_train_and_resume_exactly(tmp_path, vector_envs):
     straight, summary = run2(tmp_path / "straight", 400)
     assert summary["env_steps"] == 400 and straight.replay.size == 400
     first, _ = run2(tmp_path / "split", 210)
-    assert any(ep.actions for ep in first.running), "the checkpoint should fall inside an episode"
+    assert any(ep.actions for ep in first.collector.running), "the checkpoint should fall inside an episode"
     resumed, _ = run2(tmp_path / "split", 400, resume=True)
     assert resumed.agent.grad_steps == straight.agent.grad_steps > 0
     for p, q in zip(straight.agent.policy.parameters(), resumed.agent.policy.parameters()):

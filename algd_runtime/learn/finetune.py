@@ -24,9 +24,10 @@ from typing import Callable
 from algd_runtime.learn.algd import ALGDAgent
 from algd_runtime.learn.checkpoint import CheckpointError, agent_from_checkpoint, load_checkpoint
 from algd_runtime.learn.config import config_from_dict
+from algd_runtime.learn.evaluation import EvalResult, evaluate
 from algd_runtime.learn.guard import BudgetGuard, GuardConfig
 from algd_runtime.learn.replay import ReplayBuffer
-from algd_runtime.learn.trainer import EvalResult, Trainer, evaluate
+from algd_runtime.learn.trainer import Trainer
 
 RESETTABLE = ("critics", "lambda")
 REPORT_JSON, REPORT_MD, BEFORE_JSON, BEST_FILE = "report.json", "report.md", "before.json", "best.pt"

@@ -316,7 +316,6 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     Each node's CPU since it started its loop is printed per process (and its spinning
     thread) as a share of a core and in microseconds per robot step."""
     import json
-    import os
     import subprocess
     import sys
     import tempfile

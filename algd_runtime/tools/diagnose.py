@@ -110,7 +110,8 @@ def _ratio(a: float, b: float) -> str:
 def diagnose(policy: str | Path, episodes: int = 3, seed: int | None = None) -> Diagnosis:
     from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
     from algd_runtime.learn.config import config_from_dict
-    from algd_runtime.learn.trainer import eval_seed_of, make_eval_task
+    from algd_runtime.learn.collector import make_eval_task
+    from algd_runtime.learn.evaluation import eval_seed_of
 
     ckpt = load_checkpoint(policy)
     agent = agent_from_checkpoint(ckpt, with_optimizers=False)

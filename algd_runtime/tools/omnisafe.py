@@ -123,8 +123,10 @@ def train_saclag(task: str, seed: int, steps: int, epoch_steps: int, cost_limit:
 def evaluate_saclag(folder: Path, config: dict, run_dir: Path) -> Path:
     """Every saved actor of an OmniSafe run, evaluated as an ALGD trial of the same config
     would be; writes run_dir/progress.csv (ALGD's columns; lambda is OmniSafe's multiplier)."""
+    from algd_runtime.learn.collector import make_eval_task
     from algd_runtime.learn.config import config_from_dict
-    from algd_runtime.learn.trainer import EVAL_FIELDS, eval_seed_of, evaluate, make_eval_task
+    from algd_runtime.learn.evaluation import eval_seed_of, evaluate
+    from algd_runtime.learn.run_folder import EVAL_FIELDS
 
     cfg = config_from_dict(config)
     env = make_eval_task(cfg)
