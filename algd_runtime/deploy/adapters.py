@@ -269,8 +269,9 @@ class ObservationMap:
         """The robot's side: the messages (by topic) that carry `obs`; new_message(type) makes one."""
         msgs, start = {}, 0
         for e in self.entries:
-            msg = msgs.setdefault(e.topic, new_message(e.type))
-            e.write(msg, obs[start:start + e.size])
+            if e.topic not in msgs:  # one message per topic (setdefault would build one per entry)
+                msgs[e.topic] = new_message(e.type)
+            e.write(msgs[e.topic], obs[start:start + e.size])
             start += e.size
         return msgs
 

@@ -84,6 +84,7 @@ def run_node(node_cls, argv=None) -> int:
         rclpy.try_shutdown()
         return 130
     from algd_runtime.ros.realtime import make_realtime, pin_cpus
+    from algd_runtime.ros.wake_lane import spin_locked
 
     log = node.get_logger()
     if node.get_parameter("use_sim_time").value:
@@ -96,10 +97,15 @@ def run_node(node_cls, argv=None) -> int:
     if priority:
         refused = make_realtime(priority)
         log.warning(refused) if refused else log.info(f"SCHED_FIFO at priority {priority}")
+    lane = getattr(node, "wake_lane", None)  # the robot's topics in a thread of their own (wake_lane.py)
     try:
         # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did
         # not stop on SIGINT, so the single-threaded executor stays.
-        rclpy.spin(node)
+        if lane is None:
+            rclpy.spin(node)
+        else:
+            lane.start()  # after the scheduling above: its thread inherits it
+            spin_locked(node, node.lock)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
@@ -107,6 +113,8 @@ def run_node(node_cls, argv=None) -> int:
             raise  # a failure while running: in full
         # SIGINT shut the context down while a callback was still publishing: that is the stop
     finally:
+        if lane is not None:
+            lane.stop()
         node.summarize()
         node.destroy_node()
         rclpy.try_shutdown()

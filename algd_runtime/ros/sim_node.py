@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 
@@ -55,6 +56,7 @@ from algd_runtime.deploy.adapters import load_io
 from algd_runtime.ros import messages as m
 from algd_runtime.ros import params
 from algd_runtime.ros.entry import run_node
+from algd_runtime.ros.wake_lane import LaneGroup, WakeLane
 from algd_runtime.sim import make_task
 from algd_runtime.sim.shift import NOMINAL as SHIFT
 
@@ -161,7 +163,11 @@ class SimNode(Node):
         period = self.period = 1.0 / (get("rate_hz") * get("real_time_factor"))
         self.paused = False
         self._start_episode()
-        self.timer = self.create_timer(period, self._step)
+        # The robot's own clock steps it in a lane of its own (wake_lane.py): the executor's
+        # wake-up costs more than a step of this task; the executor serves the rest.
+        self.lock, lane_group = threading.Lock(), LaneGroup()
+        self.timer = self.create_timer(period, self._step, callback_group=lane_group)
+        self.wake_lane = WakeLane(self, lane_group, [], None, self.lock, timers=[self.timer])
         m.mark_cpu()
 
     def _wire_io(self) -> None:
@@ -170,8 +176,11 @@ class SimNode(Node):
         self.io_pubs = {topic: self.qos.watch(self.create_publisher(
             m.message_class(kind), topic, **m.wired(m.RELIABLE if topic == io.cost.topic else m.COMMANDS, True)), True)
                         for topic, kind in io.topics().items()}
+        # Read before each step (_read_command), as a ros2_control update reads its command
+        # buffer; no wake-up of its own: the answer's time is when DDS received it.
         self.command_sub = self.qos.watch(self.create_subscription(
-            m.message_class(io.action_type), io.action_topic, self._on_command, **m.wired(m.LATEST, False)), False)
+            m.message_class(io.action_type), io.action_topic, self._on_command, **m.wired(m.LATEST, False),
+            callback_group=m.Polled()), False)
 
     def _start_episode(self) -> None:
         self.obs, _ = self.env.reset(seed=self.seed + self.episode)
@@ -329,20 +338,22 @@ class SimNode(Node):
         if stop and self.holding is None and not self._reading:
             self._step()  # hold now, not a period later (inside a step, that step holds)
 
-    def _on_command(self, msg) -> None:
+    def _on_command(self, msg, info: dict) -> None:
         """A standard command (io file): no lease, no stop; the newest one is applied."""
         try:
             action = self.action_map.read(msg)
         except (ValueError, AttributeError):
             return
-        self._cmd, self._cmd_at, self.action = ("io", None, None), time.monotonic(), action
+        arrived = m.arrived_at(info, time.monotonic())
+        self._cmd, self._cmd_at, self.action = ("io", None, None), arrived, action
         expiry = self.action_map.expires_after_s
         if expiry is not None:  # as diff_drive / joint_trajectory_controller: dropped at stamp + expiry
             self._cmd_expires_ns = m.stamp_ns(msg.header.stamp) + int(expiry * 1e9)
-        if self._stamp is not None and not self._answered:  # no stamp on a command: the first after it
+        # No stamp on a command: the first to arrive after the state went out answers it.
+        if self._stamp is not None and not self._answered and arrived >= self._published_at:
             self._answered = True
             self.answered += 1
-            self.latencies.append(time.monotonic() - self._published_at)
+            self.latencies.append(arrived - self._published_at)
             self.answers += 1
             self.answered_in_period += self.latencies[-1] <= self.period
 
