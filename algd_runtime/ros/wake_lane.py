@@ -17,6 +17,7 @@ executor) has its lane's subscriptions served by the executor, as before.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import ExitStack
 from typing import Callable
 
@@ -26,6 +27,8 @@ from rclpy.executors import SingleThreadedExecutor, TimeoutException
 from rclpy.guard_condition import GuardCondition
 # The wait set rclpy's own executor and wait_for_message are built on (no public wrapper).
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+from algd_runtime.ros import messages as m
 
 WAIT_NS = 100_000_000  # a stop request is also seen after at most this long
 
@@ -93,6 +96,7 @@ class WakeLane:
 
     def _run(self) -> None:
         subs = self.subscriptions
+        started = time.thread_time()
         try:
             while not self._stop.is_set():
                 timers = self.timers
@@ -129,6 +133,8 @@ class WakeLane:
                 self.error = exc
                 self.node.get_logger().error(f"wake lane stopped: {exc!r}; the executor serves its topics again")
             self.group.lane_running = False
+        finally:
+            m.add_lane_cpu(time.thread_time() - started)  # for the node's summary (algd-bench loop)
 
 
 def spin_locked(node, lock: threading.Lock) -> None:
