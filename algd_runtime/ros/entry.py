@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 
 import rclpy
@@ -29,6 +30,7 @@ def node_help(node_cls) -> str:
 
 
 CLOCK_GRACE_S = 5.0
+SHUTDOWN_REPORT_S = 8.0  # under algd-launch's and the fault bench's 20 s before kill -9
 
 
 def _warn_without_clock(node) -> None:
@@ -113,9 +115,13 @@ def run_node(node_cls, argv=None) -> int:
             raise  # a failure while running: in full
         # SIGINT shut the context down while a callback was still publishing: that is the stop
     finally:
+        # A stop that hangs says where (every thread's stack in the log) before a launcher's
+        # kill -9 ends it: one node stopped with Ctrl-C under load left no summary, once.
+        faulthandler.dump_traceback_later(SHUTDOWN_REPORT_S)
         if lane is not None:
             lane.stop()
         node.summarize()
         node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return 0
