@@ -175,7 +175,7 @@ def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations_
     # The interlock let it move (how far, in a 4 s window after start-up holds, is the machine's load)
     assert rate == 100 and steps_per_s > 0 and 50 < answered <= 100, out.stdout
     # Where the time goes: each process's share of a core and its CPU per robot step
-    cpu = re.findall(r"(\w+) ([\d.]+) % of a core \(([\d.]+) % its own threads\), (\d+) us per robot step", lines[-1])
+    cpu = re.findall(r"(\w+) ([\d.]+) % of a core \(([\d.]+) % its spinning thread\), (\d+) us per robot step", lines[-1])
     assert sorted(n for n, *_ in cpu) == ["controller", "monitor", "sim"], lines[-1]
     for _, core, thread, per_step in cpu:
         assert 0 < float(thread) <= float(core) and int(per_step) > 0, lines[-1]

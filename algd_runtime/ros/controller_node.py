@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 import sys
-import threading
 import time
 
 import numpy as np
@@ -30,7 +29,6 @@ from algd_runtime.ros.entry import run_node
 from algd_runtime.ros.managed import ManagedNode
 from algd_runtime.ros.operator import ResetEndpoint
 from algd_runtime.ros.recorder import McapRecorder
-from algd_runtime.ros.wake_lane import LaneGroup, WakeLane
 from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.contract.signing import SIGNATURE_DEFAULTS, check_bundle
 from algd_runtime.contract.budget import resolve_budget
@@ -99,20 +97,13 @@ class ControllerNode(ManagedNode):
                                                    **m.endpoint(m.RELIABLE, False), callback_group=m.Polled())
         self.io = load_io(self.values["io"], m.message_class) if self.values["io"] else None
         self._reading = self._answer_due = False  # inside _read_io; a state read there awaits its answer
-        # The robot's state (and episode) topics wake the lane, which answers them; the
-        # executor serves the rest. One lock: the node's code runs in one thread at a time.
-        self.lock, lane_group = threading.Lock(), LaneGroup()
-        self._lane_group = lane_group  # the control-rate timer's too: it is reset from the lane
         self.io_errors: dict[str, int] = {}
         self.first_observations: list[list[float]] = []  # with an io file: what the mapping made (tests)
         if self.io is None:  # our own contract: observation / action with (episode, t, cost) and leases
             self.pub = self.qos.watch(self.create_lifecycle_publisher(JointState, m.ACTION, **m.wired(m.COMMANDS, True)),
                                       True)
-            observations = self.qos.watch(self.create_subscription(
-                JointState, m.OBSERVATION, self._on_observation, **m.wired(m.OBSERVATIONS, False),
-                callback_group=lane_group), False)
-            self.wake_lane = WakeLane(self, lane_group, [observations], lambda: m.take_waiting(observations),
-                                      self.lock)
+            self.qos.watch(self.create_subscription(JointState, m.OBSERVATION, self._on_observation,
+                                                    **m.wired(m.OBSERVATIONS, False)), False)
         else:  # standard messages as the io file says; the budget from its cost topic
             self.command_cls = m.message_class(self.io.action_type)
             self.pub = self.qos.watch(self.create_lifecycle_publisher(self.command_cls, self.io.action_topic,
@@ -128,15 +119,13 @@ class ControllerNode(ManagedNode):
             for topic in topics:
                 qos = m.OBSERVATIONS if topic in self.io.observation.types else m.COSTS
                 type_name = topics[topic]
-                group = polled if topic in read_at_decision else lane_group
+                group = {"callback_group": polled} if topic in read_at_decision else {}
                 self._subs[topic] = self.qos.watch(self.create_subscription(
                     m.message_class(type_name), topic,
                     lambda msg, info, topic=topic: self._on_io_message(topic, msg, info),
-                    **m.wired(qos, False), callback_group=group), False)
+                    **m.wired(qos, False), **group), False)
             self._in_order = [self._subs[t] for t in (self.io.cost.topic, self.io.episode_topic, self.io.trigger)
                               if t]
-            self.wake_lane = WakeLane(self, lane_group, [self._subs[t] for t in topics if t not in read_at_decision],
-                                      self._on_wake, self.lock)
             self._read_at_decision = [self._subs[t] for t in read_at_decision if self._subs[t] not in self._in_order]
             # The second channel's own e-stop: either channel alone must end an episode whose
             # robot keeps costing while it stands (SAFETY.md, standard messages).
@@ -218,7 +207,7 @@ class ControllerNode(ManagedNode):
         hold = self.values["startup_hold_s"]
         self.core.gate.hold_for(time.monotonic(), hold, f"starting: {hold:g} s for discovery to show any other "
                                 "controller")
-        self._start_tick(self.core.params.control_rate_hz)
+        self.timer = self.create_timer(1.0 / self.core.params.control_rate_hz, self._tick)
         result = super().on_activate(state)
         m.mark_cpu()
         self.get_logger().info("active")
@@ -237,13 +226,8 @@ class ControllerNode(ManagedNode):
         self.reset.set_key(None)
         return super().on_cleanup(state)
 
-    def _start_tick(self, rate_hz: float) -> None:
-        self.timer = self.create_timer(1.0 / rate_hz, self._tick, callback_group=self._lane_group)
-        self.wake_lane.set_timers([self.timer])
-
     def _stop_timers(self) -> None:
         if self.timer is not None:
-            self.wake_lane.set_timers([])
             self.destroy_timer(self.timer)
             self.timer = None
 
@@ -269,12 +253,6 @@ class ControllerNode(ManagedNode):
         self._read_io((self._subs[topic], (msg, info)))
         if self._answer_due and self.timer is not None:
             self._act()  # at once: waiting for the next tick would add up to a period of latency
-
-    def _on_wake(self) -> None:
-        """The lane's wake-up: as _on_io_message, with every message still waiting."""
-        self._read_io()
-        if self._answer_due and self.timer is not None:
-            self._act()
 
     def _read_io(self, first: tuple | None = None) -> None:
         self._reading, self._answer_due = True, False
@@ -448,7 +426,7 @@ class ControllerNode(ManagedNode):
             return self._refuse(reason)
         if "control_rate_hz" in updates and self.timer is not None:
             self._stop_timers()
-            self._start_tick(updates["control_rate_hz"])
+            self.timer = self.create_timer(1.0 / updates["control_rate_hz"], self._tick)
         if updates:
             self.get_logger().info(f"parameters: {updates}")
         return SetParametersResult(successful=True)

@@ -86,7 +86,6 @@ def run_node(node_cls, argv=None) -> int:
         rclpy.try_shutdown()
         return 130
     from algd_runtime.ros.realtime import make_realtime, pin_cpus
-    from algd_runtime.ros.wake_lane import spin_locked
 
     log = node.get_logger()
     if node.get_parameter("use_sim_time").value:
@@ -99,15 +98,10 @@ def run_node(node_cls, argv=None) -> int:
     if priority:
         refused = make_realtime(priority)
         log.warning(refused) if refused else log.info(f"SCHED_FIFO at priority {priority}")
-    lane = getattr(node, "wake_lane", None)  # the robot's topics in a thread of their own (wake_lane.py)
     try:
         # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did
         # not stop on SIGINT, so the single-threaded executor stays.
-        if lane is None:
-            rclpy.spin(node)
-        else:
-            lane.start()  # after the scheduling above: its thread inherits it
-            spin_locked(node, node.lock)
+        rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
@@ -118,8 +112,6 @@ def run_node(node_cls, argv=None) -> int:
         # A stop that hangs says where (every thread's stack in the log) before a launcher's
         # kill -9 ends it: one node stopped with Ctrl-C under load left no summary, once.
         faulthandler.dump_traceback_later(SHUTDOWN_REPORT_S)
-        if lane is not None:
-            lane.stop()
         node.summarize()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -349,22 +349,13 @@ def mark_cpu() -> None:
     _cpu_mark = (time.process_time(), time.thread_time(), time.monotonic())
 
 
-_lane_cpu_s = 0.0  # CPU of the node's wake lane (wake_lane.py), added when its thread ends
-
-
-def add_lane_cpu(seconds: float) -> None:
-    global _lane_cpu_s
-    _lane_cpu_s += seconds
-
-
 def cpu_since_mark() -> dict:
-    """CPU seconds of the process and of the node's own threads (the spinning thread and its
-    wake lane) since mark_cpu(), and the wall seconds between: the rest of the process's CPU
-    is its DDS threads."""
+    """CPU seconds of the process and of the spinning thread since mark_cpu(), and the wall
+    seconds between: the rest of the process's CPU is its DDS threads."""
     if _cpu_mark is None:
         return {}
     process, thread, wall = _cpu_mark
-    return {"process_s": time.process_time() - process, "node_threads_s": time.thread_time() - thread + _lane_cpu_s,
+    return {"process_s": time.process_time() - process, "main_thread_s": time.thread_time() - thread,
             "wall_s": time.monotonic() - wall}
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import secrets
 import sys
-import threading
 import time
 
 import numpy as np
@@ -43,7 +42,6 @@ from algd_runtime.ros.entry import run_node
 from algd_runtime.ros.managed import ManagedNode
 from algd_runtime.ros.operator import ResetEndpoint
 from algd_runtime.ros.recorder import McapRecorder
-from algd_runtime.ros.wake_lane import LaneGroup, WakeLane
 from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.contract.signing import SIGNATURE_DEFAULTS, check_bundle
 from algd_runtime.contract.budget import resolve_budget
@@ -105,19 +103,11 @@ class MonitorNode(ManagedNode):
         self.matcher: CostMatcher | None = None
         self._io_episode = 0
         self._reading = False  # inside _read_io: a message taken there is handled at once
-        # The robot's steps (and episodes) wake the lane; the executor serves the rest. One
-        # lock: the node's code runs in one thread at a time.
-        self.lock, lane_group = threading.Lock(), LaneGroup()
-        self._lane_group = lane_group  # the heartbeat timer's too: it is reset from the lane
         if self.io is None:
             self.step_sub = self.qos.watch(self.create_subscription(Float64MultiArray, m.STEP, self._on_step,
-                                                                    **m.wired(m.RELIABLE, False),
-                                                                    callback_group=lane_group), False)
-            episodes = self.qos.watch(self.create_subscription(String, m.EPISODE, self._on_episode,
-                                                               **m.wired(m.RELIABLE, False),
-                                                               callback_group=lane_group), False)
-            self._raw_subs = [self.step_sub, episodes]
-            self.wake_lane = WakeLane(self, lane_group, self._raw_subs, self._read_raw, self.lock)
+                                                                    **m.wired(m.RELIABLE, False)), False)
+            self.qos.watch(self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE, False)),
+                           False)
             if self.values["use_critic"]:  # the forecast's inputs, read when a step asks for it (no wake-up of their own)
                 polled = m.Polled()
                 self._read_for_forecast = [
@@ -142,16 +132,14 @@ class MonitorNode(ManagedNode):
             for topic, type_name in self.io.topics().items():
                 if topic in wanted:
                     qos = m.COSTS if topic in (self.io.cost.topic, self.io.episode_topic) else m.OBSERVATIONS
-                    group = polled if topic in polled_topics else lane_group
+                    group = {"callback_group": polled} if topic in polled_topics else {}
                     subs[topic] = self.qos.watch(self.create_subscription(
                         m.message_class(type_name), topic,
                         lambda msg, info, topic=topic: self._on_io_message(topic, msg, info),
-                        **m.wired(qos, False), callback_group=group), False)
+                        **m.wired(qos, False), **group), False)
             self.step_sub, self._subs = subs[self.io.cost.topic], subs
             self._in_order = [subs[t] for t in (self.io.cost.topic, self.io.episode_topic, self.io.trigger) if t]
             self._read_for_forecast += [subs[t] for t in forecast_only if t in subs]
-            self.wake_lane = WakeLane(self, lane_group, [subs[t] for t in subs if t not in polled_topics],
-                                      self._read_io, self.lock)
         self.create_service(Trigger, "reset", self._on_unauthenticated_reset)
         self.reset = ResetEndpoint(self, self._operator_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -201,10 +189,8 @@ class MonitorNode(ManagedNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # the publishers first: what follows must go out
         self._heartbeat_period = 1.0 / self.values["heartbeat_rate_hz"]
-        self._heartbeat_timer = self.create_timer(self._heartbeat_period, self._on_heartbeat_timer,
-                                                  callback_group=self._lane_group)
+        self._heartbeat_timer = self.create_timer(self._heartbeat_period, self._on_heartbeat_timer)
         self._active_timers = [self._heartbeat_timer, self.create_timer(self.values["estop_period_s"], self._reassert)]
-        self.wake_lane.set_timers([self._heartbeat_timer])
         self._reassert()
         self._heartbeat()  # after the start-up line: no controller moves before it (tests rely on this)
         m.mark_cpu()
@@ -225,7 +211,6 @@ class MonitorNode(ManagedNode):
         return super().on_cleanup(state)
 
     def _stop_timers(self) -> None:
-        self.wake_lane.set_timers([])
         for timer in self._active_timers:
             self.destroy_timer(timer)
         self._active_timers, self._heartbeat_timer = [], None
@@ -319,11 +304,6 @@ class MonitorNode(ManagedNode):
     def _record(self, topic: str, msg) -> None:
         if self.recorder:
             self.recorder.write(topic, msg, time.time_ns())
-
-    def _read_raw(self) -> None:
-        """The lane's wake-up on our own contract: steps and episode events, in the robot's order."""
-        for sub, taken in m.take_in_sent_order(self._raw_subs):
-            m.call(sub, taken)
 
     def _on_step(self, msg: Float64MultiArray) -> None:
         if self.monitor is None:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections import OrderedDict, deque
 
@@ -56,7 +55,6 @@ from algd_runtime.deploy.adapters import load_io
 from algd_runtime.ros import messages as m
 from algd_runtime.ros import params
 from algd_runtime.ros.entry import run_node
-from algd_runtime.ros.wake_lane import LaneGroup, WakeLane
 from algd_runtime.sim import make_task
 from algd_runtime.sim.shift import NOMINAL as SHIFT
 
@@ -163,11 +161,7 @@ class SimNode(Node):
         period = self.period = 1.0 / (get("rate_hz") * get("real_time_factor"))
         self.paused = False
         self._start_episode()
-        # The robot's own clock steps it in a lane of its own (wake_lane.py): the executor's
-        # wake-up costs more than a step of this task; the executor serves the rest.
-        self.lock, lane_group = threading.Lock(), LaneGroup()
-        self.timer = self.create_timer(period, self._step, callback_group=lane_group)
-        self.wake_lane = WakeLane(self, lane_group, [], None, self.lock, timers=[self.timer])
+        self.timer = self.create_timer(period, self._step)
         m.mark_cpu()
 
     def _wire_io(self) -> None:
@@ -176,11 +170,8 @@ class SimNode(Node):
         self.io_pubs = {topic: self.qos.watch(self.create_publisher(
             m.message_class(kind), topic, **m.wired(m.RELIABLE if topic == io.cost.topic else m.COMMANDS, True)), True)
                         for topic, kind in io.topics().items()}
-        # Read before each step (_read_command), as a ros2_control update reads its command
-        # buffer; no wake-up of its own: the answer's time is when DDS received it.
         self.command_sub = self.qos.watch(self.create_subscription(
-            m.message_class(io.action_type), io.action_topic, self._on_command, **m.wired(m.LATEST, False),
-            callback_group=m.Polled()), False)
+            m.message_class(io.action_type), io.action_topic, self._on_command, **m.wired(m.LATEST, False)), False)
 
     def _start_episode(self) -> None:
         self.obs, _ = self.env.reset(seed=self.seed + self.episode)
@@ -338,22 +329,20 @@ class SimNode(Node):
         if stop and self.holding is None and not self._reading:
             self._step()  # hold now, not a period later (inside a step, that step holds)
 
-    def _on_command(self, msg, info: dict) -> None:
+    def _on_command(self, msg) -> None:
         """A standard command (io file): no lease, no stop; the newest one is applied."""
         try:
             action = self.action_map.read(msg)
         except (ValueError, AttributeError):
             return
-        arrived = m.arrived_at(info, time.monotonic())
-        self._cmd, self._cmd_at, self.action = ("io", None, None), arrived, action
+        self._cmd, self._cmd_at, self.action = ("io", None, None), time.monotonic(), action
         expiry = self.action_map.expires_after_s
         if expiry is not None:  # as diff_drive / joint_trajectory_controller: dropped at stamp + expiry
             self._cmd_expires_ns = m.stamp_ns(msg.header.stamp) + int(expiry * 1e9)
-        # No stamp on a command: the first to arrive after the state went out answers it.
-        if self._stamp is not None and not self._answered and arrived >= self._published_at:
+        if self._stamp is not None and not self._answered:  # no stamp on a command: the first after it
             self._answered = True
             self.answered += 1
-            self.latencies.append(arrived - self._published_at)
+            self.latencies.append(time.monotonic() - self._published_at)
             self.answers += 1
             self.answered_in_period += self.latencies[-1] <= self.period
 

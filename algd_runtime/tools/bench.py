@@ -424,20 +424,19 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
               f"{row['ctl_p50_ms']:>10.3f} {row['ctl_p99_ms']:>10.3f} {row['oa_p50_ms']:>11.3f} "
               f"{row['oa_p99_ms']:>11.3f} {row['oa_max_ms']:>11.3f}", flush=True)
         print("        CPU while running: " + "; ".join(
-            f"{n} {c['core_pct']:.0f} % of a core ({c['node_threads_pct']:.0f} % its own threads), "
+            f"{n} {c['core_pct']:.0f} % of a core ({c['main_thread_pct']:.0f} % its spinning thread), "
             f"{c['us_per_step']:.0f} us per robot step" for n, c in row["cpu"].items()), flush=True)
     return rows
 
 
 def _cpu_per_step(summaries: dict, steps: int) -> dict:
     """Each node's CPU since it started its loop (its summary's `cpu`): the share of a core,
-    its own threads' share (the executor's and the wake lane's; the rest is DDS's threads),
-    and per robot step."""
+    its spinning thread's share (the rest is DDS's threads), and per robot step."""
     out = {}
     for name, summary in summaries.items():
         cpu = summary.get("cpu") or {}
         if cpu.get("wall_s"):
             out[name] = {"core_pct": 100.0 * cpu["process_s"] / cpu["wall_s"],
-                         "node_threads_pct": 100.0 * cpu["node_threads_s"] / cpu["wall_s"],
+                         "main_thread_pct": 100.0 * cpu["main_thread_s"] / cpu["wall_s"],
                          "us_per_step": 1e6 * cpu["process_s"] / max(steps, 1)}
     return out
