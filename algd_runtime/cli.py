@@ -313,6 +313,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                     help="guided reverse diffusion: the controller's guidance_scale (0: unguided)")
     lp.add_argument("--io", type=Path, metavar="FILE",
                     help="the robot speaks standard messages (an io file; its rate_hz set to each --rate)")
+    lp.add_argument("--slice", type=int, metavar="US", dest="slice_us",
+                    help="the nodes' sched_slice_us (default: theirs, 200; 0: the kernel's slice)")
     sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
     sf.add_argument("bundle", type=Path)
     sf.add_argument("--fault", action="append",
@@ -356,11 +358,13 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"--realtime: expected a priority in 1..99 (0: off), got {args.realtime}")
         if args.io is not None and not args.io.is_file():
             return _fail(f"--io: expected an io file (see config/io/), got {args.io}")
+        if args.slice_us is not None and args.slice_us != 0 and not 100 <= args.slice_us <= 100_000:
+            return _fail(f"--slice: expected 0 (the kernel's) or 100..100000 microseconds, got {args.slice_us}")
         if args.io is not None and not args.monitor:
             return _fail("--no-monitor with --io: a robot on standard messages holds until it hears the monitor's "
                          "e-stop state (SAFETY.md); run --io with the monitor")
         bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider, args.monitor,
-                   args.load, args.realtime, args.guidance, args.pin, str(args.io) if args.io else None)
+                   args.load, args.realtime, args.guidance, args.pin, str(args.io) if args.io else None, args.slice_us)
         return 0
 
     import torch

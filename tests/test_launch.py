@@ -109,7 +109,7 @@ def test_algd_launch_runs_the_graph_and_prints_a_summary(vesde_bundle, tmp_path)
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + os.getpid() % 50),
                XDG_STATE_HOME=str(tmp_path / "state"))
     launch = str(Path(sys.executable).parent / "algd-launch")
-    cmd = [launch, "--with-sim", "--bundle", str(vesde_bundle), "--duration", "4", "--key", str(tmp_path / "op.key")]
+    cmd = [launch, "--with-sim", "--bundle", str(vesde_bundle), "--duration", "6", "--key", str(tmp_path / "op.key")]  # 2 s start-up hold, then motion
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "does not exist; create one with `algd-reset --init-key" in out.stderr
     create_key(tmp_path / "op.key")

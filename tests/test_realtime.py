@@ -61,3 +61,31 @@ def test_a_list_parameter_takes_integers_only():
             assert "cpu_affinity: expected a list of integers" in str(exc)
         else:
             raise AssertionError(bad)
+
+
+def test_a_short_slice_reaches_every_thread_or_the_refusal_names_the_kernel():
+    probe = """
+import os, threading, time
+from algd_runtime.ros.realtime import short_slice, thread_slice_us
+threading.Thread(target=time.sleep, args=(2,), daemon=True).start()  # a thread that exists before
+print(short_slice(250))
+print(sorted({thread_slice_us(int(t)) for t in os.listdir("/proc/self/task")}))
+late = []
+t = threading.Thread(target=lambda: late.append(thread_slice_us()))
+t.start(); t.join()  # a thread started after: it inherits the slice
+print(late[0])
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    why, slices, late = out.stdout.splitlines()[:3]
+    if why == "None":  # Linux >= 6.12 (this machine)
+        assert slices == "[250.0]" and late == "250.0"
+    else:
+        assert "keeps its own slice" in why or "needs Linux" in why, why
+
+
+def test_a_bad_slice_is_refused_with_the_range():
+    from algd_runtime.ros.realtime import short_slice
+
+    for bad in (50, 200_000, True, "200"):
+        assert short_slice(bad) == f"sched_slice_us: expected 0 (the kernel's) or 100..100000 microseconds, got {bad!r}"

@@ -49,7 +49,7 @@ from algd_runtime.deploy.safety import (
 IO_CLOCK_TOLERANCE_NS = 20_000_000
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
-READ_ONLY = ("bundle", "bundle_public_key", "allow_unsigned", "io", "realtime_priority", "cpu_affinity", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+READ_ONLY = ("bundle", "bundle_public_key", "allow_unsigned", "io", "sched_slice_us", "realtime_priority", "cpu_affinity", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
@@ -61,7 +61,7 @@ SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "re
 # Every parameter and its default, in one place: the node declares these, and
 # launch/controller.yaml states them (tests/test_launch.py fails when the two drift).
 DEFAULTS = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "", "record": "",
-            "fallback": "", "autostart": True, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
+            "fallback": "", "autostart": True, "sched_slice_us": 200, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
             **vars(ControllerParams())}
 
 

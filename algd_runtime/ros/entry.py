@@ -85,7 +85,7 @@ def run_node(node_cls, argv=None) -> int:
         print(f"{node_cls.NAME}: stopped while starting", file=sys.stderr)
         rclpy.try_shutdown()
         return 130
-    from algd_runtime.ros.realtime import make_realtime, pin_cpus
+    from algd_runtime.ros.realtime import make_realtime, pin_cpus, short_slice
 
     log = node.get_logger()
     if node.get_parameter("use_sim_time").value:
@@ -94,6 +94,10 @@ def run_node(node_cls, argv=None) -> int:
     if cpus:
         refused = pin_cpus(cpus)
         log.warning(refused) if refused else log.info(f"on CPU(s) {cpus}")
+    slice_us = node.get_parameter("sched_slice_us").value if node.has_parameter("sched_slice_us") else 0
+    if slice_us:
+        refused = short_slice(slice_us)
+        log.warning(refused) if refused else log.info(f"time slice {slice_us} us")
     priority = node.get_parameter("realtime_priority").value if node.has_parameter("realtime_priority") else 0
     if priority:
         refused = make_realtime(priority)

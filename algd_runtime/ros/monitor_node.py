@@ -63,7 +63,7 @@ DEFAULTS = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_s
             "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator", "hysteresis": 0.1,
             "clear_steps": 20, "max_step_cost": -1.0, **ESCALATION, "use_critic": True, "io": "", "record": "", "summary_file": "",
             "operator_key_file": "", "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0,
-            "autostart": True, "realtime_priority": 0, "cpu_affinity": [], **SIGNATURE_DEFAULTS}
+            "autostart": True, "sched_slice_us": 200, "realtime_priority": 0, "cpu_affinity": [], **SIGNATURE_DEFAULTS}
 
 
 class MonitorNode(ManagedNode):

@@ -69,7 +69,8 @@ DEFAULTS = {
     "lockstep": False, "lockstep_timeout_s": 1.0,
     "cmd_timeout_s": 0.5,  # no command for this long: hold still
     "summary_file": "",  # JSON stats written at exit (algd-bench loop)
-    "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros_nodes/realtime.py)
+    "sched_slice_us": 200,  # a short time slice on the default scheduler (ros/realtime.py); 0: the kernel's
+    "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros/realtime.py)
     "cpu_affinity": [],  # CPUs to run on ([]: any)
     "io": "",  # an io file: speak standard messages (see the module's docstring)
     "cost_scale": 1.0,  # each step's cost x this: a cost per unit of time at another rate

@@ -300,7 +300,8 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
 
 # -- algd-bench loop ----------------------------------------------------------------------------
 def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu", with_monitor: bool = True,
-               load: int = 0, realtime: int = 0, guidance: float = 0.0, pin: bool = False, io: str | None = None) -> list[dict]:
+               load: int = 0, realtime: int = 0, guidance: float = 0.0, pin: bool = False, io: str | None = None,
+               slice_us: int | None = None) -> list[dict]:
     """The sim robot, the controller and (with_monitor, the default: the whole graph) the
     monitor as separate processes over DDS on loopback, at each rate; `load` CPU-bound
     processes run beside them; `realtime` > 0 runs the sim and the controller SCHED_FIFO at
@@ -312,7 +313,8 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     period of the observation's publication; "before step": before the robot's next step,
     which the robot's own timer jitter also decides (a late tick is followed by an early one).
     io: an io file: the robot speaks standard messages (its rate set to each run's); an
-    unstamped command answers the newest state it follows.
+    unstamped command answers the newest state it follows. slice_us: the nodes' sched_slice_us
+    (None: their default; 0: the kernel's slice).
     Each node's CPU since it started its loop is printed per process (and its spinning
     thread) as a share of a core and in microseconds per robot step."""
     import json
@@ -333,6 +335,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
           f"(ROS_AUTOMATIC_DISCOVERY_RANGE={env['ROS_AUTOMATIC_DISCOVERY_RANGE']}), "
           f"{load} CPU-bound process(es) beside, {seconds:g} s per rate, "
           + (f"nodes SCHED_FIFO {realtime}" if realtime else "default scheduler")
+          + ("" if slice_us is None else f", sched_slice_us {slice_us}" + (" (the kernel's)" if slice_us == 0 else ""))
           + (f", guided (guidance_scale {guidance:g})" if guidance else ", unguided")
           + (", sim and controller pinned to a CPU each" if pin else "")
           + (f", standard messages ({io})" if io else ", raw contract"))
@@ -356,22 +359,23 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                 # bench's 1 per 10 ms did, at 100 Hz on a loaded machine)
                 wired = {"io": str(io_for_rate(Path(io), rate, Path(tmp)))}
                 scaled = {"max_step_cost": io_step_cost(rate, per_second=10.0)}
+            sched = {} if slice_us is None else {"sched_slice_us": int(slice_us)}
             procs = {
                 "controller": node_command("controller", "algd_bench", default_params(), bundle, provider=provider,
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
                                            require_monitor=str(with_monitor).lower(), operator_key_file=key,
                                            stop_latch="episode",  # a spent budget ends the episode, not the run
                                            summary_file=files["controller"], realtime_priority=realtime,
-                                           guidance_scale=float(guidance), **ctl_cpu, **wired, **scaled),
+                                           guidance_scale=float(guidance), **ctl_cpu, **sched, **wired, **scaled),
                 "sim": node_command("sim", "algd_bench", default_params(), None, rate_hz=float(rate),
-                                    summary_file=files["sim"], realtime_priority=realtime, **sim_cpu, **wired,
+                                    summary_file=files["sim"], realtime_priority=realtime, **sim_cpu, **sched, **wired,
                                     **({"cost_scale": scaled["max_step_cost"]} if io else {})),
             }
             if with_monitor:
                 procs["monitor"] = node_command("monitor", "algd_bench", default_params(), bundle,
                                                 operator_key_file=key, stop_latch="episode", use_critic="false",
                                                 state_file=os.path.join(tmp, "monitor_state.json"),
-                                                summary_file=files["monitor"], **wired, **scaled,
+                                                summary_file=files["monitor"], **sched, **wired, **scaled,
                                                 # below the loop's two: its deadline is 250 ms, theirs a period
                                                 realtime_priority=max(1, realtime - 10) if realtime else 0)
             burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]

@@ -241,7 +241,8 @@ def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float
         run.problems.append(f"{lost_ends} episode end(s) the robot published never reached the log")
     return {"episodes": len(costs), "over_budget": len(over), "max_cost_ratio": max(costs) / run.limit if costs else None,
             "faults": len(events), "events": events, "injections": analysed,
-            "steps_after_deadline": sum(i["steps_after_safe"] for i in analysed),
+            "steps_after_deadline": sum(i["steps_after_deadline"] for i in analysed),
+            "steps_late": sum(i["steps_late"] for i in analysed),
             "fault_to_safe_ms": [i["safe_ms"] for i in analysed if i.get("safe_ms") is not None],
             "operator_resets": resets, "extra_revivals": run.evidence.get("revivals", 0),  # revivals: in resets too
             "episode_ends_lost": max(lost_ends, 0), "summaries_missing": missing,
@@ -283,7 +284,7 @@ def bench_chaos(bundle, minutes: float = 30.0, rate_hz: float = 500.0, io=None, 
     mem = ", ".join(mem_of(n) for n in NODES)
     echo(f"episodes {r['episodes']}, over the budget {r['over_budget']}, max cost / budget "
          f"{'-' if r['max_cost_ratio'] is None else format(r['max_cost_ratio'], '.2f')}; faults {r['faults']}, "
-         f"steps after a fault's deadline {r['steps_after_deadline']}, fault -> safe p99 "
+         f"steps after a fault's deadline {r['steps_after_deadline']} ({r['steps_late']} beyond the margin), fault -> safe p99 "
          f"{'-' if not safe else format(sorted(safe)[math.ceil(0.99 * len(safe)) - 1], '.0f')} ms; operator resets "
          f"{r['operator_resets']} (extra {r['extra_revivals']}); lost: {r['episode_ends_lost']} episode ends, "
          f"{len(r['summaries_missing'])} summaries; memory (RSS) {mem}")

@@ -50,14 +50,18 @@ def analyze_injection(inj: Injection, run: Run, holds: list, stop_lines: dict, e
     # Which hold it was, and how soon, is a figure (safe_ms), not the rule.
     slack = run.period + SCHED_ALLOWANCE_S  # a step already leased may still land
     deadline_at = inj.at + inj.deadline_s + slack
-    moved = sum(1 for s in steps if deadline_at < s <= until)
+    after_deadline = sum(1 for s in steps if deadline_at < s <= until)
+    # Without a lease the robot steps on its last command until the stop lands; the budget's
+    # margin keeps the io file's steps_ahead for those steps (SAFETY.md): they are allowed, no more.
+    moved = max(0, after_deadline - run.steps_on_old_command)
     safe_at, source = min(cands) if cands else (None, "none")
     out.update(safe_ms=None if safe_at is None else (safe_at - inj.at) * 1e3, source=source,
-               steps_after_safe=moved)
+               steps_after_deadline=after_deadline, steps_late=moved)
     # A second controller is safe while it never commands: the running one may keep driving
     # until discovery shows it the other (both latch then; _finish checks that).
     if moved and run.fault != "duplicate_controller":
-        run.problems.append(f"{run.fault}: the robot took {moved} steps after the fault's deadline "
+        allowed = f" and the {run.steps_on_old_command} its margin keeps" if run.steps_on_old_command else ""
+        run.problems.append(f"{run.fault}: the robot took {moved} steps after the fault's deadline{allowed} "
                             f"({(deadline_at - inj.at) * 1e3:.0f} ms after the fault injected at {out['at_s']} s)")
     if inj.episodes_before < 1:
         run.problems.append(f"{run.fault}: no episode ran before the fault at {out['at_s']} s (vacuous)")

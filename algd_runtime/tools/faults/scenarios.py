@@ -10,6 +10,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Sequence
 
 
@@ -20,12 +21,6 @@ from algd_runtime.tools.faults.settings import (
     CMD_TIMEOUT_S, DISCOVERY_WAITS, MONITOR_LATE_S, QUIET_S, REVIVE_AFTER_S, SIGSTOP_S, WARMUP_TIMEOUT_S)
 
 
-# With an io file (standard messages), the robot's own faults too; hostile and
-# duplicate_controller are the raw contract's (forged episode events, our action topic).
-# Holds that are the budget's (the controller's or the monitor's) or the start's, not a fault's.
-# Decisions that only wait for DDS discovery: more time, never a revival.
-# -- the harness's own ROS participant ------------------------------------------------------------
-# -- the three processes -------------------------------------------------------------------------
 # -- one run ---------------------------------------------------------------------------------------
 @dataclass
 class Injection:
@@ -59,6 +54,17 @@ class Run:
     @property
     def period(self) -> float:
         return 1.0 / self.rate
+
+    @cached_property
+    def steps_on_old_command(self) -> int:
+        """Steps a robot without a lease may take on its last command after a stop is decided:
+        the io file's steps_ahead, which the budget's margin keeps for them; 0 with a lease."""
+        if self.graph.io is None:
+            return 0
+        from algd_runtime.deploy.adapters import load_io
+
+        io = load_io(str(self.graph.io))
+        return 0 if io.leased else io.steps_ahead
 
     def wait(self, done: Callable[[], bool], timeout: float, what: str | None) -> bool:
         """Until done(); on timeout a problem (unless `what` is None). A node that exits on its
@@ -123,14 +129,18 @@ class Run:
                          if m.startswith(("STOP: ", "moving", "operator reset: cleared"))]
             last = decisions[-1] if decisions else ""
             if last.startswith(("STOP: budget", "STOP: monitor at STOP: budget")):
-                return  # it moved and spent its budget: held for it, not without a fault (a reset
-                # here cleared the operator-latched STOP that the hostile run waits for)
+                return  # it moved and spent its budget: held for it, not without a fault
             if last.startswith("STOP: ") and not any(k in last for k in DISCOVERY_WAITS):
                 since = time.monotonic()  # before the reset: an episode may end as soon as it is done
+                # The controller's own latch (a heartbeat late under load) is the controller's to
+                # clear; the monitor's STOP too where the controller holds for it, but not a
+                # budget STOP (the operator-latched one is what the hostile run waits for).
+                monitor = "monitor at STOP: " in last and "monitor at STOP: budget" not in last
+                nodes = ("controller", "monitor") if monitor else ("controller",)
                 self.warnings.append(f"{why}: no motion, the controller holds without a fault ({last[6:90]}); "
-                                     f"operator reset")
+                                     f"operator reset of the {' and '.join(nodes)}")
                 self.evidence["revivals"] = self.evidence.get("revivals", 0) + 1
-                self.operator_reset()
+                self.operator_reset(nodes)
         raise Abort(f"{why}: the graph does not move (see {self.graph.workdir}/<node>.log)")
 
     def warm_up(self, episodes: int = 2) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_monitor", "kill_controller",
           "hostile", "duplicate_controller")
+# With an io file (standard messages), the robot's own faults too; hostile and
+# duplicate_controller are the raw contract's (forged episode events, our action topic).
 IO_FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_monitor", "kill_controller",
              "cost_drop", "cost_late", "episode_lost", "robot_first")
 IO_ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
@@ -24,10 +26,12 @@ SCHED_ALLOWANCE_S = 0.03  # scheduling allowance on top of deadline + one contro
 MONITOR_LATE_S = 3.0
 SIGSTOP_S = 2.0
 WARMUP_TIMEOUT_S = 60.0
+# Holds that are the budget's (the controller's or the monitor's) or the start's, not a fault's.
 BUDGET_HOLDS = ("stop: budget", "stop: monitor at STOP: budget", "estop", "no_command",
                 "stop: no heartbeat from the monitor yet")
 QUIET_S = 0.5  # no step for this long: the robot is not moving
 REVIVE_AFTER_S = 2.5  # no episode for this long without a fault: look at why (discovery or a latch)
+# Decisions that only wait for DDS discovery: more time, never a revival.
 DISCOVERY_WAITS = ("no heartbeat from the monitor yet", "does not see the robot", "starting: ")
 
 
