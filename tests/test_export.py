@@ -228,3 +228,18 @@ def test_a_policy_whose_reward_and_cost_pulls_cancel_still_exports(tmp_path):
     manifest = export_bundle(tmp_path / "policy.pt", tmp_path / "bundle")  # refused before: critics_grad 1.28e-4
     errors = manifest["parity"]["max_abs_error"]
     assert errors["critics_grad"] < 1e-4 and errors["critics_energy"] < 1e-4, errors
+
+
+def test_the_export_measures_the_exchange_rate_the_monitor_multiplies(tmp_path):
+    """manifest.exchange_rate: median |grad_a Q_min| / median |grad_a Qc_risk| at the policy's
+    actions over a rollout in its task (learn.algd.exchange_rate), what the monitor's WARN
+    multiplies; PolicyRuntime reads it."""
+    from algd_runtime.deploy.runtime import PolicyRuntime
+    from algd_runtime.learn.algd import exchange_rate
+    from algd_runtime.sim import make_task
+
+    agent = small_policy(tmp_path / "policy.pt")
+    manifest = export_bundle(tmp_path / "policy.pt", tmp_path / "bundle")
+    env = make_task(agent.spec.name, seed=0)
+    assert manifest["exchange_rate"] > 0 and manifest["exchange_rate"] == pytest.approx(exchange_rate(agent, env))
+    assert PolicyRuntime.load(tmp_path / "bundle", provider="cpu").exchange_rate == manifest["exchange_rate"]

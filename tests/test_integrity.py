@@ -133,6 +133,7 @@ def _set(path, value):
     ("obs_dim", 0, r"obs_dim: expected an integer > 0, got 0"),
     ("act_dim", 2.5, r"act_dim: expected an integer > 0, got 2.5"),
     ("lagrange_multiplier", -0.5, r"lagrange_multiplier: expected a finite number >= 0, got -0.5"),
+    ("exchange_rate", 0.0, r"exchange_rate: expected a finite number > 0 or null, got 0.0"),
     ("schedule.steps", 0, r"schedule.steps: expected an integer > 0, got 0"),
     ("schedule.initial_std", math.nan, r"schedule.initial_std: expected a finite number > 0, got nan"),
     ("task", "", r"task: expected a non-empty string, got ''"),

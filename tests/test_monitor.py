@@ -157,7 +157,13 @@ def test_each_level_asks_the_controller_for_one_response():
 
     assert {k: shipped_param("monitor", k, None) for k in ESCALATION} == ESCALATION  # the file ships the defaults
     assert level_response(Level.OK, 0.7, ESCALATION, 3.0) == {} == level_response(Level.STOP, 0.7, ESCALATION, 3.0)
-    assert level_response(Level.WARN, 0.7, ESCALATION, 3.0) == {"lagrange_multiplier": 1.4, "guidance_scale": 0.3}
+    assert level_response(Level.WARN, 0.7, ESCALATION, 3.0) == {"lagrange_multiplier": 1.4, "guidance_scale": 1.0}
+    # With the bundle's exchange rate: 4 x it where that is more than the own lambda x 2.
+    assert level_response(Level.WARN, 1e-8, ESCALATION, 3.0, exchange_rate=2.5)["lagrange_multiplier"] == 10.0
+    assert level_response(Level.WARN, 9.0, ESCALATION, 3.0, exchange_rate=2.5)["lagrange_multiplier"] == 18.0
+    assert level_response(Level.WARN, 1e-8, ESCALATION, 3.0, exchange_rate=40.0)["lagrange_multiplier"] == 100.0
+    off = dict(ESCALATION, warn_rate_factor=0.0)  # 0: the own lambda's rule alone
+    assert level_response(Level.WARN, 0.7, off, 3.0, exchange_rate=2.5)["lagrange_multiplier"] == 1.4
     assert level_response(Level.WARN, 80.0, ESCALATION, 3.0)["lagrange_multiplier"] == 100.0  # lambda_max
     assert level_response(Level.WARN, 0.0, ESCALATION, 3.0)["lagrange_multiplier"] == 2e-3  # a lambda of 0 still rises
     assert level_response(Level.ERROR, 0.7, ESCALATION, -1.0) == {"mode": "best_of_n", "best_of_n": 16,

@@ -92,6 +92,8 @@ def validate_manifest(m: dict[str, Any]) -> None:
     need(v is None or (_finite(v) and v > 0), "budget.max_step_cost", "a finite number > 0 or null", v)
     v = m.get("lagrange_multiplier")
     need(_finite(v) and v >= 0, "lagrange_multiplier", "a finite number >= 0", v)
+    v = m.get("exchange_rate")  # absent or null: not measured (bundles made before it)
+    need(v is None or (_finite(v) and v > 0), "exchange_rate", "a finite number > 0 or null", v)
     schedule = section("schedule")
     need(_posint(schedule.get("steps")), "schedule.steps", "an integer > 0", schedule.get("steps"))
     v = schedule.get("initial_std")

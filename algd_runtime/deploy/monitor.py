@@ -102,16 +102,26 @@ class Transition:
 
 
 # How the monitor's levels escalate the policy (the monitor node's parameters of these names).
-ESCALATION = {"warn_lambda_factor": 2.0, "lambda_max": 100.0, "warn_guidance": 0.3, "error_best_of_n": 16}
+# WARN: a multiplier of 4 x the policy's exchange rate at guidance 1 cut the cost of trained
+# Hopper policies from 61 to 46 (episodes over the limit 12 % -> 0 %, return -9 %) and sits
+# between the toy task's working 10 and 50; the policy's own lambda x 2 (its floor, 1e-8,
+# once its costs were within the limit) changed nothing on either (BENCHMARKS.md).
+ESCALATION = {"warn_lambda_factor": 2.0, "warn_rate_factor": 4.0, "lambda_max": 100.0, "warn_guidance": 1.0,
+              "error_best_of_n": 16}
 
 
-def level_response(level: Level, base_lambda: float, escalation: dict, remaining: float) -> dict:
+def level_response(level: Level, base_lambda: float, escalation: dict, remaining: float,
+                   exchange_rate: float | None = None) -> dict:
     """The controller parameters a level asks for (control.RESPONSE; none at OK and STOP):
-    WARN raises lambda and guides the reverse diffusion, ERROR picks the best of N candidates
-    whose cost risk fits the `remaining` budget."""
+    WARN raises lambda (the larger of its own x warn_lambda_factor and the bundle's exchange
+    rate x warn_rate_factor) and guides the reverse diffusion, ERROR picks the best of N
+    candidates whose cost risk fits the `remaining` budget."""
     if level == Level.WARN:
-        lam = min(escalation["lambda_max"], max(base_lambda, 1e-3) * escalation["warn_lambda_factor"])
-        return {"lagrange_multiplier": float(lam), "guidance_scale": float(escalation["warn_guidance"])}
+        lam = max(base_lambda, 1e-3) * escalation["warn_lambda_factor"]
+        if exchange_rate is not None:
+            lam = max(lam, exchange_rate * escalation["warn_rate_factor"])
+        return {"lagrange_multiplier": float(min(escalation["lambda_max"], lam)),
+                "guidance_scale": float(escalation["warn_guidance"])}
     if level == Level.ERROR:
         return {"mode": "best_of_n", "best_of_n": int(escalation["error_best_of_n"]),
                 "remaining_budget": float(max(0.0, remaining))}

@@ -49,6 +49,8 @@ class PolicyRuntime:
         self.act_high = np.asarray(manifest["act_high"], np.float32)
         self.centre = (self.act_low + self.act_high) / 2
         self.lagrange_multiplier = float(manifest["lagrange_multiplier"])
+        rate = manifest.get("exchange_rate")  # what the monitor's WARN multiplies (None: not measured)
+        self.exchange_rate = float(rate) if rate is not None else None
         self.models = sessions
         self.rng = np.random.default_rng(seed)
         self._zeros: dict[int, tuple[np.ndarray, np.ndarray]] = {}

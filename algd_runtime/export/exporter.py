@@ -276,8 +276,28 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
+def measured_exchange_rate(agent: ALGDAgent, ckpt: dict) -> float | None:
+    """The policy's exchange rate (algd.exchange_rate) over a rollout in its task, for the
+    monitor's WARN; None where the task cannot be made on this machine."""
+    from algd_runtime.learn.algd import exchange_rate
+    from algd_runtime.sim import make_task
+    from algd_runtime.sim.conventions import apply_conventions
+
+    spec = agent.spec
+    try:
+        env = apply_conventions(make_task(spec.name, seed=0, budget=spec.budget, **spec.shift),
+                                ckpt["config"].get("conventions", "robot"), ckpt["config"].get("seed"))
+    except Exception:  # a task not available here: the monitor falls back to the multiplier's own rule
+        return None
+    try:
+        rate = exchange_rate(agent, env)
+    finally:
+        env.close()
+    return rate if math.isfinite(rate) and rate > 0 else None
+
+
 def manifest_for(agent: ALGDAgent, ckpt: dict, opset: int, batch, parity: dict, parity_source: str,
-                 near: dict, files: dict) -> dict[str, Any]:
+                 near: dict, files: dict, rate: float | None = None) -> dict[str, Any]:
     spec, pol, cfg = agent.spec, agent.policy, agent.cfg
     schedule: dict[str, Any] = {"variant": pol.variant, "steps": pol.steps, "initial_std": pol.initial_std}
     if pol.variant == "vesde":
@@ -301,6 +321,9 @@ def manifest_for(agent: ALGDAgent, ckpt: dict, opset: int, batch, parity: dict, 
                    "max_step_cost": spec.max_step_cost},
         "energy": {"rho": cfg.rho, "qc_risk_k": cfg.qc_risk_k, "qc_ensemble": cfg.qc_ensemble},
         "lagrange_multiplier": agent.lam,
+        # median |grad_a Q_min| / median |grad_a Qc_risk| at the policy's actions: the monitor's
+        # WARN asks for a multiple of it (null: not measured; the old rule then)
+        "exchange_rate": rate,
         "source": {"origin": ckpt.get("origin"), "created": ckpt.get("created"),
                    "env_steps": (ckpt.get("train_state") or {}).get("env_steps")},
         "opset": opset,
@@ -396,6 +419,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
     if worst > tolerance:
         raise ExportError(f"parity: max abs error {worst:.3g} > {tolerance:g} "
                           f"({', '.join(f'{k}={v:.3g}' for k, v in parity.items())}); bundle not written")
+    rate = measured_exchange_rate(agent, ckpt)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -405,7 +429,7 @@ def export_bundle(policy: str | Path, out_dir: str | Path, batch: int | None = N
             path = tmp / FILES[key]
             onnx.save(model, path)
             files[key] = {"path": FILES[key], "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = manifest_for(agent, ckpt, opset, batch, parity, source, near, files)
+        manifest = manifest_for(agent, ckpt, opset, batch, parity, source, near, files, rate)
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
         # The bundle's digest: manifest.yaml lists every other file's sha256 (sha256sum format).
         (tmp / DIGEST_FILE).write_text(f"{sha256_file(tmp / MANIFEST)}  {MANIFEST}\n")

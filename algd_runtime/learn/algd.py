@@ -269,3 +269,25 @@ class ALGDAgent:
         with torch.no_grad():
             self.log_lambda.fill_(state["log_lambda"])
         self.grad_steps = int(state.get("grad_steps", 0))
+
+
+def exchange_rate(agent, env, steps: int = 600, seed: int = 5) -> float:
+    """median |grad_a Q_min| / median |grad_a Qc_risk| at the policy's own (deterministic)
+    actions over a rollout: how many units of cost gradient one unit of reward gradient is
+    worth to this policy's critics. The monitor's WARN asks for a multiplier of a few times it
+    (BENCHMARKS.md, "What run-time guidance buys"); the export measures it."""
+    observations = []
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        observations.append(obs)
+        obs, _, _, term, trunc, _ = env.step(agent.act(obs, deterministic=True))
+        if term or trunc:
+            obs, _ = env.reset()
+    o = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=agent.device)
+    with torch.no_grad():
+        act = agent.policy.act_deterministic(o)
+    a = act.clone().requires_grad_(True)
+    (gq,) = torch.autograd.grad(torch.min(*agent.critic(o, a)).sum(), a)
+    a = act.clone().requires_grad_(True)
+    (gc,) = torch.autograd.grad(agent.qc_risk(o, a).sum(), a)
+    return float(gq.norm(dim=1).median() / gc.norm(dim=1).median().clamp(min=1e-12))

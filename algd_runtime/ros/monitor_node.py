@@ -52,7 +52,8 @@ RESTART_PREFIX = "latched before restart: "
 
 CONFIG_KEYS = ("cost_limit", "accounting", "window_steps", "warn_at", "error_at", "stop_at", "stop_on", "stop_latch",
                "hysteresis", "clear_steps", "max_step_cost", "steps_ahead")
-LIVE = ("warn_at", "error_at", "stop_at", "hysteresis", "clear_steps", "warn_lambda_factor", "lambda_max",
+LIVE = ("warn_at", "error_at", "stop_at", "hysteresis", "clear_steps", "warn_lambda_factor", "warn_rate_factor",
+        "lambda_max",
         "warn_guidance", "error_best_of_n")  # what a parameter set may change while running
 _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                Level.ERROR: DiagnosticStatus.ERROR, Level.STOP: DiagnosticStatus.ERROR}
@@ -175,6 +176,7 @@ class MonitorNode(ManagedNode):
         if self.io is not None and runtime is not None:
             self.action_map = self.io.bind(int(runtime.obs_dim), len(runtime.act_low))
         self.base_lambda = runtime.lagrange_multiplier if runtime else 1.0
+        self.exchange_rate = runtime.exchange_rate if runtime else None
         self.reset.set_key(self.key)
         if get("record") and self.recorder is None:
             self.recorder = McapRecorder(get("record"))
@@ -440,7 +442,8 @@ class MonitorNode(ManagedNode):
     def _response(self) -> dict:
         """The controller parameters the current level asks for (none at OK and STOP)."""
         mon = self.monitor
-        return level_response(mon.level, self.base_lambda, self.cfg, mon.cfg.cost_limit - mon.accumulated)
+        return level_response(mon.level, self.base_lambda, self.cfg, mon.cfg.cost_limit - mon.accumulated,
+                              self.exchange_rate)
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         """All or nothing, and only what is safe to change live; the reason says why not."""

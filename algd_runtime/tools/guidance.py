@@ -64,29 +64,6 @@ def lambda_value(spec: str, own: float, rate: float) -> float:
     return value
 
 
-def exchange_rate(agent, env, steps: int = 600, seed: int = 5) -> float:
-    """median |grad_a Q_min| / median |grad_a Qc_risk| at the policy's own (deterministic)
-    actions over a rollout: how many units of cost gradient one unit of reward gradient is
-    worth to this policy's critics."""
-    import torch
-
-    observations = []
-    obs, _ = env.reset(seed=seed)
-    for _ in range(steps):
-        observations.append(obs)
-        obs, _, _, term, trunc, _ = env.step(agent.act(obs, deterministic=True))
-        if term or trunc:
-            obs, _ = env.reset()
-    o = torch.as_tensor(np.asarray(observations, np.float32), device=agent.device)
-    with torch.no_grad():
-        act = agent.policy.act_deterministic(o)
-    a = act.clone().requires_grad_(True)
-    (gq,) = torch.autograd.grad(torch.min(*agent.critic(o, a)).sum(), a)
-    a = act.clone().requires_grad_(True)
-    (gc,) = torch.autograd.grad(agent.qc_risk(o, a).sum(), a)
-    return float(gq.norm(dim=1).median() / gc.norm(dim=1).median().clamp(min=1e-12))
-
-
 def interval(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of a normal 95 % interval (0 for one value)."""
     v = np.asarray(values, float)
@@ -126,6 +103,7 @@ def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, l
                    echo=print) -> list[Outcome]:
     """pairs: (bundle, the policy.pt it was exported from: the task, its budget and layout
     conventions). Every setting sees the same reset seeds."""
+    from algd_runtime.learn.algd import exchange_rate
     from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
     from algd_runtime.deploy.runtime import PolicyRuntime
     from algd_runtime.sim import make_task
@@ -142,7 +120,7 @@ def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, l
                                 ckpt["config"].get("conventions", "robot"), ckpt["config"].get("seed"))
         rt = PolicyRuntime.load(bundle, provider="cpu")
         limit = env.task_spec.cost_limit
-        rate = exchange_rate(agent_from_checkpoint(ckpt, with_optimizers=False), env)
+        rate = rt.exchange_rate or exchange_rate(agent_from_checkpoint(ckpt, with_optimizers=False), env)
         echo(f"{bundle}: {spec.name}, lambda {rt.lagrange_multiplier:.4g}, exchange rate {rate:.3g}, cost limit "
              f"{limit:g} per {env.task_spec.cost_semantics}, {blocks} block(s) of {episodes} episodes per setting")
         for block in range(blocks):
