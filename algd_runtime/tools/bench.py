@@ -208,7 +208,8 @@ def _torch_cases(policy_path: str, guidance: float):
     return deterministic, best_of
 
 
-def escalation_cases(base_lambda: float, remaining: float) -> tuple[float, list[tuple[str, dict]]]:
+def escalation_cases(base_lambda: float, remaining: float, exchange_rate: float | None = None
+                     ) -> tuple[float, list[tuple[str, dict]]]:
     """The shipped control rate, and PolicyRuntime.act's arguments at each of the monitor's
     levels as the shipped parameter file composes them (the monitor's level_response applied
     to the controller's own parameters, as the controller does). STOP runs no policy."""
@@ -226,13 +227,15 @@ def escalation_cases(base_lambda: float, remaining: float) -> tuple[float, list[
                                                                    d.lagrange_multiplier)),
                            guidance_scale=float(shipped_param("controller", "guidance_scale", d.guidance_scale)))
     escalation = {k: shipped_param("monitor", k, v) for k, v in ESCALATION.items()}
-    return rate, [(level.name, act_kwargs(replace(own, **level_response(level, base_lambda, escalation, remaining))))
+    return rate, [(level.name, act_kwargs(replace(own, **level_response(level, base_lambda, escalation, remaining,
+                                                                         exchange_rate))))
                   for level in (Level.OK, Level.WARN, Level.ERROR)]
 
 
 def _escalation_levels(rt, obs: np.ndarray, iters: int) -> list[dict]:
     """Each level's decision time (ONNX Runtime, CPU) against the shipped control period."""
-    rate, levels = escalation_cases(rt.lagrange_multiplier, float(rt.manifest["budget"]["cost_limit"]))
+    rate, levels = escalation_cases(rt.lagrange_multiplier, float(rt.manifest["budget"]["cost_limit"]),
+                                    rt.exchange_rate)
     period_us = 1e6 / rate
     print(f"escalation levels at the shipped rate ({rate:g} Hz: a period of {period_us:.0f} us; the decision "
           f"must leave room for the messages in and out, ~0.3-1 ms on loopback here):")
