@@ -6,7 +6,8 @@
 Ray runs embedded on this machine by default (`ray.init()`), on a cluster with --address;
 the code is the same. Each trial is an ordinary run folder OUT/<trial>/ (policy.pt,
 progress.csv, tb/...), so a killed sweep started again skips finished trials and resumes
-unfinished ones exactly (the trainer's resume). At the end (and with --report alone) the
+unfinished ALGD ones exactly (the trainer's resume); an unfinished SACLag trial starts again
+from step 0 (OmniSafe has no resume). At the end (and with --report alone) the
 trials are aggregated into OUT/sweep.md, sweep.csv and sweep.png: the last evaluation's
 return and cost, mean +- std over seeds, per task and override set, and the curves.
 `tensorboard --logdir OUT` shows every trial.
@@ -480,8 +481,8 @@ def _stop_trials(ray, pending: dict, out: Path, stop: _StopRequest) -> None:
     an ALGD trial saves its checkpoint and returns (the trainer's own Ctrl-C) and a SACLag
     trial kills its OmniSafe process; queued trials never start. A second Ctrl-C, or
     STOP_GRACE_S without an answer, stops waiting."""
-    print(f"algd-sweep: stopping {len(pending)} trials; unfinished ones resume on the next run "
-          f"(Ctrl-C again to stop waiting)", flush=True)
+    print(f"algd-sweep: stopping {len(pending)} trials; unfinished ALGD trials resume on the next run, "
+          f"SACLag trials start again from step 0 (Ctrl-C again to stop waiting)", flush=True)
     for ref in pending:
         ray.cancel(ref)
     try:
@@ -492,7 +493,9 @@ def _stop_trials(ray, pending: dict, out: Path, stop: _StopRequest) -> None:
     except KeyboardInterrupt:
         pass
     for trial in pending.values():
-        print(f"  {trial['name']}: stopped at step {trial_steps(out / trial['name'], trial['system'])}", flush=True)
+        again = " (starts again from 0 on the next run)" if trial["system"] != "algd" else ""
+        print(f"  {trial['name']}: stopped at step {trial_steps(out / trial['name'], trial['system'])}{again}",
+              flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())
