@@ -314,7 +314,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     lp.add_argument("--io", type=Path, metavar="FILE",
                     help="the robot speaks standard messages (an io file; its rate_hz set to each --rate)")
     lp.add_argument("--slice", type=int, metavar="US", dest="slice_us",
-                    help="the nodes' sched_slice_us (default: theirs, 200; 0: the kernel's slice)")
+                    help="the nodes' sched_slice_us (default: theirs; 0: the kernel's slice)")
     sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
     sf.add_argument("bundle", type=Path)
     sf.add_argument("--fault", action="append",
@@ -358,8 +358,11 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"--realtime: expected a priority in 1..99 (0: off), got {args.realtime}")
         if args.io is not None and not args.io.is_file():
             return _fail(f"--io: expected an io file (see config/io/), got {args.io}")
-        if args.slice_us is not None and args.slice_us != 0 and not 100 <= args.slice_us <= 100_000:
-            return _fail(f"--slice: expected 0 (the kernel's) or 100..100000 microseconds, got {args.slice_us}")
+        from algd_runtime.ros.realtime import slice_refusal
+
+        refused = slice_refusal(args.slice_us) if args.slice_us else None
+        if refused:
+            return _fail("--slice: " + refused.removeprefix("sched_slice_us: "))
         if args.io is not None and not args.monitor:
             return _fail("--no-monitor with --io: a robot on standard messages holds until it hears the monitor's "
                          "e-stop state (SAFETY.md); run --io with the monitor")

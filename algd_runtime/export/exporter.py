@@ -280,13 +280,10 @@ def measured_exchange_rate(agent: ALGDAgent, ckpt: dict) -> float | None:
     """The policy's exchange rate (algd.exchange_rate) over a rollout in its task, for the
     monitor's WARN; None where the task cannot be made on this machine."""
     from algd_runtime.learn.algd import exchange_rate
-    from algd_runtime.sim import make_task
-    from algd_runtime.sim.conventions import apply_conventions
+    from algd_runtime.learn.checkpoint import policy_task
 
-    spec = agent.spec
     try:
-        env = apply_conventions(make_task(spec.name, seed=0, budget=spec.budget, **spec.shift),
-                                ckpt["config"].get("conventions", "robot"), ckpt["config"].get("seed"))
+        env = policy_task(ckpt)
     except Exception:  # a task not available here: the monitor falls back to the multiplier's own rule
         return None
     try:

@@ -153,6 +153,18 @@ def check_finite(state: dict[str, Any]) -> None:
         raise CheckpointError(f"agent.log_lambda: not finite ({float(log_lambda)})")
 
 
+def policy_task(ckpt: dict[str, Any], seed: int = 0):
+    """The task a checkpoint's policy acts in: its task spec (the shift it was trained or
+    fine-tuned for) under its run's conventions."""
+    from algd_runtime.sim import make_task
+    from algd_runtime.sim.conventions import apply_conventions
+    from algd_runtime.sim.spec import TaskSpec
+
+    spec = TaskSpec.from_dict(ckpt["task_spec"])
+    return apply_conventions(make_task(spec.name, seed=seed, budget=spec.budget, **spec.shift),
+                             ckpt["config"].get("conventions", "robot"), ckpt["config"].get("seed"))
+
+
 def agent_from_checkpoint(ckpt: dict[str, Any], device: str = "cpu",
                           with_optimizers: bool = True) -> ALGDAgent:
     try:

@@ -28,6 +28,7 @@ from algd_runtime.ros import params
 from algd_runtime.ros.entry import run_node
 from algd_runtime.ros.managed import ManagedNode
 from algd_runtime.ros.operator import ResetEndpoint
+from algd_runtime.ros.realtime import DEFAULT_SLICE_US
 from algd_runtime.ros.recorder import McapRecorder
 from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.contract.signing import SIGNATURE_DEFAULTS, check_bundle
@@ -61,7 +62,7 @@ SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "re
 # Every parameter and its default, in one place: the node declares these, and
 # launch/controller.yaml states them (tests/test_launch.py fails when the two drift).
 DEFAULTS = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "", "record": "",
-            "fallback": "", "autostart": True, "sched_slice_us": 200, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
+            "fallback": "", "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
             **vars(ControllerParams())}
 
 

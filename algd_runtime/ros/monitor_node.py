@@ -41,6 +41,7 @@ from algd_runtime.ros import params
 from algd_runtime.ros.entry import run_node
 from algd_runtime.ros.managed import ManagedNode
 from algd_runtime.ros.operator import ResetEndpoint
+from algd_runtime.ros.realtime import DEFAULT_SLICE_US
 from algd_runtime.ros.recorder import McapRecorder
 from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.contract.signing import SIGNATURE_DEFAULTS, check_bundle
@@ -53,8 +54,7 @@ RESTART_PREFIX = "latched before restart: "
 CONFIG_KEYS = ("cost_limit", "accounting", "window_steps", "warn_at", "error_at", "stop_at", "stop_on", "stop_latch",
                "hysteresis", "clear_steps", "max_step_cost", "steps_ahead")
 LIVE = ("warn_at", "error_at", "stop_at", "hysteresis", "clear_steps", "warn_lambda_factor", "warn_rate_factor",
-        "lambda_max",
-        "warn_guidance", "error_best_of_n")  # what a parameter set may change while running
+        "lambda_max", "warn_guidance", "error_best_of_n")  # what a parameter set may change while running
 _DIAG_LEVEL = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                Level.ERROR: DiagnosticStatus.ERROR, Level.STOP: DiagnosticStatus.ERROR}
 
@@ -64,7 +64,7 @@ DEFAULTS = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_s
             "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator", "hysteresis": 0.1,
             "clear_steps": 20, "max_step_cost": -1.0, **ESCALATION, "use_critic": True, "io": "", "record": "", "summary_file": "",
             "operator_key_file": "", "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0,
-            "autostart": True, "sched_slice_us": 200, "realtime_priority": 0, "cpu_affinity": [], **SIGNATURE_DEFAULTS}
+            "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [], **SIGNATURE_DEFAULTS}
 
 
 class MonitorNode(ManagedNode):

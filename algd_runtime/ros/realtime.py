@@ -23,6 +23,7 @@ import os
 import sys
 
 SLICE_RANGE_US = (100, 100_000)  # what the kernel accepts for a custom slice
+DEFAULT_SLICE_US = 200  # the nodes' sched_slice_us
 
 
 def make_realtime(priority: int) -> str | None:
@@ -66,6 +67,20 @@ class _SchedAttr(ctypes.Structure):  # struct sched_attr, include/uapi/linux/sch
 _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}  # sched_setattr, sched_getattr
 
 
+def _sched_calls() -> tuple | None:
+    """(libc, sched_setattr's number, sched_getattr's), or None where they are not known here."""
+    calls = _SYSCALLS.get(os.uname().machine) if sys.platform == "linux" else None
+    return None if calls is None else (ctypes.CDLL(None, use_errno=True), *calls)
+
+
+def slice_refusal(us) -> str | None:
+    """Why `us` is not a time slice the kernel takes, or None."""
+    lo, hi = SLICE_RANGE_US
+    if isinstance(us, bool) or not isinstance(us, (int, float)) or not lo <= us <= hi:
+        return f"sched_slice_us: expected 0 (the kernel's) or {lo}..{hi} microseconds, got {us!r}"
+    return None
+
+
 def _sched_attr(libc, get: int, tid: int) -> _SchedAttr:
     attr = _SchedAttr()
     if libc.syscall(get, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0):
@@ -76,29 +91,30 @@ def _sched_attr(libc, get: int, tid: int) -> _SchedAttr:
 def thread_slice_us(tid: int = 0) -> float | None:
     """The time slice the kernel gives a thread (0: this one), in microseconds; None where it
     does not say (not Linux, or an architecture without the syscall numbers here)."""
-    calls = _SYSCALLS.get(os.uname().machine) if sys.platform == "linux" else None
+    calls = _sched_calls()
     if calls is None:
         return None
-    return _sched_attr(ctypes.CDLL(None, use_errno=True), calls[1], tid).sched_runtime / 1e3
+    libc, _, get = calls
+    return _sched_attr(libc, get, tid).sched_runtime / 1e3
 
 
 def short_slice(us: float) -> str | None:
     """A time slice of `us` microseconds for every thread of this process (threads started
     later inherit it), staying on the default scheduler. Returns why it could not, or None."""
-    lo, hi = SLICE_RANGE_US
-    if isinstance(us, bool) or not isinstance(us, (int, float)) or not lo <= us <= hi:
-        return f"sched_slice_us: expected 0 (the kernel's) or {lo}..{hi} microseconds, got {us!r}"
-    calls = _SYSCALLS.get(os.uname().machine) if sys.platform == "linux" else None
+    refused = slice_refusal(us)
+    if refused:
+        return refused
+    calls = _sched_calls()
     if calls is None:
         return "sched_slice_us: needs Linux on x86_64 or aarch64; running with the kernel's slice"
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc, set_, get = calls
     try:
         for tid in os.listdir("/proc/self/task"):
-            attr = _sched_attr(libc, calls[1], int(tid))
+            attr = _sched_attr(libc, get, int(tid))
             if attr.sched_policy != 0:  # SCHED_FIFO (realtime_priority) or another class: not ours to change
                 continue
             attr.size, attr.sched_flags, attr.sched_runtime = ctypes.sizeof(attr), 0, int(us * 1e3)
-            if libc.syscall(calls[0], int(tid), ctypes.byref(attr), 0):
+            if libc.syscall(set_, int(tid), ctypes.byref(attr), 0):
                 raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     except OSError as exc:
         return f"sched_slice_us {us:g}: refused ({exc.strerror}); running with the kernel's slice"

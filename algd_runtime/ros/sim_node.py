@@ -55,6 +55,7 @@ from algd_runtime.deploy.adapters import load_io
 from algd_runtime.ros import messages as m
 from algd_runtime.ros import params
 from algd_runtime.ros.entry import run_node
+from algd_runtime.ros.realtime import DEFAULT_SLICE_US
 from algd_runtime.sim import make_task
 from algd_runtime.sim.shift import NOMINAL as SHIFT
 
@@ -69,7 +70,7 @@ DEFAULTS = {
     "lockstep": False, "lockstep_timeout_s": 1.0,
     "cmd_timeout_s": 0.5,  # no command for this long: hold still
     "summary_file": "",  # JSON stats written at exit (algd-bench loop)
-    "sched_slice_us": 200,  # a short time slice on the default scheduler (ros/realtime.py); 0: the kernel's
+    "sched_slice_us": DEFAULT_SLICE_US,  # a short time slice on the default scheduler (ros/realtime.py); 0: the kernel's
     "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros/realtime.py)
     "cpu_affinity": [],  # CPUs to run on ([]: any)
     "io": "",  # an io file: speak standard messages (see the module's docstring)

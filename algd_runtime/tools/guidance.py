@@ -104,10 +104,8 @@ def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, l
     """pairs: (bundle, the policy.pt it was exported from: the task, its budget and layout
     conventions). Every setting sees the same reset seeds."""
     from algd_runtime.learn.algd import exchange_rate
-    from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint
+    from algd_runtime.learn.checkpoint import agent_from_checkpoint, load_checkpoint, policy_task
     from algd_runtime.deploy.runtime import PolicyRuntime
-    from algd_runtime.sim import make_task
-    from algd_runtime.sim.conventions import apply_conventions
     from algd_runtime.sim.spec import TaskSpec
 
     grid = settings(lambdas, scales, best_of)
@@ -116,8 +114,7 @@ def bench_guidance(pairs: list[tuple[Path, Path]], episodes: int, blocks: int, l
     for bundle, policy in pairs:
         ckpt = load_checkpoint(policy)
         spec = TaskSpec.from_dict(ckpt["task_spec"])
-        env = apply_conventions(make_task(spec.name, seed=0, budget=spec.budget, **spec.shift),
-                                ckpt["config"].get("conventions", "robot"), ckpt["config"].get("seed"))
+        env = policy_task(ckpt)
         rt = PolicyRuntime.load(bundle, provider="cpu")
         limit = env.task_spec.cost_limit
         rate = rt.exchange_rate or exchange_rate(agent_from_checkpoint(ckpt, with_optimizers=False), env)
