@@ -23,8 +23,12 @@ IO = Path(__file__).resolve().parents[1] / "config" / "io"
 def run(fault, bundle, tmp_path, rate=500.0, seconds=4.0, io=None):
     r = run_fault(fault, rate, seconds, bundle, tmp_path / fault, io=IO / f"{io}.yaml" if io else None)
     assert r["episodes"] > 0, r["problems"]
-    assert r["over_budget"] == 0, f"{r['over_budget']} episodes over budget: max cost {r['max_cost']} ({r['problems']})"
-    assert r["max_cost"] <= r["limit"] + 1e-9  # costs of 0.2 a step add up with rounding
+    # Without a lease an episode may go over only where the nodes measured the stall that caused
+    # it (the margin grew to cover it, and they hold the robot to it): SAFETY.md. With one, never.
+    unmeasured = r["over_budget"] - r["over_budget_explained"]
+    assert unmeasured == 0, f"{r['over_budget']} episodes over budget: max cost {r['max_cost']} ({r['problems']})"
+    if not r["over_budget_explained"]:
+        assert r["max_cost"] <= r["limit"] + 1e-9  # costs of 0.2 a step add up with rounding
     assert r["ok"], "\n".join(r["problems"])
     return r
 
@@ -34,6 +38,53 @@ def held_for_every_injection(r):
     for inj in r["injections"]:
         assert inj["episodes_before"] >= 1, "no episode before the fault: vacuous"
         assert inj["steps_late"] == 0, inj  # no step after the fault's deadline (and a lease-less margin)
+
+
+def test_without_a_lease_only_an_overspend_the_nodes_measured_or_a_wedged_transport_explains_is_allowed(tmp_path):
+    """SAFETY.md: without a lease the budget holds while the nodes run within the measured
+    margin and reach the robot. An episode over it passes only where the margin they measured
+    in the end covers its overshoot, or where a killed process wedged the robot's shared-memory
+    port and the robot's own command timeout ended the episode; with a lease, or on the raw
+    contract, none does."""
+    import json
+
+    from algd_runtime.tools.faults.graph import Graph, judge_overspend
+
+    def judge(io, steps_ahead, costs, ended_by=None, wedged=False):
+        from algd_runtime.tools.faults.settings import io_for_rate
+
+        io = io_for_rate(IO / io, 500.0, tmp_path) if io else None  # as a run writes it: configured 21 at 500 Hz
+        g = Graph(Path("bundle"), tmp_path, "ns", 500.0, {}, tmp_path / "k", io=io)
+        g.procs = {"controller": None, "monitor": None}  # the summaries below stand for their processes
+        (tmp_path / "controller.json").write_text(json.dumps({"steps_ahead": 21}))
+        (tmp_path / "monitor.json").write_text(json.dumps({"steps_ahead": steps_ahead}))
+        return judge_overspend(g, costs, 5.0, ended_by, wedged)[0]
+
+    costs = [1.2, 7.4, 20.0]  # 0.2 a step at 500 Hz: overshoots of 2.4 and 15
+    ended = ["estop", "estop", "cmd_timeout"]
+    assert judge("vector.yaml", 21, costs) == 0  # the configured margin: nothing was measured
+    assert judge("vector.yaml", 40, costs) == 1  # measured 40 x 0.2 = 8 covers 2.4, not 15
+    assert judge("vector.yaml", 100, costs) == 2
+    assert judge("vector.yaml", 21, [1.2, 5.0]) == 0  # nothing over
+    assert judge("vector.yaml", 21, costs, ended, wedged=False) == 0
+    assert judge("vector.yaml", 21, costs, ended, wedged=True) == 1  # the command timeout's episode only
+    assert judge("twist_stamped.yaml", 100, costs, ended, wedged=True) == 0  # a lease: every overspend fails
+    assert judge(None, 100, costs, ended, wedged=True) == 0
+
+
+def test_a_wedged_transport_is_a_long_silence_of_the_monitor_right_after_a_kill():
+    from types import SimpleNamespace
+
+    from algd_runtime.tools.faults.report import transport_wedged
+
+    beats = [(t / 100, "boot-a", 0, "OK", "") for t in range(100)]  # 100 Hz for 1 s
+    beats += [(1.8 + t / 100, "boot-a", 0, "OK", "") for t in range(50)]  # silent 0.81 s from 0.99 s
+    probe = SimpleNamespace(heartbeats=beats)
+    assert transport_wedged(probe, [0.5]) and transport_wedged(probe, [0.95])
+    assert not transport_wedged(probe, [2.0])  # no kill before the silence
+    assert not transport_wedged(probe, [])
+    restarted = [b if b[0] < 1 else (b[0], "boot-b", *b[2:]) for b in beats]  # a new monitor: not a silence
+    assert not transport_wedged(SimpleNamespace(heartbeats=restarted), [0.5])
 
 
 def test_no_fault_every_episode_stops_at_the_budget(vesde_bundle, tmp_path):
@@ -134,7 +185,7 @@ def test_a_short_chaos_soak_keeps_the_budget_and_loses_no_record(vesde_bundle, t
                   every_s=12.0, faults=["cost_drop", "kill_monitor", "sigstop_monitor", "kill_controller"],
                   echo=lambda line: None)
     assert r["faults"] >= 3 and r["episodes"] > 0, r["problems"]
-    assert r["over_budget"] == 0 and r["steps_late"] == 0, r["problems"]
+    assert r["over_budget"] == r["over_budget_explained"] and r["steps_late"] == 0, r["problems"]
     assert r["operator_resets"] >= r["faults"] and r["episode_ends_lost"] == 0 and not r["summaries_missing"]
     assert all(v["rss_mb"] for v in r["memory_end"].values()), r["memory_end"]
     assert r["ok"], "\n".join(r["problems"])

@@ -412,7 +412,7 @@ def _apply(monitor, matcher, charges):
         if c.raced:
             monitor.distance.raced(c.raced)
         if c.t > 0:
-            monitor.update(c.cost, reported=c.reported, extra=c.extra)
+            monitor.update(c.cost, reported=c.reported, extra=c.extra, steps=c.steps)
 
 
 def test_late_costs_of_an_ended_episode_are_not_charged_to_the_next_or_measured_as_a_stop():
@@ -496,3 +496,59 @@ def test_costs_sent_after_an_episode_began_are_its_own_steps_not_the_last_ones_r
     raced.on_cost(1.0, None, 0.012, None)  # unknown: the safe side
     (first,) = raced.on_state(None, 0.013)
     assert first.raced == 2
+
+
+def test_a_stall_that_hid_the_robots_steps_is_measured_in_the_stop_distance():
+    """The fault bench (kill_controller, vector.yaml, 500 Hz, a loaded machine): the monitor,
+    the only guard left, stalled 70 ms; its state queue kept the newest state only, and it
+    read 34 of the robot's steps as one charge of 6.8 (budget 5, 0.2 a step, margin 21). It
+    stopped then, and the robot took 3 more steps: measured in states read, a 3-step stop, so
+    the margin stayed at 21 and the next stall overspent again. In the robot's steps the stop
+    was due at the charge's first step: 37 steps, more than the budget holds, so no episode
+    can move until the operator's reset (safe, and said). The controller counts the same."""
+    from algd_runtime.deploy.safety import StopDistance
+
+    monitor, matcher = _monitor_with_distance(steps_ahead=21), CostMatcher(wait_s=PERIOD)
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 0.2, 21), distance=StopDistance(21)), None, "episode")
+
+    def both(charges):
+        _apply(monitor, matcher, charges)
+        gate.on_charges(charges, matcher.waiting)
+        return charges
+
+    now = 0.0
+    both(matcher.on_cost(0.0, None, now))
+    both(matcher.on_state(None, now))
+    for _ in range(33):  # the robot's steps while the nodes stall: costs kept, states lost
+        now += PERIOD
+        both(matcher.on_cost(0.2, None, now))
+    now += PERIOD
+    both(matcher.on_cost(0.2, None, now))
+    (bundle,) = both(matcher.on_state(None, now))  # the newest state, read with 34 costs
+    assert bundle.steps == 34 and bundle.cost == pytest.approx(6.8)
+    assert monitor.level.name == "STOP" and gate.verdict(now).stop
+    for _ in range(3):  # the stop lands 3 steps later
+        now += PERIOD
+        both(matcher.on_cost(0.2, None, now))
+        both(matcher.on_state(None, now))
+    both(matcher.on_episode(now))
+    monitor.end_episode()
+    gate.account.distance.episode_ended()
+    assert monitor.distance.worst == 36 and gate.account.distance.worst == 36  # 33 hidden + 3, not 3
+    assert monitor.margin_steps == 37 and gate.account.steps_ahead == 37
+    monitor.update(0.0, steps=1)  # the next episode's first step: no episode can move under 37 x 0.2 > 5
+    assert monitor.level.name == "STOP" and "no episode can move" in monitor.transitions[-1].reason
+
+
+def test_a_stop_decided_on_one_step_is_measured_from_that_step():
+    """Without a stall (one step per charge) the distance runs from the deciding step, as before."""
+    from algd_runtime.deploy.safety import StopDistance
+
+    distance = StopDistance(2)
+    for t in range(1, 4):
+        distance.on_step(t, 1.0)
+    distance.stop_decided(3)
+    distance.on_step(4, 1.0)
+    distance.on_step(5, 1.0, steps=3)  # two steps hidden after the decision: counted
+    distance.on_step(6, 0.0)
+    assert distance.episode_ended() and distance.worst == 4 and distance.in_use == 5

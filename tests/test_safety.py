@@ -92,6 +92,32 @@ def test_latch_and_its_file_survive_and_an_unreadable_file_means_latched(tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_latch_store_writes_only_what_changes_the_file(tmp_path, monkeypatch):
+    """The monitor saves "no latch" at every episode's end; each write is two fsyncs on the
+    control path, so a write that changes nothing must not happen."""
+    import algd_runtime.contract.atomic as atomic
+
+    writes = []
+    real = atomic.atomic_write
+    monkeypatch.setattr(atomic, "atomic_write", lambda path, mode="wb": writes.append(path) or real(path, mode))
+    path = tmp_path / "state.json"
+    store = LatchStore(path)
+    assert store.load() == {}
+    store.save({})  # no file yet: written
+    store.save({})
+    assert len(writes) == 1
+    store.save({"monitor": "budget spent"})
+    store.save({"monitor": "budget spent"})
+    assert len(writes) == 2 and LatchStore(path).load() == {"monitor": "budget spent"}
+    path.write_text("{torn")  # edited behind its back: a load reads the file again, a save rewrites it
+    assert "unreadable" in store.load()["state_file"]
+    store.save({"monitor": "budget spent"})
+    assert len(writes) == 3 and LatchStore(path).load() == {"monitor": "budget spent"}
+    path.unlink()
+    store.save({"monitor": "budget spent"})
+    assert len(writes) == 4 and path.exists()
+
+
 def test_keys_are_created_private_never_overwritten_and_refused_when_readable_by_others(tmp_path):
     path = create_key(tmp_path / "k" / "operator.key")
     assert os.stat(path).st_mode & 0o777 == 0o600 and len(load_key(path)) == 32

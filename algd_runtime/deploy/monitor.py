@@ -175,12 +175,13 @@ class BudgetMonitor:
         return self.update(self._worst_case(steps), count=steps)
 
     def update(self, cost: float, predicted_cost_to_go: float = 0.0, count: int = 1, reported: bool = True,
-               extra: float = 0.0) -> list[Transition]:
+               extra: float = 0.0, steps: int = 1) -> list[Transition]:
         """Account one step (or `count` steps costing `cost` together); returns the
         transitions it caused (usually none). reported=False: not one step's own cost report
-        (it never raises the margin); extra: costs of steps whose states were lost."""
+        (it never raises the margin); extra: costs of steps whose states were lost; steps: the
+        robot's steps this charge covers (CostMatcher's Charge.steps: the stop distance counts them)."""
         if self.distance is not None:  # a cost the robot reported, not a worst-case charge (StopDistance)
-            self.distance.on_step(self.step + count - self._episode_start, cost + extra)
+            self.distance.on_step(self.step + count - self._episode_start, cost + extra, steps)
         if not math.isfinite(cost) or cost < 0:
             cost = self._worst_case(count)  # an unreadable cost is treated as the worst case
         elif count == 1 and reported:

@@ -48,7 +48,13 @@ class StopDistance:
     whenever its episode ends), plus the costs of that episode that raced its end and were
     charged to the next one (CostMatcher: without stamps the running episode pays).
     A backlog the node read after deciding counts too: the margin must cover every step
-    beyond the last one accounted when the stop was decided."""
+    beyond the last one accounted when the stop was decided.
+
+    Distances are in the robot's steps, not the states the node read: a node that stalls
+    loses states (their queue is short) and reads the costs of k steps with the next one
+    (one charge of `steps` k). If that charge decided the stop, the stop was due at its
+    first step: the stall is part of the distance. (A monitor that stalled 70 ms read 34 of
+    the robot's steps as one, stopped at 6.8 of 5 and measured a 3-step stop.)"""
 
     def __init__(self, configured: int) -> None:
         self.configured = configured
@@ -56,24 +62,32 @@ class StopDistance:
         self.last = -1  # the last episode's distance
         self._stop_at: int | None = None
         self._last_costly: int | None = None
+        self._behind = 0  # robot steps beyond the states read, this episode (charges of several steps)
+        self._last_steps = 1  # robot steps of the last charge
 
     @property
     def in_use(self) -> int:
         return max(self.configured, self.worst + 1)
 
     def stop_decided(self, t: int) -> None:
-        """A budget stop was decided at step t of the episode (the first one counts)."""
+        """A budget stop was decided at step t of the episode (the first one counts), right
+        after the charge of step t."""
         if self._stop_at is None:
-            self._stop_at = t
+            self._stop_at = t + self._behind - (self._last_steps - 1)
 
-    def on_step(self, t: int, cost: float) -> None:
+    def on_step(self, t: int, cost: float, steps: int = 1) -> None:
+        """Step t's charge (the node's count of states), covering `steps` robot steps."""
+        steps = max(1, int(steps))
+        self._behind += steps - 1
+        self._last_steps = steps
+        at = t + self._behind
         # Only a cost the robot reported: a step whose cost never came is charged the worst
         # case in the account, but as a distance it would measure the network, not the robot
         # (a held robot whose episode message was lost went on 5 483 "costly" steps, and the
         # margin latched for good). One lost cost at a distance's end shortens that episode's
         # measure by a step; the worst over the run's episodes is what the margin takes.
-        if self._stop_at is not None and t > self._stop_at and math.isfinite(cost) and cost > 0:
-            self._last_costly = t
+        if self._stop_at is not None and at > self._stop_at and math.isfinite(cost) and cost > 0:
+            self._last_costly = max(at, self._last_costly or at)
 
     def episode_ended(self) -> bool:
         """The episode ended; True if the margin's steps grew."""
@@ -83,6 +97,7 @@ class StopDistance:
             self.last = (self._last_costly - self._stop_at) if self._last_costly is not None else 0
             self.worst = max(self.worst, self.last)
         self._stop_at = self._last_costly = None
+        self._behind, self._last_steps = 0, 1
         return self.in_use > before
 
     def abandon(self) -> None:
@@ -142,12 +157,13 @@ class BudgetAccount:
     def margin(self) -> float:
         return self.budget.margin(self.worst_seen, self.steps_ahead)
 
-    def record(self, episode: int, t: int, cost: float, reported: bool = True, extra: float = 0.0) -> None:
+    def record(self, episode: int, t: int, cost: float, reported: bool = True, extra: float = 0.0,
+               steps: int = 1) -> None:
         """The robot's report that step t of `episode` cost `cost` (t = 0: the episode began).
         A repeat is ignored; a gap, a late join or an unreadable cost counts as the worst case.
         reported=False: `cost` is not one step's own report (a sum over steps whose states were
         lost), so it does not raise the margin. extra: the costs of steps whose states were
-        lost, charged with this one."""
+        lost, charged with this one. steps: the robot's steps this charge covers (StopDistance)."""
         if episode != self.episode:
             self.episode, self.t, self.accumulated, self.worst_charged = episode, 0, 0.0, 0
         if t <= self.t and not (t == 0 and self.t == 0):
@@ -158,7 +174,7 @@ class BudgetAccount:
             self.worst_charged += gap
             self.accumulated += self.budget.worst_case(gap)
         if t > 0 and self.distance is not None:
-            self.distance.on_step(t, cost)
+            self.distance.on_step(t, cost + extra if math.isfinite(extra) else cost, steps)
         if t > 0:
             if math.isfinite(cost) and cost >= 0:
                 if reported:
@@ -181,7 +197,7 @@ class BudgetAccount:
             return
         if charge.raced and self.distance is not None:
             self.distance.raced(charge.raced)
-        self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra)
+        self.record(charge.episode, charge.t, charge.cost, charge.reported, charge.extra, charge.steps)
 
     def verdict(self, with_provisional: bool = True) -> str | None:
         """Why the robot must hold. with_provisional=False: by the costs charged so far only
@@ -206,6 +222,7 @@ class Charge:
     extra: float = 0.0
     raced: int = 0  # cost messages that came before the episode's first state: the last episode's
     refund: bool = False  # the late cost of a step charged the worst case: it replaces that charge
+    steps: int = 1  # the robot's steps it covers (its costs, extra's too): more where states were lost
 
 
 @dataclass
@@ -352,10 +369,11 @@ class CostMatcher:
             step = self._pending.popleft()
             costs = step.costs
             if any(not (math.isfinite(c) and c >= 0) for c in costs):
-                out.append(Charge(self.episode, step.t, math.nan, False, math.fsum(step.extra), step.raced))
+                out.append(Charge(self.episode, step.t, math.nan, False, math.fsum(step.extra), step.raced,
+                                  steps=1 + len(step.extra)))
             else:
                 out.append(Charge(self.episode, step.t, math.fsum(costs), len(costs) == 1, math.fsum(step.extra),
-                                  step.raced))
+                                  step.raced, steps=max(1, len(costs) - step.raced) + len(step.extra)))
         return out
 
     def expire(self, now: float) -> list[Charge]:
@@ -409,12 +427,16 @@ class Latch:
 
 
 class LatchStore:
-    """A latch on disk, so that a restarted node starts where the old one stopped."""
+    """A latch on disk, so that a restarted node starts where the old one stopped. A write
+    that would not change the file is skipped: each is two fsyncs on the thread that reads
+    the robot's steps, and the monitor saved "no latch" at every episode's end."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+        self._on_disk: dict[str, str] | None = None  # what the file holds, where known
 
     def load(self) -> dict[str, str]:
+        self._on_disk = None
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -424,13 +446,18 @@ class LatchStore:
         reasons = data.get("reasons") if isinstance(data, dict) else None
         if not isinstance(reasons, dict):
             return {"state_file": f"{self.path} malformed; treated as latched"}
-        return {str(k): str(v) for k, v in reasons.items()}
+        self._on_disk = {str(k): str(v) for k, v in reasons.items()}
+        return dict(self._on_disk)
 
     def save(self, reasons: dict[str, str]) -> None:
         from algd_runtime.contract.atomic import atomic_write
 
+        reasons = {str(k): str(v) for k, v in reasons.items()}
+        if reasons == self._on_disk and self.path.exists():
+            return
         with atomic_write(self.path, "w") as f:
             json.dump({"reasons": reasons, "written": time.time()}, f)
+        self._on_disk = reasons
 
 
 # -- heartbeats ---------------------------------------------------------------------------------

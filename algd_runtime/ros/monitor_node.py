@@ -286,7 +286,8 @@ class MonitorNode(ManagedNode):
                 self._margin_grew()
             self._robot = (self._io_episode, c.t)
             if c.t > 0:
-                self._respond_all(self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra))
+                self._respond_all(self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra,
+                                                      steps=c.steps))
 
     def _predicted(self) -> float:
         for sub in self._read_for_forecast:
@@ -436,8 +437,8 @@ class MonitorNode(ManagedNode):
             if self.monitor.cfg.stop_latch == "operator" or t.reason.startswith(RESTART_PREFIX):
                 self.store.save({"monitor": t.reason})
         elif t.old == "STOP":
+            self.store.save({})  # on disk before the robot may move: a slow disk delays the clear, not a stop
             self.estop_pub.publish(Bool(data=False))
-            self.store.save({})
 
     def _response(self) -> dict:
         """The controller parameters the current level asks for (none at OK and STOP)."""

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from algd_runtime.tools.faults.graph import Graph, RosEnviron, merge_sims, prepare_graph
+from algd_runtime.tools.faults.graph import Graph, RosEnviron, judge_overspend, merge_sims, prepare_graph
 from algd_runtime.tools.faults.probe import Probe
-from algd_runtime.tools.faults.report import analyze_injection
+from algd_runtime.tools.faults.report import analyze_injection, transport_wedged
 from algd_runtime.tools.faults.scenarios import CYCLES, Abort, Injection, Run
 
 ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
@@ -220,8 +220,13 @@ def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float
     sim = merge_sims([s for s in sims if s])
     costs = [float(c) for c in sim.get("costs", [])]
     over = [c for c in costs if c > run.limit + 1e-9]
-    if over:
-        run.problems.append(f"{len(over)} episode(s) over the budget {run.limit:g}: max {max(over):g}")
+    kills = [inj.at for fault, inj in injected if fault == "kill_controller"]
+    explained, note = judge_overspend(graph, costs, run.limit, sim.get("ended_by"), transport_wedged(probe, kills))
+    if len(over) > explained:
+        run.problems.append(f"{len(over) - explained} episode(s) over the budget {run.limit:g}, not explained: max "
+                            f"{max(over):g}" + (f" ({note})" if note else ""))
+    elif note:
+        run.warnings.append(note)
     holds = [(float(t), str(r)) for t, r in sim.get("holds", [])]
     stop_lines = {label: graph.stop_lines(label, probe.offset) for label in graph.labels("controller")}
     analysed = []
@@ -239,7 +244,8 @@ def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float
     lost_ends = len(costs) - len(probe.ends)
     if lost_ends:
         run.problems.append(f"{lost_ends} episode end(s) the robot published never reached the log")
-    return {"episodes": len(costs), "over_budget": len(over), "max_cost_ratio": max(costs) / run.limit if costs else None,
+    return {"episodes": len(costs), "over_budget": len(over), "over_budget_explained": explained,
+            "max_cost_ratio": max(costs) / run.limit if costs else None,
             "faults": len(events), "events": events, "injections": analysed,
             "steps_after_deadline": sum(i["steps_after_deadline"] for i in analysed),
             "steps_late": sum(i["steps_late"] for i in analysed),
@@ -282,7 +288,8 @@ def bench_chaos(bundle, minutes: float = 30.0, rate_hz: float = 500.0, io=None, 
                 + ("" if same else f" ({a.get('process')} -> {b.get('process')}: another process)"))
 
     mem = ", ".join(mem_of(n) for n in NODES)
-    echo(f"episodes {r['episodes']}, over the budget {r['over_budget']}, max cost / budget "
+    echo(f"episodes {r['episodes']}, over the budget {r['over_budget']} ({r['over_budget_explained']} explained: "
+         f"without a lease, see the warnings), max cost / budget "
          f"{'-' if r['max_cost_ratio'] is None else format(r['max_cost_ratio'], '.2f')}; faults {r['faults']}, "
          f"steps after a fault's deadline {r['steps_after_deadline']} ({r['steps_late']} beyond the margin), fault -> safe p99 "
          f"{'-' if not safe else format(sorted(safe)[math.ceil(0.99 * len(safe)) - 1], '.0f')} ms; operator resets "

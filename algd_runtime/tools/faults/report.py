@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from algd_runtime.tools.faults.graph import RosEnviron, merge_sims, prepare_graph
+from algd_runtime.tools.faults.graph import RosEnviron, judge_overspend, merge_sims, prepare_graph
 from algd_runtime.tools.faults.probe import Probe
 from algd_runtime.tools.faults.scenarios import RUNNERS, Abort, Injection, Run
 from algd_runtime.tools.faults.settings import (
@@ -82,8 +82,13 @@ def _finish(run: Run, end: float, killed: dict) -> dict:
     costs = [float(c) for c in sim.get("costs", [])]
     over = sum(1 for c in costs if c > run.limit + 1e-9)
     live_over = {ep: c for ep, c in probe.episode_cost.items() if c > run.limit + 1e-9}
-    if over:
-        run.problems.append(f"{over} episode(s) over the budget {run.limit:g}: max cost {max(costs):g}")
+    kills = [inj.at for inj in run.injections] if run.fault == "kill_controller" else []
+    explained, note = judge_overspend(g, costs, run.limit, sim.get("ended_by"), transport_wedged(probe, kills))
+    if over > explained:
+        run.problems.append(f"{over - explained} episode(s) over the budget {run.limit:g}, not explained: max cost "
+                            f"{max(costs):g}" + (f" ({note})" if note else ""))
+    elif note:
+        run.warnings.append(note)
     if live_over and not over:
         run.problems.append(f"episode(s) over the budget while running (unfinished at exit?): {live_over}")
     holds = [(float(t), str(r)) for t, r in sim.get("holds", [])]
@@ -140,7 +145,8 @@ def _finish(run: Run, end: float, killed: dict) -> dict:
         ended_by[k] = ended_by.get(k, 0) + 1
     return {
         "fault": run.fault, "rate_hz": run.rate, "seconds": run.seconds, "namespace": g.ns,
-        "workdir": str(g.workdir), "episodes": len(costs), "over_budget": over, "limit": run.limit,
+        "workdir": str(g.workdir), "episodes": len(costs), "over_budget": over, "over_budget_explained": explained,
+        "limit": run.limit,
         "max_cost": max(costs) if costs else None,
         "max_cost_ratio": max(costs) / run.limit if costs else None, "costs": costs,
         "episodes_before_fault": run.episodes_before_fault, "injections": injections,
@@ -154,6 +160,21 @@ def _finish(run: Run, end: float, killed: dict) -> dict:
         "heartbeat_max_gap_ms": _max_gap_ms(probe, run.t_fault, end),
         "ok": not run.problems, "target_met": not late, "problems": list(run.problems), "warnings": list(run.warnings),
     }
+
+
+def transport_wedged(probe: Probe, kills: Sequence[float], within_s: float = 1.5, gap_s: float = 0.5) -> bool:
+    """Whether the monitor's heartbeats stopped for gap_s or more within within_s of a
+    controller's SIGKILL. Fast DDS's shared-memory transport (which rmw_fastrtps always
+    configures for ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST): a process killed while it writes
+    into a peer's port leaves that port locked until the port's health check repairs it (1 s
+    by default); every writer to the peer blocks in publish meanwhile (py-spy: Port::try_push
+    -> interprocess_mutex::lock), the monitor's e-stop to the robot included."""
+    hb = [(t, boot) for t, boot, *_ in list(probe.heartbeats)]
+    for at in kills:
+        for (ta, ba), (tb, bb) in zip(hb, hb[1:]):
+            if ba == bb and at - 0.1 <= ta <= at + within_s and tb - ta >= gap_s:
+                return True
+    return False
 
 
 def _max_gap_ms(probe: Probe, t0: float | None, t1: float) -> float | None:
@@ -261,12 +282,15 @@ def bench_safety(bundle, faults: Sequence[str] | None = None, rates: Sequence[fl
             rows.append(r)
             ratio = "-" if r["max_cost_ratio"] is None else f"{r['max_cost_ratio']:.2f}"
             fb = "-" if r["fallback_pct"] is None else f"{r['fallback_pct']:.1f}"
-            echo(f"{fault:<21} {rate:>7g} {r['episodes']:>8} {r['over_budget']:>4} {ratio:>10} "
+            over = f"{r['over_budget']}" + (f"({r['over_budget_explained']}e)" if r["over_budget_explained"] else "")
+            echo(f"{fault:<21} {rate:>7g} {r['episodes']:>8} {over:>4} {ratio:>10} "
                  f"{len(r['fault_to_safe_ms']):>2} {_ms(r['fault_to_safe_p50_ms']):>11} "
                  f"{_ms(r['fault_to_safe_p99_ms']):>7} {_ms(r['deadline_ms']):>8} {fb:>10}  "
                  f"{'yes' if r['ok'] else 'NO'}{'' if r['target_met'] else ' (p99 late)'}")
             for p in r["problems"]:
                 echo(f"    problem: {p}")
+            if r["over_budget_explained"]:
+                echo(f"    explained: {next(w for w in r['warnings'] if 'without a lease' in w)}")
     finally:
         for b in burners:
             b.kill()
