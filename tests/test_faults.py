@@ -50,14 +50,15 @@ def test_without_a_lease_only_an_overspend_the_nodes_measured_or_a_wedged_transp
 
     from algd_runtime.tools.faults.graph import Graph, judge_overspend
 
-    def judge(io, steps_ahead, costs, ended_by=None, wedged=False):
+    def judge(io, steps_ahead, costs, ended_by=None, wedged=False, largest=None):
         from algd_runtime.tools.faults.settings import io_for_rate
 
         io = io_for_rate(IO / io, 500.0, tmp_path) if io else None  # as a run writes it: configured 21 at 500 Hz
         g = Graph(Path("bundle"), tmp_path, "ns", 500.0, {}, tmp_path / "k", io=io)
         g.procs = {"controller": None, "monitor": None}  # the summaries below stand for their processes
         (tmp_path / "controller.json").write_text(json.dumps({"steps_ahead": 21}))
-        (tmp_path / "monitor.json").write_text(json.dumps({"steps_ahead": steps_ahead}))
+        monitor = {"steps_ahead": steps_ahead, **({"steps_ahead_largest": largest} if largest else {})}
+        (tmp_path / "monitor.json").write_text(json.dumps(monitor))
         return judge_overspend(g, costs, 5.0, ended_by, wedged)[0]
 
     costs = [1.2, 7.4, 20.0]  # 0.2 a step at 500 Hz: overshoots of 2.4 and 15
@@ -65,6 +66,9 @@ def test_without_a_lease_only_an_overspend_the_nodes_measured_or_a_wedged_transp
     assert judge("vector.yaml", 21, costs) == 0  # the configured margin: nothing was measured
     assert judge("vector.yaml", 40, costs) == 1  # measured 40 x 0.2 = 8 covers 2.4, not 15
     assert judge("vector.yaml", 100, costs) == 2
+    # The operator's reset forgot a margin of 100 (it left no episode able to move): the run's
+    # record still has it (a chaos soak: a 100-step stall at an operator reset, 20 of 5).
+    assert judge("vector.yaml", 21, costs, largest=100) == 2
     assert judge("vector.yaml", 21, [1.2, 5.0]) == 0  # nothing over
     assert judge("vector.yaml", 21, costs, ended, wedged=False) == 0
     assert judge("vector.yaml", 21, costs, ended, wedged=True) == 1  # the command timeout's episode only

@@ -253,3 +253,52 @@ def test_costs_states_and_episode_starts_are_read_in_the_order_the_robot_sent_th
         node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_the_controller_holds_the_robot_while_nothing_hears_its_estop(vesde_bundle, tmp_path):
+    """On standard messages the controller's own stop of a robot that costs while it stands is
+    its e-stop: while nothing subscribes to controller/estop (discovery not yet matched to the
+    robot), this channel alone could not end such an episode, so the robot does not move."""
+    import time
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Bool
+
+    from algd_runtime.ros import messages as m
+    from algd_runtime.ros.controller_node import ControllerNode
+
+    create_key(tmp_path / "op.key")
+    ns = f"/unheard_{os.getpid()}"
+    rclpy.init()
+    try:
+        node = ControllerNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in {
+            "bundle": str(vesde_bundle), "io": str(ROOT / "config" / "io" / "standard.yaml"),
+            "operator_key_file": str(tmp_path / "op.key"), "autostart": False,
+            "require_monitor": False}.items()])  # the monitor's interlock is another hold
+        node.trigger_configure()
+        gate = node.core.gate
+        gate.waiting_for = None  # the robot's first cost is another hold; this test is about the e-stop
+        assert "does not hear" in (gate.verdict(time.monotonic()).stop or ""), gate.verdict(time.monotonic())
+        robot = rclpy.create_node("robot", namespace=ns)
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        ex.add_node(robot)
+
+        def spin_until(done, seconds: float = 10.0) -> bool:
+            deadline = time.monotonic() + seconds
+            while not done() and time.monotonic() < deadline:
+                ex.spin_once(timeout_sec=0.02)
+            return done()
+
+        sub = robot.create_subscription(Bool, m.CONTROLLER_ESTOP, lambda msg: None, m.LATCHED)
+        assert spin_until(lambda: gate.estop_unheard is None), gate.estop_unheard
+        assert gate.verdict(time.monotonic()).stop is None
+        robot.destroy_subscription(sub)  # the robot went away: held again
+        assert spin_until(lambda: gate.estop_unheard is not None)
+        ex.shutdown()
+        robot.destroy_node()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()

@@ -231,7 +231,7 @@ def test_the_margin_grows_to_the_steps_a_robot_took_after_a_stop_and_never_shrin
 
     gate = SafetyGate(BudgetAccount(Budget(10.0, 1.0, 2), distance=StopDistance(2)), None, "episode")
     matcher = CostMatcher(wait_s=PERIOD)
-    now, stops = 0.0, []
+    now = 0.0
 
     def episode(after_stop):
         nonlocal now
@@ -461,6 +461,8 @@ def test_the_operators_reset_clears_a_margin_that_no_episode_can_move_under():
     assert "budget_margin" in gate.latch.reasons and gate.verdict(0.0).stop
     cleared = gate.reset()
     assert "48 -> 3 steps ahead" in cleared["budget_margin"]
+    # Forgotten by the margin, kept for the record (the fault bench judges an overspend by it).
+    assert gate.account.distance.in_use == 3 and gate.account.distance.largest == 48
     gate.account.record(0, 2, 0.2)
     gate._latch_if_stuck()
     assert not gate.latch.latched and gate.verdict(0.0).stop is None

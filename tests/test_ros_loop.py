@@ -692,3 +692,57 @@ def test_the_sim_reads_the_newest_command_at_each_step_as_a_driver_reads_its_buf
         probe.destroy_node()
         sim.destroy_node()
         rclpy.shutdown()
+
+
+def test_the_operators_reset_asks_again_when_a_challenge_is_lost(tmp_path):
+    """rmw_fastrtps drops a service's response when the service has not yet discovered the
+    client's reader (CI: "no challenge from .../controller within 10 s" on a controller just
+    restarted). Here the node takes the first challenge request and never answers it: the
+    reset still goes through, on a second challenge."""
+    import threading
+
+    from algd_runtime.contract.keys import create_key, load_key
+    from algd_runtime.ros.operator import ResetEndpoint
+    from algd_runtime.ros.reset_cli import operator_reset
+
+    class Lost(Exception):
+        pass
+
+    class FirstChallengeLost(ResetEndpoint):
+        asked = 0
+
+        def _on_challenge(self, request, response):
+            self.asked += 1
+            if self.asked == 1:
+                raise Lost()  # taken, never answered: the executor never sends a response
+            return super()._on_challenge(request, response)
+
+    create_key(tmp_path / "op.key")
+    key = load_key(tmp_path / "op.key")
+    ns = f"lostchallenge_{os.getpid()}"
+    rclpy.init()
+    node = rclpy.create_node("controller", namespace=ns)
+    endpoint = FirstChallengeLost(node, lambda: "cleared: nothing", key)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    running = True
+
+    def spin():
+        while running:
+            try:
+                ex.spin_once(timeout_sec=0.02)
+            except Lost:
+                pass
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        out = operator_reset(ns, ["controller"], key, timeout_s=6.0)
+        assert out == {"controller": ("ok", "cleared: nothing")}, out
+        assert endpoint.asked >= 2
+    finally:
+        running = False
+        thread.join(2)
+        ex.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()

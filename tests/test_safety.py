@@ -8,11 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from algd_runtime.contract.budget import Budget, resolve_budget, budget_verdict, lease_steps
+from algd_runtime.contract.budget import Budget, budget_verdict, lease_steps
 from algd_runtime.contract.keys import OperatorKeyError, create_key, load_key
 from algd_runtime.deploy.safety import (
     BudgetAccount,
-    CostMatcher,
     HeartbeatWatch,
     Latch,
     LatchStore,
@@ -206,3 +205,16 @@ def test_safe_action_parsing():
         parse_safe_action("zero", low + 2, high + 2)
     with pytest.raises(ValueError, match="outside the action bounds"):
         parse_safe_action("nan,0", low, high)
+
+
+def test_a_controller_whose_estop_nobody_hears_holds_the_robot():
+    from algd_runtime.contract.budget import Budget
+    from algd_runtime.deploy.safety import BudgetAccount, SafetyGate
+
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 0.2, 3)), None, "episode")
+    assert gate.verdict(0.0).stop is None and gate.verdict(0.0).lease > 0
+    gate.estop_unheard = "the robot does not hear /ns/controller/estop yet"
+    v = gate.verdict(0.0)
+    assert v.stop == "the robot does not hear /ns/controller/estop yet" and v.lease == 0
+    gate.estop_unheard = None
+    assert gate.verdict(0.0).stop is None

@@ -33,6 +33,7 @@ def test_copies_are_reproducible_distinct_and_the_same_sync_or_async():
             v.close()
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, c, atol=1e-6)
+    np.testing.assert_array_equal(ca, cb)
     np.testing.assert_allclose(ca, cc)
     assert not np.allclose(a[:, 0], a[:, 1]), "the two copies start from different seeds"
     assert ca.shape == (60, 2) and np.isfinite(ca).all()

@@ -64,10 +64,16 @@ class StopDistance:
         self._last_costly: int | None = None
         self._behind = 0  # robot steps beyond the states read, this episode (charges of several steps)
         self._last_steps = 1  # robot steps of the last charge
+        self.forgotten = -1  # the worst an operator's reset cleared: gone from the margin, not the record
 
     @property
     def in_use(self) -> int:
         return max(self.configured, self.worst + 1)
+
+    @property
+    def largest(self) -> int:
+        """The largest margin this run measured, a forgotten one included (for the summary)."""
+        return max(self.configured, max(self.worst, self.forgotten) + 1)
 
     def stop_decided(self, t: int) -> None:
         """A budget stop was decided at step t of the episode (the first one counts), right
@@ -113,6 +119,7 @@ class StopDistance:
         self.abandon()
         if self.in_use <= self.configured:
             return None
+        self.forgotten = max(self.forgotten, self.worst)
         before, self.worst, self.last = self.in_use, -1, -1
         return f"measured stop distance forgotten: {before} -> {self.configured} steps ahead (configured)"
 
@@ -650,6 +657,9 @@ class SafetyGate:
         self.latch = Latch()
         self.hold_until = -math.inf  # no motion before this time (a start-up hold), without latching
         self.waiting_for: str | None = None  # a hold until the robot's first cost (CostMatcher)
+        # A hold while the robot does not hear this controller's own e-stop (standard messages):
+        # without it, a robot that costs while it stands outspends a stop of this channel alone.
+        self.estop_unheard: str | None = None
         self._spent_since: tuple[int, float] | None = None  # (episode, when) its budget first stopped it
 
     def hold_for(self, now: float, seconds: float, why: str) -> None:
@@ -714,7 +724,7 @@ class SafetyGate:
         if reason is None and now < self.hold_until:
             reason = self.hold_reason
         if reason is None:
-            reason = self.waiting_for
+            reason = self.waiting_for or self.estop_unheard
         if reason is None:
             reason = self.account.verdict()
             if reason and self.account.distance is not None:

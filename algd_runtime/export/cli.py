@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("near a critic's kink (reported apart): " + ", ".join(
             f"{k} {v['points']} points, max {v['max_abs_error']:.2e}" for k, v in near.items()))
     rate = manifest.get("exchange_rate")
-    print(f"exchange rate (median |grad_a Q| / median |grad_a Qc|, the monitor's WARN asks for 4 x it): "
+    print("exchange rate (median |grad_a Q| / median |grad_a Qc|, the monitor's WARN asks for 4 x it): "
           + (f"{rate:.3g}" if rate is not None else f"not measured ({manifest['task']} is not on this machine)"))
     for key, f in manifest["files"].items():
         print(f"  {f['path']:<24} {f['bytes'] / 1024:8.1f} KiB  sha256 {f['sha256'][:16]}...")

@@ -184,6 +184,7 @@ class ControllerNode(ManagedNode):
         live = ControllerParams(**{k: get(k) for k in vars(ControllerParams())})
         self.core = ControllerCore(runtime, gate, live)
         self.reset.set_key(key)
+        self._check_estop_heard()  # unheard until the graph shows the robot's subscription
         # What guards this run, as it was configured (the summary and the demo report say it).
         self.safety = {"budget": limit, "step_cost_bound": bound, "steps_ahead": budget.steps_ahead,
                        "budget_digest": budget.digest,
@@ -399,6 +400,19 @@ class ControllerNode(ManagedNode):
         n = self.count_publishers(self.pub.topic_name)
         if n > 1 and self._latch is not None and self._latch.trip("duplicate_controller", f"{n} publishers on {self.pub.topic_name}"):
             self.get_logger().error(f"another node publishes on {self.pub.topic_name}: latched STOP")
+        self._check_estop_heard()
+
+    def _check_estop_heard(self) -> None:
+        """Standard messages: no motion while nothing subscribes to controller/estop. This
+        channel's stop of a robot that costs while it stands is that e-stop (SAFETY.md, item 4);
+        a new controller whose e-stop discovery has not yet matched to the robot could not end
+        such an episode (the CI chaos run: 5 episodes over after the monitor was killed)."""
+        if self.io is None or self.core is None:
+            return
+        heard = self.estop_pub.get_subscription_count() > 0
+        self.core.gate.estop_unheard = None if heard else (
+            f"the robot does not hear {self.estop_pub.topic_name} yet (no subscriber): this channel alone "
+            "could not end a costing episode")  # logged by _act as the decision's reason
 
     def _operator_reset(self) -> str:
         if self.core is None:
@@ -493,6 +507,8 @@ class ControllerNode(ManagedNode):
             stats["steps_without_cost"] = self.matcher.uncosted
             stats["costs"] = self.matcher.counts()
             stats["steps_ahead"] = self.core.gate.account.steps_ahead
+            distance = self.core.gate.account.distance
+            stats["steps_ahead_largest"] = distance.largest if distance else stats["steps_ahead"]
             stats["accounted"] = {"episode": self.core.gate.account.episode, "t": self.core.gate.account.t,
                                   "accumulated": self.core.gate.account.accumulated}
         stats["safety"] = self.safety

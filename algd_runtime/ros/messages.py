@@ -77,6 +77,10 @@ EVENTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2000, reliability=Rel
 # A late joiner still sees the e-stop.
 LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# The operator reset's results: a reader that discovery matched late (a loaded graph) still
+# gets the answers of the last few resets, each naming its nonce.
+RESULTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=16, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 # The topics a robot integrator wires (observation, action, step, episode) take ROS's
 # standard QoS overrides from the parameter YAML, per topic and side:

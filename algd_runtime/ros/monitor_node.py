@@ -519,7 +519,9 @@ class MonitorNode(ManagedNode):
             "heartbeat_rate_hz": float(self.get_parameter("heartbeat_rate_hz").value),
             "estop_period_s": float(self.get_parameter("estop_period_s").value),
             "transitions": [t.as_dict() for t in self.monitor.transitions], "episodes": self.episodes,
-            **({"costs": self.matcher.counts(), "steps_ahead": self.monitor.margin_steps} if self.matcher else {})})
+            **({"costs": self.matcher.counts(), "steps_ahead": self.monitor.margin_steps,
+                "steps_ahead_largest": self.monitor.distance.largest if self.monitor.distance
+                else self.monitor.margin_steps} if self.matcher else {})})
 
 
 def restart_reason(persisted: dict[str, str]) -> str:

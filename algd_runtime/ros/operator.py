@@ -32,7 +32,7 @@ class ResetEndpoint:
         self.authority: ResetAuthority | None = None
         self.set_key(key)
         self.refused = 0
-        self.result = node.create_publisher(String, m.RESET_RESULT, **m.endpoint(m.RELIABLE, True))
+        self.result = node.create_publisher(String, m.RESET_RESULT, **m.endpoint(m.RESULTS, True))
         node.create_subscription(String, m.RESET, self._on_request, **m.endpoint(m.RELIABLE, False))
         node.create_service(Trigger, m.RESET_CHALLENGE, self._on_challenge)
 

@@ -24,6 +24,9 @@ from algd_runtime.contract.keys import OperatorKeyError, create_key, default_key
 from algd_runtime.deploy.safety import reset_proof
 
 
+CHALLENGE_RETRY_S = 1.0
+
+
 def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: float = 5.0) -> dict[str, tuple[str, str]]:
     """{node: (outcome, message)} with outcome "ok", "refused" or "timeout"."""
     import rclpy
@@ -55,15 +58,25 @@ def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: 
             if not client.wait_for_service(timeout_sec=timeout_s):
                 out[name] = ("timeout", f"no service {fqn}/reset_challenge within {timeout_s:g} s (is it running?)")
                 continue
-            future = client.call_async(Trigger.Request())
-            if not spin_until(future.done, deadline):
+            # Asked again each CHALLENGE_RETRY_S: a service drops its response when it has not
+            # yet discovered this client's reader (rmw_fastrtps waits 100 ms for it), and a
+            # challenge is only a nonce, so asking twice costs nothing.
+            future = None
+            while time.monotonic() < deadline and not (future and future.done()):
+                if future is not None:
+                    client.remove_pending_request(future)
+                future = client.call_async(Trigger.Request())
+                spin_until(future.done, min(deadline, time.monotonic() + CHALLENGE_RETRY_S))
+            if not future.done():
                 out[name] = ("timeout", f"no challenge from {fqn} within {timeout_s:g} s")
                 continue
             challenge = json.loads(future.result().message)
             nonce = challenge["nonce"]
             results: list[dict] = []
+            # Latched on the node's side: a result published before discovery matched this
+            # reader still reaches it.
             node.create_subscription(String, f"{fqn}/reset_result",
-                                     lambda msg: results.append(json.loads(msg.data)), m.RELIABLE)
+                                     lambda msg: results.append(json.loads(msg.data)), m.RESULTS)
             pub = node.create_publisher(String, f"{fqn}/reset", m.RELIABLE)
             spin_until(lambda: pub.get_subscription_count() > 0, deadline)
             pub.publish(String(data=json.dumps({"nonce": nonce, "proof": reset_proof(key, challenge["node"], nonce)})))

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from algd_runtime.tools.faults.graph import Graph, RosEnviron, judge_overspend, merge_sims, prepare_graph
+from algd_runtime.tools.faults.graph import Graph, RosEnviron, merge_sims, prepare_graph
 from algd_runtime.tools.faults.probe import Probe
-from algd_runtime.tools.faults.report import analyze_injection, transport_wedged
+from algd_runtime.tools.faults.report import analyze_injection, record_overspend, transport_wedged
 from algd_runtime.tools.faults.scenarios import CYCLES, Abort, Injection, Run
 
 ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
@@ -221,12 +221,7 @@ def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float
     costs = [float(c) for c in sim.get("costs", [])]
     over = [c for c in costs if c > run.limit + 1e-9]
     kills = [inj.at for fault, inj in injected if fault == "kill_controller"]
-    explained, note = judge_overspend(graph, costs, run.limit, sim.get("ended_by"), transport_wedged(probe, kills))
-    if len(over) > explained:
-        run.problems.append(f"{len(over) - explained} episode(s) over the budget {run.limit:g}, not explained: max "
-                            f"{max(over):g}" + (f" ({note})" if note else ""))
-    elif note:
-        run.warnings.append(note)
+    explained = record_overspend(run, costs, sim.get("ended_by"), transport_wedged(probe, kills))
     holds = [(float(t), str(r)) for t, r in sim.get("holds", [])]
     stop_lines = {label: graph.stop_lines(label, probe.offset) for label in graph.labels("controller")}
     analysed = []

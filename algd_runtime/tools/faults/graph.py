@@ -151,8 +151,9 @@ def judge_overspend(graph: Graph, costs: list[float], limit: float, ended_by: li
     With a lease none is (each is a problem). Without one the budget holds only while the
     nodes run within the measured margin and reach the robot (SAFETY.md), so an episode over
     it is explained when
-    - the stop distance the nodes measured in the end covers its overshoot: the stall that
-      caused it was counted, the margin grew and was logged, and the robot is held to it; or
+    - the largest stop distance the nodes measured covers its overshoot: the stall that caused
+      it was counted, the margin grew and was logged, and the robot is held to it (or, where
+      that margin left no episode able to move, latched until the operator's reset); or
     - `wedged` (a killed process left the robot's shared-memory port locked: transport_wedged)
       and the robot's own command timeout ended it: no e-stop could reach it before that."""
     over = [i for i, c in enumerate(costs) if c > limit + 1e-9]
@@ -164,14 +165,15 @@ def judge_overspend(graph: Graph, costs: list[float], limit: float, ended_by: li
     if io.leased:
         return 0, None
     labels = graph.labels("controller") + graph.labels("monitor")
-    margin = max((int((graph.summary(label) or {}).get("steps_ahead") or 0) for label in labels), default=0)
+    margin = max((int((s := graph.summary(label) or {}).get("steps_ahead_largest", s.get("steps_ahead")) or 0)
+                  for label in labels), default=0)
     ended_by = list(ended_by or [])
     # Only a margin the nodes grew by measuring: the configured one held nothing back here.
     measured = [i for i in over if margin > io.steps_ahead and costs[i] - limit <= margin * graph.step_cost + 1e-9]
     timed_out = [i for i in over if i not in measured and wedged and i < len(ended_by)
                  and ended_by[i] == "cmd_timeout"]
     note = (f"{len(over)} episode(s) over the budget {limit:g} without a lease (max {max(costs[i] for i in over):g}): "
-            f"{len(measured)} within the margin the nodes measured in the end ({margin} steps x {graph.step_cost:g}; "
+            f"{len(measured)} within the largest margin the nodes measured ({margin} steps x {graph.step_cost:g}; "
             f"configured {io.steps_ahead}), "
             f"{len(timed_out)} ended by the robot's own command timeout while a killed process's shared-memory port "
             f"held every e-stop back (SAFETY.md: not bounded without a lease)")

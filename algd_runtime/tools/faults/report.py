@@ -68,6 +68,19 @@ def analyze_injection(inj: Injection, run: Run, holds: list, stop_lines: dict, e
     return out
 
 
+def record_overspend(run: Run, costs: list[float], ended_by: list[str] | None, wedged: bool) -> int:
+    """Judge the episodes over the budget (judge_overspend): those not explained are a
+    problem of the run, the explained ones a warning; returns how many were explained."""
+    over = sum(1 for c in costs if c > run.limit + 1e-9)
+    explained, note = judge_overspend(run.graph, costs, run.limit, ended_by, wedged)
+    if over > explained:
+        run.problems.append(f"{over - explained} episode(s) over the budget {run.limit:g}, not explained: max cost "
+                            f"{max(costs):g}" + (f" ({note})" if note else ""))
+    elif note:
+        run.warnings.append(note)
+    return explained
+
+
 def _finish(run: Run, end: float, killed: dict) -> dict:
     g, probe = run.graph, run.probe
     sims = {label: g.summary(label) for label in g.labels("sim")}
@@ -83,12 +96,7 @@ def _finish(run: Run, end: float, killed: dict) -> dict:
     over = sum(1 for c in costs if c > run.limit + 1e-9)
     live_over = {ep: c for ep, c in probe.episode_cost.items() if c > run.limit + 1e-9}
     kills = [inj.at for inj in run.injections] if run.fault == "kill_controller" else []
-    explained, note = judge_overspend(g, costs, run.limit, sim.get("ended_by"), transport_wedged(probe, kills))
-    if over > explained:
-        run.problems.append(f"{over - explained} episode(s) over the budget {run.limit:g}, not explained: max cost "
-                            f"{max(costs):g}" + (f" ({note})" if note else ""))
-    elif note:
-        run.warnings.append(note)
+    explained = record_overspend(run, costs, sim.get("ended_by"), transport_wedged(probe, kills))
     if live_over and not over:
         run.problems.append(f"episode(s) over the budget while running (unfinished at exit?): {live_over}")
     holds = [(float(t), str(r)) for t, r in sim.get("holds", [])]
