@@ -165,14 +165,16 @@ def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations_
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + (os.getpid() + 7) % 50))
     wired = ["--io", str(ROOT / "config" / "io" / io)] if io else []
     out = subprocess.run([str(Path(sys.executable).parent / "algd-bench"), "loop", str(vesde_bundle), "--rate", "100",
-                          "--seconds", "4", *wired], env=env, capture_output=True, text=True, timeout=120)
+                          "--seconds", "7", *wired], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "sim, controller and monitor as processes" in out.stdout
     assert ("standard messages" if io else "raw contract") in out.stdout
     lines = out.stdout.strip().splitlines()
     row = lines[-2].split()
     rate, steps_per_s, answered = float(row[0]), float(row[1]), float(row[2])
-    # The interlock let it move (how far, in a 4 s window after start-up holds, is the machine's load)
+    # The interlock let it move. The window counts from the processes' start: Python's start-up,
+    # discovery and the 2 s start-up hold take 2.5-4 s of it (CI once saw none left of 4 s),
+    # and how far the robot got in the rest is the machine's load.
     assert rate == 100 and steps_per_s > 0 and 50 < answered <= 100, out.stdout
     # Where the time goes: each process's share of a core and its CPU per robot step
     cpu = re.findall(r"(\w+) ([\d.]+) % of a core \(([\d.]+) % its spinning thread\), (\d+) us per robot step", lines[-1])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from algd_runtime.contract.keys import canonical
 
@@ -82,7 +83,7 @@ class Budget:
                     f"(a lease) or a lower rate")
         return None
 
-    @property
+    @cached_property  # frozen: computed once, not at each of 100 heartbeats a second
     def digest(self) -> str:
         """What the heartbeat carries, so the controller knows the monitor guards the same budget."""
         body = canonical({"limit": float(self.limit), "step_bound": self.step_bound, "steps_ahead": self.steps_ahead})

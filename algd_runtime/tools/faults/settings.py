@@ -32,7 +32,8 @@ BUDGET_HOLDS = ("stop: budget", "stop: monitor at STOP: budget", "estop", "no_co
 QUIET_S = 0.5  # no step for this long: the robot is not moving
 REVIVE_AFTER_S = 2.5  # no episode for this long without a fault: look at why (discovery or a latch)
 # Decisions that only wait for DDS discovery: more time, never a revival.
-DISCOVERY_WAITS = ("no heartbeat from the monitor yet", "does not see the robot", "starting: ", "does not hear")
+DISCOVERY_WAITS = ("no heartbeat from the monitor yet", "does not see the robot", "starting: ", "does not hear",
+                   "no cost message from the robot yet")
 
 
 def io_step_cost(rate: float, per_second: float = 100.0) -> float:
