@@ -406,7 +406,7 @@ class ControllerNode(ManagedNode):
         """Standard messages: no motion while nothing subscribes to controller/estop. This
         channel's stop of a robot that costs while it stands is that e-stop (SAFETY.md, item 4);
         a new controller whose e-stop discovery has not yet matched to the robot could not end
-        such an episode (the CI chaos run: 5 episodes over after the monitor was killed)."""
+        such an episode (likely the CI chaos run's 5 episodes over once its monitor was killed)."""
         if self.io is None or self.core is None:
             return
         heard = self.estop_pub.get_subscription_count() > 0
