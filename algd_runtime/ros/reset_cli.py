@@ -27,8 +27,12 @@ from algd_runtime.deploy.safety import reset_proof
 CHALLENGE_RETRY_S = 1.0
 
 
-def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: float = 5.0) -> dict[str, tuple[str, str]]:
-    """{node: (outcome, message)} with outcome "ok", "refused" or "timeout"."""
+def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: float = 5.0,
+                   node=None) -> dict[str, tuple[str, str]]:
+    """{node: (outcome, message)} with outcome "ok", "refused" or "timeout". node: an rclpy
+    node that another thread spins (the fault bench's probe) to reset from, instead of a
+    participant of its own: a new participant beside another in one process stalled the
+    graph up to 0.4 s, and one right after a monitor's restart got no challenge in 10 s."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -38,15 +42,21 @@ def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: 
     from algd_runtime.ros import messages as m
 
     ns = "/" + namespace.strip("/")
-    ctx = Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node(f"algd_reset_{os.getpid()}", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
+    own = node is None
+    if own:
+        ctx = Context()
+        rclpy.init(context=ctx)
+        node = rclpy.create_node(f"algd_reset_{os.getpid()}", context=ctx)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+    made: list = []  # on a borrowed node: what destroys each entity made here, at the end
 
     def spin_until(done, deadline: float) -> bool:
         while not done() and time.monotonic() < deadline:
-            ex.spin_once(timeout_sec=0.02)
+            if own:
+                ex.spin_once(timeout_sec=0.02)
+            else:
+                time.sleep(0.01)
         return done()
 
     out = {}
@@ -55,6 +65,7 @@ def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: 
             fqn = f"{ns}/{name}".replace("//", "/")
             deadline = time.monotonic() + timeout_s
             client = node.create_client(Trigger, f"{fqn}/reset_challenge")
+            made.append(lambda c=client: node.destroy_client(c))
             if not client.wait_for_service(timeout_sec=timeout_s):
                 out[name] = ("timeout", f"no service {fqn}/reset_challenge within {timeout_s:g} s (is it running?)")
                 continue
@@ -75,9 +86,10 @@ def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: 
             results: list[dict] = []
             # Latched on the node's side: a result published before discovery matched this
             # reader still reaches it.
-            node.create_subscription(String, f"{fqn}/reset_result",
-                                     lambda msg: results.append(json.loads(msg.data)), m.RESULTS)
+            sub = node.create_subscription(String, f"{fqn}/reset_result",
+                                           lambda msg: results.append(json.loads(msg.data)), m.RESULTS)
             pub = node.create_publisher(String, f"{fqn}/reset", m.RELIABLE)
+            made += [lambda s=sub: node.destroy_subscription(s), lambda p=pub: node.destroy_publisher(p)]
             spin_until(lambda: pub.get_subscription_count() > 0, deadline)
             pub.publish(String(data=json.dumps({"nonce": nonce, "proof": reset_proof(key, challenge["node"], nonce)})))
             mine = lambda: [r for r in results if r.get("nonce") == nonce]  # noqa: E731
@@ -87,9 +99,13 @@ def operator_reset(namespace: str, nodes: Sequence[str], key: bytes, timeout_s: 
             r = mine()[0]
             out[name] = ("ok" if r["ok"] else "refused", r["message"])
     finally:
-        ex.shutdown()
-        node.destroy_node()
-        ctx.try_shutdown()
+        if own:
+            ex.shutdown()
+            node.destroy_node()
+            ctx.try_shutdown()
+        else:
+            for destroy in made:
+                destroy()
     return out
 
 

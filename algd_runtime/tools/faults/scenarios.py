@@ -155,7 +155,7 @@ class Run:
     def operator_reset(self, nodes: Sequence[str] = ("controller", "monitor")) -> dict:
         from algd_runtime.ros.reset_cli import operator_reset
 
-        out = operator_reset(self.graph.ns, list(nodes), self.key, timeout_s=10.0)
+        out = operator_reset(self.graph.ns, list(nodes), self.key, timeout_s=10.0, node=self.probe.node)
         bad = {n: r for n, r in out.items() if r[0] != "ok"}
         if bad:
             self.problems.append(f"operator reset failed: {bad}")
