@@ -76,6 +76,21 @@ def test_without_a_lease_only_an_overspend_the_nodes_measured_or_a_wedged_transp
     assert judge(None, 100, costs, ended, wedged=True) == 0
 
 
+def test_the_bench_gives_an_expiring_command_two_periods_and_at_least_10_ms(tmp_path):
+    """A 4 ms lease at 500 Hz expired before a loaded robot read it: no episode ran, and the
+    cell proved nothing (BENCHMARKS, tenth session)."""
+    import yaml
+
+    from algd_runtime.tools.faults.settings import io_for_rate
+
+    def expiry(rate):
+        return yaml.safe_load(io_for_rate(IO / "twist_stamped.yaml", rate, tmp_path).read_text())["action"]["expires_after_s"]
+
+    assert expiry(100.0) == 0.02 and expiry(500.0) == 0.01 and expiry(1000.0) == 0.01
+    unleased = yaml.safe_load(io_for_rate(IO / "standard.yaml", 500.0, tmp_path).read_text())
+    assert "expires_after_s" not in unleased["action"] and unleased["rate_hz"] == 500.0
+
+
 def test_a_wedged_transport_is_a_long_silence_of_the_monitor_right_after_a_kill():
     from types import SimpleNamespace
 

@@ -168,6 +168,8 @@ def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations_
                           "--seconds", "7", *wired], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "sim, controller and monitor as processes" in out.stdout
+    speed = re.search(r"Python ([\d.]+) M loop iterations/s", out.stdout)  # what moves the figures between machines
+    assert speed and float(speed.group(1)) > 0, out.stdout[:500]
     assert ("standard messages" if io else "raw contract") in out.stdout
     lines = out.stdout.strip().splitlines()
     row = lines[-2].split()

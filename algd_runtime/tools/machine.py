@@ -32,6 +32,21 @@ def cpu_flags() -> list[str]:
     return [f for f in BF16_FLAGS if f in flags]
 
 
+def python_speed(loops: int = 1_000_000, repeats: int = 3) -> float:
+    """Million iterations a second of a bare Python loop, the best of `repeats`: the nodes'
+    cost per message is mostly the interpreter's (rclpy's executor), so this, not the CPU's
+    name, is what moves `algd-bench loop` between machines (and on a shared VM, between days)."""
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            pass
+        best = min(best, time.perf_counter() - start)
+    return loops / best / 1e6
+
+
 def machine_line(device: str) -> str:
     import torch
 

@@ -200,7 +200,7 @@ def run_fault(fault: str, rate_hz: float, seconds: float, bundle, workdir, domai
     """One fault at one control rate: the three nodes as processes, the fault, the numbers.
     The result has `ok` and `problems` (each failed expectation, in words). io: an io file:
     the graph speaks standard messages (its rate_hz, and an expiring command's expiry of
-    IO_LEASE_STEPS periods, set for the run's rate)."""
+    2 periods and at least 10 ms: settings.io_lease_s)."""
     names = IO_FAULTS if io else FAULTS
     if fault not in names:
         raise ValueError(f"fault: expected one of {', '.join(names)}{' (with --io)' if io else ''}, got {fault!r}")

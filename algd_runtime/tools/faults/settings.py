@@ -15,7 +15,11 @@ IO_FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop
              "cost_drop", "cost_late", "episode_lost", "robot_first")
 IO_ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
                    "episode_lost": {"io_episode_drop": 0.1}}
-IO_LEASE_STEPS = 2  # an expiring command's expiry in these runs: 2 periods
+# An expiring command's expiry in these runs: 2 periods, and never under 10 ms. At 500 Hz a
+# 4 ms expiry beside a CPU-bound process let most commands expire before the robot read them:
+# the robot stood, no episode ran, and the cell proved nothing. The margin follows the expiry.
+IO_LEASE_STEPS = 2
+IO_LEASE_MIN_S = 0.010
 RATE_VARIANTS = ("none@100", "none@1000")  # the baseline at other control rates
 DEFAULT_RATES = (500.0,)
 
@@ -42,15 +46,20 @@ def io_step_cost(rate: float, per_second: float = 100.0) -> float:
     return per_second / rate
 
 
+def io_lease_s(rate: float) -> float:
+    """An expiring command's expiry in the fault bench at `rate`."""
+    return max(IO_LEASE_STEPS / rate, IO_LEASE_MIN_S)
+
+
 def io_for_rate(io: Path, rate: float, workdir: Path) -> Path:
     """The io file with the robot's rate set to the run's (and an expiring command's expiry
-    to IO_LEASE_STEPS periods), written beside the run."""
+    to io_lease_s), written beside the run."""
     import yaml
 
     cfg = yaml.safe_load(io.read_text())
     cfg["rate_hz"] = rate
     if isinstance(cfg.get("action"), dict) and "expires_after_s" in cfg["action"]:
-        cfg["action"]["expires_after_s"] = IO_LEASE_STEPS / rate
+        cfg["action"]["expires_after_s"] = io_lease_s(rate)
         cfg.pop("steps_ahead", None)
     out = workdir / "io.yaml"
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
