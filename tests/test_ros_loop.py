@@ -746,3 +746,58 @@ def test_the_operators_reset_asks_again_when_a_challenge_is_lost(tmp_path):
         ex.shutdown()
         node.destroy_node()
         rclpy.shutdown()
+
+
+def test_the_monitor_latches_when_two_publishers_commands_interleave(vesde_bundle, key_file, tmp_path):
+    """Two controllers that have not yet discovered each other both command the robot (a test
+    run once saw that discovery take longer than the 2 s start-up hold). The monitor reads the
+    commands of both: their sequence numbers interleave, and it latches STOP. One publisher
+    restarted (a killed controller's successor) is not two."""
+    from std_msgs.msg import Float64MultiArray
+
+    from algd_runtime.deploy.monitor import Level
+
+    rclpy.init()
+    ns = f"/algd_two_{os.getpid()}"
+    mon = monitor(vesde_bundle, ns, key_file, tmp_path / "state.json", stop_latch="episode")
+    probe = rclpy.create_node("probe", namespace=ns)
+    ex = SingleThreadedExecutor()
+    for n in (mon, probe):
+        ex.add_node(n)
+    steps = probe.create_publisher(Float64MultiArray, m.STEP, m.RELIABLE)
+
+    def spin(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.001)
+
+    def matched(pub):
+        end = time.monotonic() + 10
+        while (pub.get_subscription_count() == 0 or steps.get_subscription_count() == 0) and time.monotonic() < end:
+            spin(0.01)
+        return pub
+
+    def command(pubs, n=40):  # each step, the newest command from one of `pubs` in turn
+        for i in range(n):
+            pubs[i % len(pubs)].publish(m.action_msg(np.zeros(2), probe.get_clock().now().to_msg()))
+            spin(0.003)
+            steps.publish(m.step_msg(0.0, 0.0))
+            spin(0.003)
+
+    try:
+        first = matched(probe.create_publisher(JointState, m.ACTION, m.COMMANDS))
+        command([first])
+        probe.destroy_publisher(first)
+        restarted = matched(probe.create_publisher(JointState, m.ACTION, m.COMMANDS))
+        command([restarted])
+        assert mon.monitor.level != Level.STOP, mon.monitor.transitions[-1:]
+        second = matched(probe.create_publisher(JointState, m.ACTION, m.COMMANDS))
+        command([restarted, second])
+        assert mon.monitor.level == Level.STOP
+        assert mon.monitor.transitions[-1].reason == (
+            f"duplicate_controller: two publishers' commands interleave on {ns}/action")
+    finally:
+        ex.shutdown()
+        probe.destroy_node()
+        mon.destroy_node()
+        rclpy.shutdown()

@@ -17,6 +17,7 @@ from algd_runtime.deploy.safety import (
     LatchStore,
     ResetAuthority,
     SafetyGate,
+    SecondCommander,
     parse_safe_action,
     read_heartbeat,
     reset_proof,
@@ -218,3 +219,22 @@ def test_a_controller_whose_estop_nobody_hears_holds_the_robot():
     assert v.stop == "the robot does not hear /ns/controller/estop yet" and v.lease == 0
     gate.estop_unheard = None
     assert gate.verdict(0.0).stop is None
+
+
+def test_a_second_commander_is_seen_in_interleaving_sequence_numbers_and_a_restart_is_not():
+    one = SecondCommander()
+    assert not any(one.see(seq, 0.002 * seq) for seq in range(1, 1000))  # one publisher: numbers only rise
+    assert not one.see(1, 2.0) and not any(one.see(seq, 2.0 + 0.002 * seq) for seq in range(2, 500))  # restarted once
+    assert not one.see(None, 3.0)  # a middleware without sequence numbers: nothing to see
+
+    two = SecondCommander()
+    old, new, tripped = 50_000, 1, []
+    for i in range(20):  # the newest command read at each step comes from either publisher
+        old, new = old + 1, new + 1
+        tripped.append(two.see(old if i % 3 else new, 0.002 * i))
+    assert tripped.index(True) == 9 and all(tripped[9:])  # the third step back (steps 3, 6, 9)
+
+    slow = SecondCommander(window_s=1.0)  # three steps back spread over more than the window: restarts
+    assert not any(slow.see(seq, t) for t, seq in [(0.0, 10), (0.6, 1), (1.2, 2), (1.8, 1), (2.4, 2), (3.0, 1)])
+    two.forget()  # the operator's reset: only what comes next counts
+    assert not two.see(old + 1, 0.05) and not two.see(new + 1, 0.06)

@@ -14,6 +14,8 @@ controller's parameter service: a monitor that stalls mid-call must not stall th
 
 Its signed heartbeat (heartbeat_rate_hz) is the controller's interlock: no live monitor, no
 motion. A step whose sequence number skips ahead counts the missing steps as the worst case.
+It reads the commands at each step: two publishers' commands interleaving on the command
+topic (a second controller) latch STOP, before the controllers have discovered each other.
 With an io file (parameter `io`, the controller's) each message on its cost topic is a step
 and its episode topic ends the episode; the heartbeat's seen_stamp_ns is then the wall-clock
 time it read the newest cost (the controller and the monitor share a clock).
@@ -47,7 +49,7 @@ from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.contract.signing import SIGNATURE_DEFAULTS, check_bundle
 from algd_runtime.contract.budget import resolve_budget
 from algd_runtime.contract.keys import default_key_path, load_key
-from algd_runtime.deploy.safety import CostMatcher, LatchStore, StopDistance, sign_heartbeat
+from algd_runtime.deploy.safety import CostMatcher, LatchStore, SecondCommander, StopDistance, sign_heartbeat
 
 RESTART_PREFIX = "latched before restart: "
 
@@ -85,6 +87,7 @@ class MonitorNode(ManagedNode):
         self.boot, self.seq = secrets.token_hex(8), 0
         self.cfg = {k: self.values[k] for k in ESCALATION}
         self._obs = self._act = None
+        self.commanders = SecondCommander()
         self._robot = (None, 0)  # (episode, t) of the newest step from the robot
         self.seen_stamp_ns: int | None = None
         self.episodes: list[dict] = []  # the robot's "end" events, with the monitor's level then
@@ -109,22 +112,24 @@ class MonitorNode(ManagedNode):
                                                                     **m.wired(m.RELIABLE, False)), False)
             self.qos.watch(self.create_subscription(String, m.EPISODE, self._on_episode, **m.wired(m.RELIABLE, False)),
                            False)
-            if self.values["use_critic"]:  # the forecast's inputs, read when a step asks for it (no wake-up of their own)
-                polled = m.Polled()
-                self._read_for_forecast = [
-                    self.create_subscription(JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST, False),
-                                             callback_group=polled),
-                    self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False),
-                                             callback_group=polled)]
+            # Read at each step, with no wake-up of their own: the commands (the forecast's
+            # input, and a second commander's sign) and, for the forecast, the observation.
+            polled = m.Polled()
+            self._read_for_forecast = [
+                self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False),
+                                         callback_group=polled)]
+            if self.values["use_critic"]:
+                self._read_for_forecast.append(self.create_subscription(
+                    JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST, False), callback_group=polled))
         else:
             subs = {}
             wanted = {self.io.cost.topic, self.io.episode_topic, self.io.trigger}  # the trigger: one step each
             polled = m.Polled()
             if self.values["use_critic"]:
                 wanted |= set(self.io.observation.types)
-                self._read_for_forecast.append(self.qos.watch(self.create_subscription(
-                    m.message_class(self.io.action_type), self.io.action_topic, self._on_command,
-                    **m.wired(m.LATEST, False), callback_group=polled), False))
+            self._read_for_forecast.append(self.qos.watch(self.create_subscription(
+                m.message_class(self.io.action_type), self.io.action_topic, self._on_command,
+                **m.wired(m.LATEST, False), callback_group=polled), False))
             # A topic read only for the forecast is read when a forecast is made (its newest
             # message then), not on its own wake-up; the costs are read at each state (and by
             # the heartbeat): one wake-up per step instead of two (issue 19, headroom).
@@ -221,10 +226,12 @@ class MonitorNode(ManagedNode):
     def _on_obs(self, msg: JointState) -> None:
         self._obs = np.asarray(msg.position, np.float32)
 
-    def _on_action(self, msg: JointState) -> None:
+    def _on_action(self, msg: JointState, info: dict) -> None:
+        self._commander(info)
         self._act = np.asarray(msg.effort, np.float32)
 
-    def _on_command(self, msg) -> None:
+    def _on_command(self, msg, info: dict) -> None:
+        self._commander(info)
         if self.action_map is not None:
             try:
                 self._act = self.action_map.read(msg)
@@ -288,6 +295,15 @@ class MonitorNode(ManagedNode):
             if c.t > 0:
                 self._respond_all(self.monitor.update(c.cost, self._predicted(), reported=c.reported, extra=c.extra,
                                                       steps=c.steps))
+
+    def _commander(self, info: dict | None) -> None:
+        """A command read: two publishers' commands interleaving (SecondCommander) latch STOP."""
+        seq = info.get("publication_sequence_number") if info else None
+        if self.commanders.see(seq, time.monotonic()) and self.monitor is not None and self.monitor.level != Level.STOP:
+            topic = self._read_for_forecast[0].topic_name
+            self._respond_all(self.monitor.latch_stop(
+                f"duplicate_controller: two publishers' commands interleave on {topic}"))
+            self.get_logger().error(f"another node publishes on {topic}: latched STOP")
 
     def _predicted(self) -> float:
         for sub in self._read_for_forecast:
@@ -359,6 +375,7 @@ class MonitorNode(ManagedNode):
         if self.monitor is None:
             return "not configured: nothing to reset"
         out = self.monitor.reset_stop()
+        self.commanders.forget()  # two commanders still there latch again at once
         self._respond_all(out)
         if out and self.monitor.forgotten:
             self.get_logger().warning(f"operator reset: {self.monitor.forgotten}")

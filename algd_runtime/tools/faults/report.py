@@ -125,6 +125,12 @@ def _finish(run: Run, end: float, killed: dict) -> dict:
             if "duplicate_controller" not in ((ctl.get(label) or {}).get("latched") or {}):
                 run.problems.append(f"duplicate_controller: {label} did not latch duplicate_controller "
                                     f"(latched: {latched.get(label)})")
+        # The monitor's own check (two commanders' interleaving commands, read at the robot's
+        # steps) fires only while the robot still steps: where the controllers saw each other
+        # at once, the robot held first, and the monitor had nothing to read. Not required here.
+    elif any(str(t.get("reason", "")).startswith("duplicate_controller")
+             for s in mon.values() if s for t in s.get("transitions", [])):
+        run.problems.append(f"{run.fault}: the monitor saw two commanders where there was one")
     if run.fault in ("kill_monitor", "hostile") and run.injections and run.injections[-1].until is None:
         final = (ctl.get(run.graph.current("controller")) or {}).get("latched") or {}
         if "monitor_lost" not in final:
