@@ -115,9 +115,9 @@ class MonitorNode(ManagedNode):
             # Read at each step, with no wake-up of their own: the commands (the forecast's
             # input, and a second commander's sign) and, for the forecast, the observation.
             polled = m.Polled()
-            self._read_for_forecast = [
-                self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False),
-                                         callback_group=polled)]
+            self._commands = self.create_subscription(JointState, m.ACTION, self._on_action, **m.wired(m.LATEST, False),
+                                                      callback_group=polled)
+            self._read_for_forecast = [self._commands]
             if self.values["use_critic"]:
                 self._read_for_forecast.append(self.create_subscription(
                     JointState, m.OBSERVATION, self._on_obs, **m.wired(m.LATEST, False), callback_group=polled))
@@ -127,9 +127,10 @@ class MonitorNode(ManagedNode):
             polled = m.Polled()
             if self.values["use_critic"]:
                 wanted |= set(self.io.observation.types)
-            self._read_for_forecast.append(self.qos.watch(self.create_subscription(
+            self._commands = self.qos.watch(self.create_subscription(
                 m.message_class(self.io.action_type), self.io.action_topic, self._on_command,
-                **m.wired(m.LATEST, False), callback_group=polled), False))
+                **m.wired(m.LATEST, False), callback_group=polled), False)
+            self._read_for_forecast.append(self._commands)
             # A topic read only for the forecast is read when a forecast is made (its newest
             # message then), not on its own wake-up; the costs are read at each state (and by
             # the heartbeat): one wake-up per step instead of two (issue 19, headroom).
@@ -300,7 +301,7 @@ class MonitorNode(ManagedNode):
         """A command read: two publishers' commands interleaving (SecondCommander) latch STOP."""
         seq = info.get("publication_sequence_number") if info else None
         if self.commanders.see(seq, time.monotonic()) and self.monitor is not None and self.monitor.level != Level.STOP:
-            topic = self._read_for_forecast[0].topic_name
+            topic = self._commands.topic_name
             self._respond_all(self.monitor.latch_stop(
                 f"duplicate_controller: two publishers' commands interleave on {topic}"))
             self.get_logger().error(f"another node publishes on {topic}: latched STOP")
