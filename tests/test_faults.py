@@ -208,3 +208,10 @@ def test_a_short_chaos_soak_keeps_the_budget_and_loses_no_record(vesde_bundle, t
     assert r["operator_resets"] >= r["faults"] and r["episode_ends_lost"] == 0 and not r["summaries_missing"]
     assert all(v["rss_mb"] for v in r["memory_end"].values()), r["memory_end"]
     assert r["ok"], "\n".join(r["problems"])
+
+
+def test_a_suspended_controller_starts_again_and_the_robot_holds_meanwhile(vesde_bundle, tmp_path):
+    """SIGSTOP 2 s: the robot's command timeout holds it; on SIGCONT the controller starts
+    again in its own process (ros/suspend.py) and the robot moves again."""
+    r = run("sigstop_controller", vesde_bundle, tmp_path, seconds=6.0)
+    held_for_every_injection(r)

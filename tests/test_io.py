@@ -203,7 +203,7 @@ def test_a_stop_on_an_expiring_command_renews_no_lease(vesde_bundle, tmp_path):
 
 
 def test_a_stop_reloaded_after_restarts_keeps_a_readable_reason(tmp_path):
-    from algd_runtime.ros.monitor_node import restart_reason
+    from algd_runtime.deploy.safety import restart_reason
     from algd_runtime.deploy.safety import LatchStore
 
     store = LatchStore(tmp_path / "state.json")

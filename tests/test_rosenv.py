@@ -264,3 +264,20 @@ def test_reset_asks_again_when_a_reply_is_lost(monkeypatch):
         env.close()
     assert client.calls == 2 and len(client.dropped) == 1
     assert info["episode"] == 4 and np.allclose(got, obs)
+
+
+def test_a_recording_never_overwrites_an_earlier_one(tmp_path):
+    """A node started again (after a suspension, or by the user) with the same `record` path
+    keeps the earlier file and records beside it."""
+    from algd_runtime.ros import messages as m
+    from algd_runtime.ros.recorder import McapRecorder
+
+    first = McapRecorder(tmp_path / "run.mcap")
+    first.write(m.STEP, m.step_msg(0.0, 1.0), 1)
+    first.close()
+    before = (tmp_path / "run.mcap").read_bytes()
+    second, third = McapRecorder(tmp_path / "run.mcap"), McapRecorder(tmp_path / "run.mcap")
+    assert (second.path.name, third.path.name) == ("run.1.mcap", "run.2.mcap")
+    second.close()
+    third.close()
+    assert (tmp_path / "run.mcap").read_bytes() == before

@@ -467,6 +467,17 @@ class SecondCommander:
         self.backs.clear()
 
 
+RESTART_PREFIX = "latched before restart: "
+
+
+def restart_reason(persisted: dict[str, str]) -> str:
+    """The reason of a STOP latched before a restart (the monitor's state file, the
+    controller's latch carried over a restart after a suspension), readable after any number of restarts (the
+    prefix is not nested: "latched before restart: latched before restart: ...")."""
+    return RESTART_PREFIX + "; ".join(v[len(RESTART_PREFIX):] if v.startswith(RESTART_PREFIX) else v
+                                      for v in persisted.values())
+
+
 class LatchStore:
     """A latch on disk, so that a restarted node starts where the old one stopped. A write
     that would not change the file is skipped: each is two fsyncs on the thread that reads

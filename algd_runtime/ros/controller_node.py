@@ -28,6 +28,7 @@ from algd_runtime.ros import params
 from algd_runtime.ros.entry import run_node
 from algd_runtime.ros.managed import ManagedNode
 from algd_runtime.ros.operator import ResetEndpoint
+from algd_runtime.ros.suspend import RESTART_AFTER_SUSPEND_S, carried_latches
 from algd_runtime.ros.realtime import DEFAULT_SLICE_US
 from algd_runtime.ros.recorder import McapRecorder
 from algd_runtime.deploy.runtime import PolicyRuntime
@@ -39,8 +40,10 @@ from algd_runtime.deploy.safety import (
     BudgetAccount,
     CostMatcher,
     HeartbeatWatch,
+    Latch,
     SafetyGate,
     StopDistance,
+    restart_reason,
 )
 
 # Start-up only: what the bundle is, where the key is, and every safety setting.
@@ -50,7 +53,8 @@ from algd_runtime.deploy.safety import (
 IO_CLOCK_TOLERANCE_NS = 20_000_000
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
-READ_ONLY = ("bundle", "bundle_public_key", "allow_unsigned", "io", "sched_slice_us", "realtime_priority", "cpu_affinity", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+READ_ONLY = ("bundle", "bundle_public_key", "allow_unsigned", "io", "sched_slice_us", "realtime_priority", "cpu_affinity",
+             "restart_after_suspend_s", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
@@ -62,7 +66,8 @@ SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "re
 # Every parameter and its default, in one place: the node declares these, and
 # launch/controller.yaml states them (tests/test_launch.py fails when the two drift).
 DEFAULTS = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "", "record": "",
-            "fallback": "", "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [], **SAFETY_DEFAULTS,
+            "fallback": "", "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [],
+            "restart_after_suspend_s": RESTART_AFTER_SUSPEND_S, **SAFETY_DEFAULTS,
             **vars(ControllerParams())}
 
 
@@ -84,7 +89,8 @@ class ControllerNode(ManagedNode):
         self.recorder: McapRecorder | None = None
         self.safety: dict = {}
         self.timer = None  # the control-rate timer, while active
-        self._latch = None  # the gate's latch, kept across configurations
+        carried = carried_latches()  # a STOP of the process this one replaced after a suspension
+        self._latch = Latch({k: restart_reason({k: v}) for k, v in carried.items()}) if carried else None
         self._stop_reason: str | None = None
         self._stop_stamp = None  # with an expiring command: the stamp the stop in progress began at
         self._steps_ahead_logged: int | None = None
@@ -196,6 +202,7 @@ class ControllerNode(ManagedNode):
                        "bundle_signature": signature.describe(), "allow_unsigned": get("allow_unsigned")}
         if get("record") and self.recorder is None:
             self.recorder = McapRecorder(get("record"))
+            self.get_logger().info(f"recording to {self.recorder.path}")
         self.get_logger().info(
             f"controller: {bundle} ({manifest.get('task')}, digest {str(digest)[:16]}) on {runtime.provider}, "
             f"{'io ' + get('io') if self.io else 'observation/action topics'}, "
@@ -413,6 +420,9 @@ class ControllerNode(ManagedNode):
         self.core.gate.estop_unheard = None if heard else (
             f"the robot does not hear {self.estop_pub.topic_name} yet (no subscriber): this channel alone "
             "could not end a costing episode")  # logged by _act as the decision's reason
+
+    def latched(self) -> dict[str, str]:
+        return dict(self._latch.reasons) if self._latch is not None else {}
 
     def _operator_reset(self) -> str:
         if self.core is None:

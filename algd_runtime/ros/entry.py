@@ -9,6 +9,8 @@ import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 
+from algd_runtime.ros.suspend import CHECK_PERIOD_S, Suspended, SuspendWatch, restart, restarted_after
+
 
 def node_help(node_cls) -> str:
     """Usage, what the node does (its module's docstring) and its parameters as the shipped
@@ -102,12 +104,33 @@ def run_node(node_cls, argv=None) -> int:
     if priority:
         refused = make_realtime(priority)
         log.warning(refused) if refused else log.info(f"SCHED_FIFO at priority {priority}")
+    before = restarted_after()
+    if before:
+        log.warning(f"started again: the previous process was suspended for {before} s (restart_after_suspend_s)")
+    suspend_s = node.get_parameter("restart_after_suspend_s").value if node.has_parameter("restart_after_suspend_s") else 0
+    if suspend_s:
+        from rclpy.clock import Clock, ClockType
+
+        try:
+            watch = SuspendWatch(suspend_s)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+        watch.install()
+        node.create_timer(CHECK_PERIOD_S, watch.check, clock=Clock(clock_type=ClockType.STEADY_TIME))
     try:
         # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did
         # not stop on SIGINT, so the single-threaded executor stays.
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Suspended as exc:
+        log.error(f"{exc}: Fast DDS's shared memory may no longer deliver to it; starting again "
+                  f"(restart_after_suspend_s {suspend_s:g})")
+        node.summarize()
+        restart(exc, node.latched())  # does not return; the participant is left as it is (suspend.py)
     except Exception:  # noqa: BLE001
         if rclpy.ok():
             raise  # a failure while running: in full

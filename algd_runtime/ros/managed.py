@@ -35,6 +35,11 @@ class ManagedNode(LifecycleNode):
         self._stop_timers()
         return super().on_shutdown(state)
 
+    def latched(self) -> dict[str, str]:
+        """The STOP reasons a fresh process must latch again after a suspension (ros/suspend.py); a
+        node that keeps its latch on disk returns none."""
+        return {}
+
     def _refuse(self, reason: str) -> SetParametersResult:
         """A refused parameter change: logged, and the reason goes back to the caller."""
         self.get_logger().warning(f"parameter change refused: {reason}")

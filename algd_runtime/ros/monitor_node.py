@@ -43,15 +43,16 @@ from algd_runtime.ros import params
 from algd_runtime.ros.entry import run_node
 from algd_runtime.ros.managed import ManagedNode
 from algd_runtime.ros.operator import ResetEndpoint
+from algd_runtime.ros.suspend import RESTART_AFTER_SUSPEND_S
 from algd_runtime.ros.realtime import DEFAULT_SLICE_US
 from algd_runtime.ros.recorder import McapRecorder
 from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.contract.signing import SIGNATURE_DEFAULTS, check_bundle
 from algd_runtime.contract.budget import resolve_budget
 from algd_runtime.contract.keys import default_key_path, load_key
-from algd_runtime.deploy.safety import CostMatcher, LatchStore, SecondCommander, StopDistance, sign_heartbeat
+from algd_runtime.deploy.safety import (RESTART_PREFIX, CostMatcher, LatchStore, SecondCommander, StopDistance,
+                                        restart_reason, sign_heartbeat)
 
-RESTART_PREFIX = "latched before restart: "
 
 CONFIG_KEYS = ("cost_limit", "accounting", "window_steps", "warn_at", "error_at", "stop_at", "stop_on", "stop_latch",
                "hysteresis", "clear_steps", "max_step_cost", "steps_ahead")
@@ -66,7 +67,8 @@ DEFAULTS = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_s
             "error_at": 0.8, "stop_at": 1.0, "stop_on": "budget", "stop_latch": "operator", "hysteresis": 0.1,
             "clear_steps": 20, "max_step_cost": -1.0, **ESCALATION, "use_critic": True, "io": "", "record": "", "summary_file": "",
             "operator_key_file": "", "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0,
-            "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [], **SIGNATURE_DEFAULTS}
+            "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [],
+            "restart_after_suspend_s": RESTART_AFTER_SUSPEND_S, **SIGNATURE_DEFAULTS}
 
 
 class MonitorNode(ManagedNode):
@@ -186,6 +188,7 @@ class MonitorNode(ManagedNode):
         self.reset.set_key(self.key)
         if get("record") and self.recorder is None:
             self.recorder = McapRecorder(get("record"))
+            self.get_logger().info(f"recording to {self.recorder.path}")
         persisted = self.store.load()
         if persisted:  # a STOP latched before this process (or configuration) stays latched
             self._respond_all(monitor.latch_stop(restart_reason(persisted)))
@@ -542,11 +545,6 @@ class MonitorNode(ManagedNode):
                 else self.monitor.margin_steps} if self.matcher else {})})
 
 
-def restart_reason(persisted: dict[str, str]) -> str:
-    """The reason of a STOP reloaded from the state file, readable after any number of
-    restarts (the prefix is not nested: "latched before restart: latched before restart: ...")."""
-    return RESTART_PREFIX + "; ".join(v[len(RESTART_PREFIX):] if v.startswith(RESTART_PREFIX) else v
-                                      for v in persisted.values())
 
 
 

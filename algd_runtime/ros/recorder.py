@@ -8,6 +8,7 @@ the numbers behind the decision as key/values).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -58,13 +59,27 @@ def message_definition(type_name: str) -> str:
     return "\n".join(parts)
 
 
+def _open_new(path: Path):
+    """(path, file) for the first of path, NAME.1.SUFFIX, NAME.2.SUFFIX, ... that does not exist
+    yet, opened exclusively (two recorders never share one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():
+        candidate = path if n == 0 else path.with_name(f"{path.stem}.{n}{path.suffix}")
+        try:
+            return candidate, candidate.open("xb")
+        except FileExistsError:
+            continue
+
+
 def _type_name(msg) -> str:
     module = type(msg).__module__.split(".")[0]  # e.g. sensor_msgs
     return f"{module}/{type(msg).__name__}"
 
 
 class McapRecorder:
-    """Append ROS 2 messages to an MCAP file (zstd chunks); close() writes the index."""
+    """Append ROS 2 messages to an MCAP file (zstd chunks); close() writes the index. A file
+    already at `path` (an earlier run, or this node before it started again) is kept: the
+    recording goes to the first free NAME.1.mcap, NAME.2.mcap, ... (`self.path`)."""
 
     def __init__(self, path: str | Path):
         try:
@@ -72,9 +87,7 @@ class McapRecorder:
         except ImportError:
             raise ValueError("record: needs the mcap package (pip install mcap mcap-ros2-support, or the "
                              "[ros] extra)") from None
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("wb")
+        self.path, self._file = _open_new(Path(path))
         self._writer = Writer(self._file, compression=CompressionType.ZSTD)
         self._writer.start(profile="ros2", library="algd-runtime")
         self._schemas: dict[str, int] = {}

@@ -108,7 +108,7 @@ def _one_fault(run: Run, fault: str, sim_params, injected: list, at_s: float) ->
     injected.append((fault, inj))
     run.sleep_until(inj.at + cycle.window_s)
     moving = cycle.recover(run, inj)
-    if fault == "kill_controller":  # a new controller needs no reset; the operator's routine does one
+    if fault in ("kill_controller", "sigstop_controller"):  # a new controller needs no reset; the operator's routine does one
         run.operator_reset()
         moving = run.wait_motion(time.monotonic(), "after the operator's reset")
     return moving
@@ -220,7 +220,7 @@ def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float
     sim = merge_sims([s for s in sims if s])
     costs = [float(c) for c in sim.get("costs", [])]
     over = [c for c in costs if c > run.limit + 1e-9]
-    kills = [inj.at for fault, inj in injected if fault == "kill_controller"]
+    kills = [inj.at for fault, inj in injected if fault in ("kill_controller", "sigstop_controller")]
     explained = record_overspend(run, costs, sim.get("ended_by"), transport_wedged(probe, kills))
     holds = [(float(t), str(r)) for t, r in sim.get("holds", [])]
     stop_lines = {label: graph.stop_lines(label, probe.offset) for label in graph.labels("controller")}

@@ -95,7 +95,7 @@ def _finish(run: Run, end: float, killed: dict) -> dict:
     costs = [float(c) for c in sim.get("costs", [])]
     over = sum(1 for c in costs if c > run.limit + 1e-9)
     live_over = {ep: c for ep, c in probe.episode_cost.items() if c > run.limit + 1e-9}
-    kills = [inj.at for inj in run.injections] if run.fault == "kill_controller" else []
+    kills = [inj.at for inj in run.injections] if run.fault in ("kill_controller", "sigstop_controller") else []
     explained = record_overspend(run, costs, sim.get("ended_by"), transport_wedged(probe, kills))
     if live_over and not over:
         run.problems.append(f"episode(s) over the budget while running (unfinished at exit?): {live_over}")

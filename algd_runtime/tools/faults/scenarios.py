@@ -277,6 +277,28 @@ def _recover_killed_controller(run: Run, inj: Injection) -> bool:
     return True
 
 
+def _sigstop_controller(run: Run) -> Injection:
+    before = len(run.probe.ends)
+    at = time.monotonic()
+    run.graph.send(run.graph.current("controller"), signal.SIGSTOP)
+    return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before)
+
+
+def _recover_stopped_controller(run: Run, inj: Injection) -> bool:
+    """SIGCONT: suspended past restart_after_suspend_s, the controller starts again in its own
+    process (ros/suspend.py) and moves after its start-up hold, with no reset needed."""
+    label = run.graph.current("controller")
+    inj.until = time.monotonic()
+    run.graph.send(label, signal.SIGCONT)
+    started = lambda: any(msg.startswith("started again: ") and t >= inj.at  # noqa: E731
+                          for t, msg in run.graph.log_lines(label, run.probe.offset))
+    if not run.wait(started, 20.0, "sigstop_controller: the controller started again after its suspension "
+                                   "(restart_after_suspend_s)"):
+        return False
+    run.ensure_motion("after the suspended controller started again")
+    return True
+
+
 @dataclass(frozen=True)
 class Cycle:
     """A fault that can be injected into a running graph again and again (the matrix's
@@ -296,6 +318,7 @@ CYCLES: dict[str, Cycle] = {
                              _recover_restarted_monitor, 0.3, ("monitor_lost", "monitor_restarted"), True, 6.0),
     "sigstop_monitor": Cycle(_sigstop_monitor, _recover_stopped_monitor, SIGSTOP_S, ("monitor_lost",), True, 4.0),
     "kill_controller": Cycle(_kill_controller, _recover_killed_controller, 0.6, (), False, 8.0),
+    "sigstop_controller": Cycle(_sigstop_controller, _recover_stopped_controller, SIGSTOP_S, (), True, 8.0),
 }
 
 
@@ -581,7 +604,7 @@ def _check_attack(run: Run, phase: str, t0: float, t1: float, log: dict, hostile
 RUNNERS: dict[str, Callable[[Run], None]] = {
     "none": _fault_none, "kill_monitor": _fault_cycles, "late_monitor": _fault_late_monitor,
     "restart_monitor": _fault_cycles, "sigstop_monitor": _fault_cycles,
-    "kill_controller": _fault_cycles, "hostile": _fault_hostile,
+    "kill_controller": _fault_cycles, "sigstop_controller": _fault_cycles, "hostile": _fault_hostile,
     "cost_drop": _fault_none, "cost_late": _fault_none, "episode_lost": _fault_none,
     "robot_first": _fault_robot_first,
     "duplicate_controller": _fault_duplicate_controller,

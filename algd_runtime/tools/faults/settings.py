@@ -8,11 +8,11 @@ from pathlib import Path
 
 
 FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_monitor", "kill_controller",
-          "hostile", "duplicate_controller")
+          "sigstop_controller", "hostile", "duplicate_controller")
 # With an io file (standard messages), the robot's own faults too; hostile and
 # duplicate_controller are the raw contract's (forged episode events, our action topic).
 IO_FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_monitor", "kill_controller",
-             "cost_drop", "cost_late", "episode_lost", "robot_first")
+             "sigstop_controller", "cost_drop", "cost_late", "episode_lost", "robot_first")
 IO_ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
                    "episode_lost": {"io_episode_drop": 0.1}}
 # An expiring command's expiry in these runs: 2 periods, and never under 10 ms. At 500 Hz a
