@@ -315,6 +315,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                     help="the robot speaks standard messages (an io file; its rate_hz set to each --rate)")
     lp.add_argument("--slice", type=int, metavar="US", dest="slice_us",
                     help="the nodes' sched_slice_us (default: theirs; 0: the kernel's slice)")
+    lp.add_argument("--executor", choices=("lean", "rclpy"),
+                    help="the nodes' executor (default: theirs, lean; rclpy: rclpy's single-threaded one)")
     sf = sub.add_parser("safety", help="fault matrix: controller, monitor and sim as processes, one fault per run")
     sf.add_argument("bundle", type=Path)
     sf.add_argument("--fault", action="append",
@@ -367,7 +369,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             return _fail("--no-monitor with --io: a robot on standard messages holds until it hears the monitor's "
                          "e-stop state (SAFETY.md); run --io with the monitor")
         bench_loop(str(args.bundle), args.rate or [500.0, 1000.0], args.seconds, args.provider, args.monitor,
-                   args.load, args.realtime, args.guidance, args.pin, str(args.io) if args.io else None, args.slice_us)
+                   args.load, args.realtime, args.guidance, args.pin, str(args.io) if args.io else None, args.slice_us,
+                   args.executor)
         return 0
 
     import torch

@@ -210,6 +210,7 @@ def test_a_short_chaos_soak_keeps_the_budget_and_loses_no_record(vesde_bundle, t
     assert r["ok"], "\n".join(r["problems"])
 
 
+@pytest.mark.slow
 def test_a_suspended_controller_starts_again_and_the_robot_holds_meanwhile(vesde_bundle, tmp_path):
     """SIGSTOP 2 s: the robot's command timeout holds it; on SIGCONT the controller starts
     again in its own process (ros/suspend.py) and the robot moves again."""

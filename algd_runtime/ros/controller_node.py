@@ -54,7 +54,7 @@ IO_CLOCK_TOLERANCE_NS = 20_000_000
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 READ_ONLY = ("bundle", "bundle_public_key", "allow_unsigned", "io", "sched_slice_us", "realtime_priority", "cpu_affinity",
-             "restart_after_suspend_s", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
+             "restart_after_suspend_s", "executor", "provider", "summary_file", "record", "task", "bundle_digest", "operator_key_file",
              "require_monitor", "monitor_timeout_s", "monitor_max_lag_s", "max_step_cost", "cost_limit",
              "stop_latch", "fallback", "safe_action", "startup_hold_s")
 SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "require_monitor": True,
@@ -67,7 +67,7 @@ SAFETY_DEFAULTS = {"task": "", "bundle_digest": "", "operator_key_file": "", "re
 # launch/controller.yaml states them (tests/test_launch.py fails when the two drift).
 DEFAULTS = {"bundle": "", "io": "", "provider": "auto", "diagnostics_period_s": 1.0, "summary_file": "", "record": "",
             "fallback": "", "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [],
-            "restart_after_suspend_s": RESTART_AFTER_SUSPEND_S, **SAFETY_DEFAULTS,
+            "restart_after_suspend_s": RESTART_AFTER_SUSPEND_S, "executor": "lean", **SAFETY_DEFAULTS,
             **vars(ControllerParams())}
 
 

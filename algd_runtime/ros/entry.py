@@ -7,8 +7,9 @@ import sys
 
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+from algd_runtime.ros.executor import EXECUTORS, LeanExecutor
 from algd_runtime.ros.suspend import CHECK_PERIOD_S, Suspended, SuspendWatch, restart, restarted_after
 
 
@@ -67,6 +68,7 @@ def _params_files_problem(argv: list[str]) -> str | None:
 
 
 def run_node(node_cls, argv=None) -> int:
+    faulthandler.enable()  # a crash in native code (Fast DDS, ONNX Runtime) says where in the log
     argv = list(argv if argv is not None else sys.argv)
     ours = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
     if "-h" in ours or "--help" in ours:
@@ -120,10 +122,22 @@ def run_node(node_cls, argv=None) -> int:
             return 2
         watch.install()
         node.create_timer(CHECK_PERIOD_S, watch.check, clock=Clock(clock_type=ClockType.STEADY_TIME))
+    kind = node.get_parameter("executor").value if node.has_parameter("executor") else "rclpy"
+    if kind not in EXECUTORS:
+        print(f"error: executor: expected one of {', '.join(EXECUTORS)}, got {kind!r}", file=sys.stderr)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did not
+    # stop on SIGINT. The lean one (ros/executor.py) is rclpy's single-threaded one without
+    # its per-callback cost.
+    executor = LeanExecutor() if kind == "lean" else SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did
-        # not stop on SIGINT, so the single-threaded executor stays.
-        rclpy.spin(node)
+        if kind == "lean":
+            executor.spin()
+        else:
+            rclpy.spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Suspended as exc:
@@ -139,6 +153,9 @@ def run_node(node_cls, argv=None) -> int:
         # A stop that hangs says where (every thread's stack in the log) before a launcher's
         # kill -9 ends it: one node stopped with Ctrl-C under load left no summary, once.
         faulthandler.dump_traceback_later(SHUTDOWN_REPORT_S)
+        # Not executor.shutdown(): it destroys the SIGINT guard condition while rclpy's signal
+        # thread may still be triggering it (a segfault in librcl, once, under load).
+        executor.remove_node(node)
         node.summarize()
         node.destroy_node()
         rclpy.try_shutdown()

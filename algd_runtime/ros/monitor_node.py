@@ -68,7 +68,7 @@ DEFAULTS = {"bundle": "", "cost_limit": -1.0, "accounting": "episode", "window_s
             "clear_steps": 20, "max_step_cost": -1.0, **ESCALATION, "use_critic": True, "io": "", "record": "", "summary_file": "",
             "operator_key_file": "", "state_file": "", "heartbeat_rate_hz": 100.0, "estop_period_s": 1.0,
             "autostart": True, "sched_slice_us": DEFAULT_SLICE_US, "realtime_priority": 0, "cpu_affinity": [],
-            "restart_after_suspend_s": RESTART_AFTER_SUSPEND_S, **SIGNATURE_DEFAULTS}
+            "restart_after_suspend_s": RESTART_AFTER_SUSPEND_S, "executor": "lean", **SIGNATURE_DEFAULTS}
 
 
 class MonitorNode(ManagedNode):

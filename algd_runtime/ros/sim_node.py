@@ -71,6 +71,7 @@ DEFAULTS = {
     "cmd_timeout_s": 0.5,  # no command for this long: hold still
     "summary_file": "",  # JSON stats written at exit (algd-bench loop)
     "sched_slice_us": DEFAULT_SLICE_US,  # a short time slice on the default scheduler (ros/realtime.py); 0: the kernel's
+    "executor": "lean",  # lean | rclpy (ros/executor.py)
     "realtime_priority": 0,  # 1-99: SCHED_FIFO (ros/realtime.py)
     "cpu_affinity": [],  # CPUs to run on ([]: any)
     "io": "",  # an io file: speak standard messages (see the module's docstring)

@@ -304,7 +304,7 @@ def bench_infer(bundle: str, policy: str | None, iters: int = 2000, providers: l
 # -- algd-bench loop ----------------------------------------------------------------------------
 def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = "cpu", with_monitor: bool = True,
                load: int = 0, realtime: int = 0, guidance: float = 0.0, pin: bool = False, io: str | None = None,
-               slice_us: int | None = None) -> list[dict]:
+               slice_us: int | None = None, executor: str | None = None) -> list[dict]:
     """The sim robot, the controller and (with_monitor, the default: the whole graph) the
     monitor as separate processes over DDS on loopback, at each rate; `load` CPU-bound
     processes run beside them; `realtime` > 0 runs the sim and the controller SCHED_FIFO at
@@ -317,7 +317,8 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     which the robot's own timer jitter also decides (a late tick is followed by an early one).
     io: an io file: the robot speaks standard messages (its rate set to each run's); an
     unstamped command answers the newest state it follows. slice_us: the nodes' sched_slice_us
-    (None: their default; 0: the kernel's slice).
+    (None: their default; 0: the kernel's slice). executor: the nodes' executor (None: their
+    default, lean; rclpy: rclpy's single-threaded one).
     Each node's CPU since it started its loop is printed per process (and its spinning
     thread) as a share of a core and in microseconds per robot step."""
     import json
@@ -340,6 +341,7 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
           f"{load} CPU-bound process(es) beside, {seconds:g} s per rate, "
           + (f"nodes SCHED_FIFO {realtime}" if realtime else "default scheduler")
           + ("" if slice_us is None else f", sched_slice_us {slice_us}" + (" (the kernel's)" if slice_us == 0 else ""))
+          + ("" if executor is None else f", executor {executor}")
           + (f", guided (guidance_scale {guidance:g})" if guidance else ", unguided")
           + (", sim and controller pinned to a CPU each" if pin else "")
           + (f", standard messages ({io})" if io else ", raw contract"))
@@ -364,6 +366,8 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                 wired = {"io": str(io_for_rate(Path(io), rate, Path(tmp)))}
                 scaled = {"max_step_cost": io_step_cost(rate, per_second=10.0)}
             sched = {} if slice_us is None else {"sched_slice_us": int(slice_us)}
+            if executor is not None:
+                sched["executor"] = executor
             procs = {
                 "controller": node_command("controller", "algd_bench", default_params(), bundle, provider=provider,
                                            control_rate_hz=float(rate), obs_timeout_s=5.0 / rate,
