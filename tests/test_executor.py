@@ -90,3 +90,31 @@ def test_a_callbacks_exception_leaves_spin_once(ctx):
     finally:
         lean.shutdown()
         node.destroy_node()
+
+
+def test_a_stop_stuck_after_the_summary_ends_the_process_with_the_stacks(tmp_path):
+    """Ctrl-C, the summary written, then a teardown that never returns (as rcl_node_fini once
+    did in Fast DDS): the process dumps every thread's stack and exits with status 1 within
+    SHUTDOWN_REPORT_S, instead of waiting for a launcher's kill -9."""
+    import signal
+    import subprocess
+    import sys
+
+    from algd_runtime.ros.entry import SHUTDOWN_REPORT_S
+
+    summary = tmp_path / "sim.json"
+    script = ("import sys, time\n"
+              "from algd_runtime.ros.entry import run_node\n"
+              "from algd_runtime.ros.sim_node import SimNode\n"
+              "SimNode.destroy_node = lambda self: time.sleep(120)\n"
+              "sys.exit(run_node(SimNode, sys.argv))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "--ros-args", "-r", f"__ns:=/algd_stuck_{os.getpid()}",
+                             "-p", f"summary_file:={summary}", "-p", "rate_hz:=50.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3.0)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=SHUTDOWN_REPORT_S + 15)
+    assert proc.returncode == 1 and time.monotonic() - t0 < SHUTDOWN_REPORT_S + 5, out[-2000:]
+    assert "Timeout (0:00:08)!" in out and "in run_node" in out  # every thread's stack, where it was stuck
+    assert summary.is_file()  # written before the teardown

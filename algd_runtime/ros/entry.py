@@ -157,6 +157,10 @@ def run_node(node_cls, argv=None) -> int:
         # thread may still be triggering it (a segfault in librcl, once, under load).
         executor.remove_node(node)
         node.summarize()
+        # Once the summary is written nothing is left to lose: a teardown stuck in Fast DDS
+        # (rcl_node_fini, seen once in CI at 1 kHz for more than 20 s) dumps every thread's
+        # stack and ends the process with status 1 instead of waiting for a launcher's kill -9.
+        faulthandler.dump_traceback_later(SHUTDOWN_REPORT_S, exit=True)
         node.destroy_node()
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
