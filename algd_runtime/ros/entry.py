@@ -67,6 +67,19 @@ def _params_files_problem(argv: list[str]) -> str | None:
     return None
 
 
+def _param(node, name: str, default):
+    """A process-level parameter where the node declares it (the sim has fewer), else `default`."""
+    return node.get_parameter(name).value if node.has_parameter(name) else default
+
+
+def _refuse(node, why: str) -> int:
+    """A parameter the process cannot start with: one clear line, exit status 2."""
+    print(f"error: {why}", file=sys.stderr)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 2
+
+
 def run_node(node_cls, argv=None) -> int:
     faulthandler.enable()  # a crash in native code (Fast DDS, ONNX Runtime) says where in the log
     argv = list(argv if argv is not None else sys.argv)
@@ -94,40 +107,34 @@ def run_node(node_cls, argv=None) -> int:
     log = node.get_logger()
     if node.get_parameter("use_sim_time").value:
         _warn_without_clock(node)
-    cpus = list(node.get_parameter("cpu_affinity").value) if node.has_parameter("cpu_affinity") else []
+    cpus = list(_param(node, "cpu_affinity", []))
     if cpus:
         refused = pin_cpus(cpus)
         log.warning(refused) if refused else log.info(f"on CPU(s) {cpus}")
-    slice_us = node.get_parameter("sched_slice_us").value if node.has_parameter("sched_slice_us") else 0
+    slice_us = _param(node, "sched_slice_us", 0)
     if slice_us:
         refused = short_slice(slice_us)
         log.warning(refused) if refused else log.info(f"time slice {slice_us} us")
-    priority = node.get_parameter("realtime_priority").value if node.has_parameter("realtime_priority") else 0
+    priority = _param(node, "realtime_priority", 0)
     if priority:
         refused = make_realtime(priority)
         log.warning(refused) if refused else log.info(f"SCHED_FIFO at priority {priority}")
     before = restarted_after()
     if before:
         log.warning(f"started again: the previous process was suspended for {before} s (restart_after_suspend_s)")
-    suspend_s = node.get_parameter("restart_after_suspend_s").value if node.has_parameter("restart_after_suspend_s") else 0
+    suspend_s = _param(node, "restart_after_suspend_s", 0)
     if suspend_s:
         from rclpy.clock import Clock, ClockType
 
         try:
             watch = SuspendWatch(suspend_s)
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 2
+            return _refuse(node, str(exc))
         watch.install()
         node.create_timer(CHECK_PERIOD_S, watch.check, clock=Clock(clock_type=ClockType.STEADY_TIME))
-    kind = node.get_parameter("executor").value if node.has_parameter("executor") else "rclpy"
+    kind = _param(node, "executor", "rclpy")
     if kind not in EXECUTORS:
-        print(f"error: executor: expected one of {', '.join(EXECUTORS)}, got {kind!r}", file=sys.stderr)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
+        return _refuse(node, f"executor: expected one of {', '.join(EXECUTORS)}, got {kind!r}")
     # rclpy's EventsExecutor was tried (BENCHMARKS.md, loop): it kept a core busy and did not
     # stop on SIGINT. The lean one (ros/executor.py) is rclpy's single-threaded one without
     # its per-callback cost.

@@ -45,6 +45,7 @@ class LeanExecutor(Executor):
         self._stack: ExitStack | None = None
         self._wait_set = None
         self._entities: dict[str, list] = {}
+        self._own_guards = [self._guard, self._sigint_gc]  # the executor's wake-up and Ctrl-C
 
     # -- the wait set, kept between spins -------------------------------------------------------
     def _entity_key(self, nodes) -> tuple:
@@ -75,7 +76,7 @@ class LeanExecutor(Executor):
                     except Exception:  # noqa: BLE001 (InvalidHandle: destroyed meanwhile)
                         continue
                     kinds[kind].append(entity)
-        own_guards = [self._guard, self._sigint_gc]
+        own_guards = self._own_guards
         for gc in own_guards:
             stack.enter_context(gc.handle)
         stack.enter_context(self._context.handle)
@@ -88,7 +89,6 @@ class LeanExecutor(Executor):
                       counts[5] + n.num_events]
         self._wait_set = _rclpy.WaitSet(*counts, self._context.handle)
         self._stack, self._key, self._entities = stack, key, kinds
-        self._own_guards = own_guards
 
     # -- one wait, and every callback it made ready --------------------------------------------
     def spin_once(self, timeout_sec: float | None = None) -> None:

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 from algd_runtime.tools.faults.graph import Graph, RosEnviron, merge_sims, prepare_graph
 from algd_runtime.tools.faults.probe import Probe
 from algd_runtime.tools.faults.report import analyze_injection, record_overspend, transport_wedged
+from algd_runtime.tools.faults.settings import CONTROLLER_GONE
 from algd_runtime.tools.faults.scenarios import CYCLES, Abort, Injection, Run
 
 ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
@@ -108,7 +109,7 @@ def _one_fault(run: Run, fault: str, sim_params, injected: list, at_s: float) ->
     injected.append((fault, inj))
     run.sleep_until(inj.at + cycle.window_s)
     moving = cycle.recover(run, inj)
-    if fault in ("kill_controller", "sigstop_controller"):  # a new controller needs no reset; the operator's routine does one
+    if fault in CONTROLLER_GONE:  # a new controller needs no reset; the operator's routine does one
         run.operator_reset()
         moving = run.wait_motion(time.monotonic(), "after the operator's reset")
     return moving
@@ -220,7 +221,7 @@ def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float
     sim = merge_sims([s for s in sims if s])
     costs = [float(c) for c in sim.get("costs", [])]
     over = [c for c in costs if c > run.limit + 1e-9]
-    kills = [inj.at for fault, inj in injected if fault in ("kill_controller", "sigstop_controller")]
+    kills = [inj.at for fault, inj in injected if fault in CONTROLLER_GONE]
     explained = record_overspend(run, costs, sim.get("ended_by"), transport_wedged(probe, kills))
     holds = [(float(t), str(r)) for t, r in sim.get("holds", [])]
     stop_lines = {label: graph.stop_lines(label, probe.offset) for label in graph.labels("controller")}

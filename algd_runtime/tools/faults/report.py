@@ -16,7 +16,7 @@ from algd_runtime.tools.faults.graph import RosEnviron, judge_overspend, merge_s
 from algd_runtime.tools.faults.probe import Probe
 from algd_runtime.tools.faults.scenarios import RUNNERS, Abort, Injection, Run
 from algd_runtime.tools.faults.settings import (
-    BUDGET_HOLDS, DEFAULT_RATES, FAULTS, HAZARD_SCALE, IO_FAULTS, IO_ROBOT_FAULTS, QUIET_S, RATE_VARIANTS,
+    BUDGET_HOLDS, CONTROLLER_GONE, DEFAULT_RATES, FAULTS, HAZARD_SCALE, IO_FAULTS, IO_ROBOT_FAULTS, QUIET_S, RATE_VARIANTS,
     SCHED_ALLOWANCE_S)
 
 
@@ -95,7 +95,7 @@ def _finish(run: Run, end: float, killed: dict) -> dict:
     costs = [float(c) for c in sim.get("costs", [])]
     over = sum(1 for c in costs if c > run.limit + 1e-9)
     live_over = {ep: c for ep, c in probe.episode_cost.items() if c > run.limit + 1e-9}
-    kills = [inj.at for inj in run.injections] if run.fault in ("kill_controller", "sigstop_controller") else []
+    kills = [inj.at for inj in run.injections] if run.fault in CONTROLLER_GONE else []
     explained = record_overspend(run, costs, sim.get("ended_by"), transport_wedged(probe, kills))
     if live_over and not over:
         run.problems.append(f"episode(s) over the budget while running (unfinished at exit?): {live_over}")

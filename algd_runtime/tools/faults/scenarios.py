@@ -263,11 +263,14 @@ def _recover_stopped_monitor(run: Run, inj: Injection) -> bool:
     return run.wait_motion(inj.until, "episodes after the operator's reset")
 
 
-def _kill_controller(run: Run) -> Injection:
-    before = len(run.probe.ends)
-    at = time.monotonic()
-    run.graph.send(run.graph.current("controller"), signal.SIGKILL)
-    return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before)
+def _signal_controller(sig: int) -> Callable[[Run], Injection]:
+    """Kill (SIGKILL) or suspend (SIGSTOP) the controller: the robot's command timeout holds it."""
+    def inject(run: Run) -> Injection:
+        before = len(run.probe.ends)
+        at = time.monotonic()
+        run.graph.send(run.graph.current("controller"), sig)
+        return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before)
+    return inject
 
 
 def _recover_killed_controller(run: Run, inj: Injection) -> bool:
@@ -275,13 +278,6 @@ def _recover_killed_controller(run: Run, inj: Injection) -> bool:
     run.start_node("controller")  # it hears the observation the waiting robot re-sends
     run.ensure_motion("after a new controller")
     return True
-
-
-def _sigstop_controller(run: Run) -> Injection:
-    before = len(run.probe.ends)
-    at = time.monotonic()
-    run.graph.send(run.graph.current("controller"), signal.SIGSTOP)
-    return Injection(at, ("cmd_timeout",), CMD_TIMEOUT_S, before)
 
 
 def _recover_stopped_controller(run: Run, inj: Injection) -> bool:
@@ -317,8 +313,8 @@ CYCLES: dict[str, Cycle] = {
     "restart_monitor": Cycle(lambda run: _kill_monitor(run, ("monitor_lost", "monitor_restarted")),
                              _recover_restarted_monitor, 0.3, ("monitor_lost", "monitor_restarted"), True, 6.0),
     "sigstop_monitor": Cycle(_sigstop_monitor, _recover_stopped_monitor, SIGSTOP_S, ("monitor_lost",), True, 4.0),
-    "kill_controller": Cycle(_kill_controller, _recover_killed_controller, 0.6, (), False, 8.0),
-    "sigstop_controller": Cycle(_sigstop_controller, _recover_stopped_controller, SIGSTOP_S, (), True, 8.0),
+    "kill_controller": Cycle(_signal_controller(signal.SIGKILL), _recover_killed_controller, 0.6, (), False, 8.0),
+    "sigstop_controller": Cycle(_signal_controller(signal.SIGSTOP), _recover_stopped_controller, SIGSTOP_S, (), True, 8.0),
 }
 
 

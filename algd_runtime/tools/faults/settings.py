@@ -13,6 +13,8 @@ FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_mo
 # duplicate_controller are the raw contract's (forged episode events, our action topic).
 IO_FAULTS = ("none", "kill_monitor", "late_monitor", "restart_monitor", "sigstop_monitor", "kill_controller",
              "sigstop_controller", "cost_drop", "cost_late", "episode_lost", "robot_first")
+# Faults that leave the robot without a controller for a while (its command timeout holds it).
+CONTROLLER_GONE = ("kill_controller", "sigstop_controller")
 IO_ROBOT_FAULTS = {"cost_drop": {"io_cost_drop": 0.1}, "cost_late": {"io_cost_late": 0.3},
                    "episode_lost": {"io_episode_drop": 0.1}}
 # An expiring command's expiry in these runs: 2 periods, and never under 10 ms. At 500 Hz a
