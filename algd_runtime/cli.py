@@ -308,7 +308,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     lp.add_argument("--realtime", type=int, default=0, metavar="PRIORITY",
                     help="run the nodes SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE): realtime_priority")
     lp.add_argument("--pin", action="store_true",
-                    help="the sim on the first CPU and the controller on the last (their cpu_affinity)")
+                    help="the controller on a CPU of its own (the last), the sim and the monitor on the first (their cpu_affinity)")
     lp.add_argument("--guidance", type=float, default=0.0, metavar="W",
                     help="guided reverse diffusion: the controller's guidance_scale (0: unguided)")
     lp.add_argument("--io", type=Path, metavar="FILE",

@@ -116,6 +116,9 @@ def test_bench_infer_times_each_escalation_level_against_the_shipped_period(vesd
     assert [f[1] for f in found] == ["deterministic", "deterministic, guided w 1", "best-of-16"]
     for _, _, p99, share in found:
         assert float(share) == pytest.approx(100 * float(p99) / 2000, abs=0.1)
+    # judged paced, one decision per period; the back-to-back figures beside each level
+    assert "one decision per period as the controller makes them" in out.stdout
+    assert len(re.findall(r"of the period.*\(back to back: p50 [\d.]+ us, p99 [\d.]+ us\)$", out.stdout, re.M)) == 3
 
 
 def test_bench_guidance_runs_each_setting_on_the_task_and_writes_its_curves(vesde_bundle, tmp_path):

@@ -160,12 +160,13 @@ def test_algd_launch_mirrors_the_launch_arguments(tmp_path, capsys):
     assert f"--params-file: {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("io", [None, "standard.yaml"])
-def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations_and_cpu(vesde_bundle, io):
+@pytest.mark.parametrize("io,pin", [(None, False), ("standard.yaml", True)])
+def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations_and_cpu(vesde_bundle, io, pin):
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(40 + (os.getpid() + 7) % 50))
     wired = ["--io", str(ROOT / "config" / "io" / io)] if io else []
     out = subprocess.run([str(Path(sys.executable).parent / "algd-bench"), "loop", str(vesde_bundle), "--rate", "100",
-                          "--seconds", "7", *wired], env=env, capture_output=True, text=True, timeout=120)
+                          "--seconds", "7", *wired, *(["--pin"] if pin else [])],
+                         env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "sim, controller and monitor as processes" in out.stdout
     speed = re.search(r"Python ([\d.]+) M loop iterations/s", out.stdout)  # what moves the figures between machines
@@ -179,10 +180,17 @@ def test_algd_bench_loop_runs_the_whole_graph_and_reports_answered_observations_
     # and how far the robot got in the rest is the machine's load.
     assert rate == 100 and steps_per_s > 0 and 50 < answered <= 100, out.stdout
     # Where the time goes: each process's share of a core and its CPU per robot step
-    cpu = re.findall(r"(\w+) ([\d.]+) % of a core \(([\d.]+) % its spinning thread\), (\d+) us per robot step", lines[-1])
+    cpu = re.findall(r"(\w+) ([\d.]+) % of a core \(([\d.]+) % its spinning thread\), (\d+) us per robot step, "
+                     r"on CPU ([\d,]+)", lines[-1])
     assert sorted(n for n, *_ in cpu) == ["controller", "monitor", "sim"], lines[-1]
-    for _, core, thread, per_step in cpu:
+    for _, core, thread, per_step, _ in cpu:
         assert 0 < float(thread) <= float(core) and int(per_step) > 0, lines[-1]
+    # --pin, read back from each process: the controller alone on the last CPU, the sim and the monitor on the first
+    cpus = {n: c for n, *_, c in cpu}
+    allowed = sorted(os.sched_getaffinity(0))
+    expected = ({"controller": str(allowed[-1]), "sim": str(allowed[0]), "monitor": str(allowed[0])} if pin
+                else {n: ",".join(map(str, allowed)) for n in cpus})
+    assert cpus == expected, lines[-1]
 
 
 def test_use_sim_time_without_a_clock_publisher_is_reported(tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -360,7 +361,7 @@ def cpu_since_mark() -> dict:
         return {}
     process, thread, wall = _cpu_mark
     return {"process_s": time.process_time() - process, "main_thread_s": time.thread_time() - thread,
-            "wall_s": time.monotonic() - wall}
+            "wall_s": time.monotonic() - wall, "cpus": sorted(os.sched_getaffinity(0))}
 
 
 def write_summary(path: str, stats: dict) -> None:
