@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,7 +71,8 @@ def test_a_monitor_suspended_past_its_limit_starts_again_in_its_own_process_and_
     log = tmp_path / "monitor.log"
     cmd = [sys.executable, "-m", "algd_runtime.ros.monitor_node", "--ros-args", "-r", f"__ns:=/{ns}",
            "-p", f"bundle:={vesde_bundle}", "-p", f"operator_key_file:={key}",
-           "-p", f"state_file:={tmp_path / 'state.json'}", "-p", "use_critic:=false"]
+           "-p", f"state_file:={tmp_path / 'state.json'}", "-p", "use_critic:=false",
+           "-p", f"summary_file:={tmp_path / 'summary.json'}"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -96,6 +98,10 @@ def test_a_monitor_suspended_past_its_limit_starts_again_in_its_own_process_and_
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    # Nothing lost: the summary of the image before the restart is kept in the last one's
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["pid"] == proc.pid and [s["pid"] for s in summary["before_restart"]] == [proc.pid]
+    assert summary["before_restart"][0]["cpu"]["wall_s"] > 0 and "before_restart" not in summary["before_restart"][0]
 
 
 def test_a_controller_started_again_latches_what_the_suspended_one_had_latched(vesde_bundle, tmp_path, monkeypatch):

@@ -366,12 +366,30 @@ def cpu_since_mark() -> dict:
 
 def write_summary(path: str, stats: dict) -> None:
     """Stats a node leaves behind at exit, for algd-bench loop (no file if path is empty),
-    with the CPU it used since mark_cpu()."""
+    with the CPU it used since mark_cpu(). A node started again after a suspension (same PID,
+    restart_after_suspend_s) keeps what it wrote before under `before_restart`, oldest first."""
     if path:
         from algd_runtime.contract.atomic import atomic_write
 
+        summary = {**stats, "cpu": cpu_since_mark(), "pid": os.getpid()}
+        earlier = _written_before_restart(path)
+        if earlier:
+            summary["before_restart"] = earlier
         with atomic_write(path, "w") as f:
-            json.dump({**stats, "cpu": cpu_since_mark()}, f)
+            json.dump(summary, f)
+
+
+def _written_before_restart(path: str) -> list[dict]:
+    """The summaries this process wrote before it replaced itself: a file with our own PID
+    (each image writes once, at its end); another process's file is overwritten as before."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict) or old.get("pid") != os.getpid():
+        return []
+    return [*old.pop("before_restart", []), old]
 
 
 def stamp_pair(stamp) -> list[int]:
