@@ -395,6 +395,29 @@ def test_the_operators_reset_abandons_the_stop_being_measured():
     assert monitor.distance.worst <= 0
 
 
+def test_any_operator_reset_abandons_the_stop_being_measured_on_the_controller():
+    """The twelfth session's chaos soak: a budget stop was decided, then the monitor was
+    suspended and the controller held the robot 11 s (monitor_lost) in the same episode; after
+    the operator's reset the robot moved and cost again, and that motion was measured as the
+    old stop: 4 430 steps, budget_margin latched (886 of 5). Only budget_held resets abandoned
+    the measurement; now any reset does, as the monitor's always did."""
+    from algd_runtime.deploy.safety import Charge, StopDistance
+
+    gate = SafetyGate(BudgetAccount(Budget(5.0, 1.0, 2), distance=StopDistance(2)), None, "episode")
+    for t in range(5):
+        gate.on_charges([Charge(0, t, 0.0 if t == 0 else 1.0)], 0)
+    assert gate.verdict(0.0).stop  # 4 + margin 2 > 5: the stop is decided at step 4
+    gate.on_charges([Charge(0, 5, 1.0)], 0)  # one more costly step: the robot's real stop distance
+    gate.latch.trip("monitor_lost", "no heartbeat from the monitor for 250 ms")
+    for t in range(6, 4000):  # held in the same episode, standing at no cost
+        gate.on_charges([Charge(0, t, 0.0)], 0)
+    assert "monitor_lost" in gate.reset()
+    for t in range(4000, 4003):  # the motion the operator allowed
+        gate.on_charges([Charge(0, t, 1.0)], 0)
+    gate.account.distance.episode_ended()
+    assert gate.account.distance.worst < 10 and gate.account.steps_ahead == 2, gate.account.distance.describe()
+
+
 def _monitor_with_distance(limit=5.0, bound=0.2, steps_ahead=3):
     from algd_runtime.deploy.safety import StopDistance
 

@@ -784,6 +784,12 @@ class SafetyGate:
         still-missing monitor stops the robot again at once), except after `budget_held`."""
         cleared = self.latch.clear()
         self._spent_since = None
+        if cleared and self.account.distance is not None:
+            # Whatever the reset cleared, the motion it allows is not the stop being measured
+            # (as on the monitor, BudgetMonitor.reset_stop): a controller held 11 s by
+            # monitor_lost after a budget stop measured the robot's motion after the reset as a
+            # 4 430-step stop, and budget_margin latched (the twelfth session's chaos soak).
+            self.account.distance.abandon()
         if "budget_margin" in cleared and self.account.distance is not None:
             # "No episode can move" never ends by itself: the operator's reset must clear it.
             forgotten = self.account.distance.forget()
@@ -793,8 +799,6 @@ class SafetyGate:
             # The robot could not end that episode: the operator's reset ends its account, as
             # the monitor's reset does (fresh accounting), and the robot may move again.
             self.account.accumulated, self.account.worst_charged = 0.0, 0
-            if self.account.distance is not None:
-                self.account.distance.abandon()
         if self.watch is not None:
             self.watch._unaccounted.clear()
         return cleared
