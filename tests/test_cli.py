@@ -56,7 +56,7 @@ def test_bad_config_and_bad_policy_give_clear_errors(tmp_path):
 def test_train_on_a_cpu_takes_the_cpu_preset_and_says_so(tmp_path):
     out = cli("algd-train", "--task", "SafetyHopperVelocity-v1", "--steps", "1", "--out", tmp_path, "--no-progress")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"^preset: cpu \(the default without --device cuda\): 1 update per env step.*; the others: "
+    assert re.search(r"^preset: cpu \(the default without --device cuda\): 3 updates per env step.*; the others: "
                      r"--preset paper$", out.stdout, re.M), out.stdout
     out = cli("algd-train", "--task", "SafetyHopperVelocity-v1", "--steps", "1", "--preset", "paper", "--out",
               tmp_path / "p", "--no-progress")

@@ -27,7 +27,8 @@ def test_every_shipped_config_loads(path):
 def test_every_safety_gymnasium_config_has_a_cpu_and_the_paper_preset(path):
     cpu, paper = load_config(path, preset="cpu"), load_config(path, preset="paper")
     assert paper.updates_per_step == 10 and paper.algo.precision == "fp32" and paper.preset == "paper"
-    assert cpu.updates_per_step == 1 and cpu.algo.dual == "episode_cost" and cpu.preset == "cpu"
+    assert cpu.updates_per_step == 3 and cpu.total_steps == 30000 and cpu.algo.dual == "episode_cost"
+    assert cpu.preset == "cpu"
     assert cpu.algo.critic_hidden == paper.algo.critic_hidden  # the preset changes the schedule, not the networks
     assert load_config(path) == cpu and load_config(path, {"device": "cuda"}).preset == "paper"
 
