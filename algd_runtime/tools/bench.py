@@ -249,8 +249,9 @@ def _escalation_levels(rt, obs: np.ndarray, iters: int) -> list[dict]:
           f"period as the controller makes them (back to back beside it: warm caches):")
     out = []
     for level, kw in levels:
-        warm = _latency(lambda: rt.act(obs, **kw), iters)
-        r = _latency(lambda: rt.act(obs, **kw), iters, warmup=10, period_s=1.0 / rate)
+        decide = lambda: rt.act(obs, **kw)  # noqa: E731 (one decision, timed two ways)
+        warm = _latency(decide, iters)
+        r = _latency(decide, iters, warmup=10, period_s=1.0 / rate)
         what = (f"best-of-{kw['n']}" if kw["mode"] == "best_of_n" else kw["mode"]) + (
             f", guided w {kw['guidance_scale']:g}" if kw.get("guidance_scale") else "")
         share = 100.0 * r["p99"] / period_us
@@ -360,8 +361,6 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     cpus = sorted(os.sched_getaffinity(0))
     sim_cpu, ctl_cpu = ({"cpu_affinity": f"[{cpus[0]}]"}, {"cpu_affinity": f"[{cpus[-1]}]"}) if pin else ({}, {})
-    mon_cpu = sim_cpu  # with the sim: measured 90.8 and 95.7 % answered at 500 Hz, against 87.7 and 89.8 %
-    # floating and 54.3 and 84.5 % beside the controller (BENCHMARKS.md, "headroom, where the rest goes")
     header = (f"{'rate Hz':>7} {'steps/s':>9} {'answered %':>10} {'before step %':>13} {'stops':>6} {'fallback %':>10} "
               f"{'overruns':>8} "
               f"{'ctl p50 ms':>10} {'ctl p99 ms':>10} {'o->a p50 ms':>11} {'o->a p99 ms':>11} {'o->a max ms':>11}")
@@ -397,7 +396,10 @@ def bench_loop(bundle: str, rates: list[float], seconds: float, provider: str = 
                 procs["monitor"] = node_command("monitor", "algd_bench", default_params(), bundle,
                                                 operator_key_file=key, stop_latch="episode", use_critic="false",
                                                 state_file=os.path.join(tmp, "monitor_state.json"),
-                                                summary_file=files["monitor"], **sched, **wired, **scaled, **mon_cpu,
+                                                summary_file=files["monitor"], **sched, **wired, **scaled,
+                                                # pinned with the sim, not the controller (BENCHMARKS.md,
+                                                # "headroom, where the rest goes")
+                                                **sim_cpu,
                                                 # below the loop's two: its deadline is 250 ms, theirs a period
                                                 realtime_priority=max(1, realtime - 10) if realtime else 0)
             burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
