@@ -194,6 +194,20 @@ def test_io_fault_matrix_at_500_hz(vesde_bundle, tmp_path, io, fault):
 
 
 # -- the chaos soak (algd-bench chaos), in short ------------------------------------------------
+def test_the_soak_traces_each_episode_over_the_budget_to_the_fault_and_reset_before_it():
+    from algd_runtime.tools.chaos import trace_overspend
+
+    ends = [(100.5, {"index": 7, "cost": 4.8, "steps": 24}), (103.0, {"index": 8, "cost": 6.2, "steps": 31})]
+    logs = {"controller": [(101.5, "STOP: budget"), (102.9, "budget margin: 31 steps"), (103.5, "later")],
+            "monitor": [(99.0, "too early")]}
+    traced = trace_overspend(5.0, ends, [(90.0, "kill_monitor"), (102.0, "cost_late")], [95.0, 102.5], logs, 90.0)
+    assert len(traced) == 1, traced  # 4.8 is within the budget
+    t = traced[0]
+    assert (t["episode"], t["cost"], t["steps"], t["at_s"]) == (8, 6.2, 31, 13.0)
+    assert (t["fault"], t["since_fault_s"], t["since_reset_s"]) == ("cost_late", 1.0, 0.5)
+    assert t["log"] == {"controller": ["-1.500 s STOP: budget", "-0.100 s budget margin: 31 steps"]}
+
+
 @pytest.mark.slow
 def test_a_short_chaos_soak_keeps_the_budget_and_loses_no_record(vesde_bundle, tmp_path):
     """Four faults in one running graph on standard messages, each followed by the operator's
@@ -206,6 +220,7 @@ def test_a_short_chaos_soak_keeps_the_budget_and_loses_no_record(vesde_bundle, t
     assert r["faults"] >= 3 and r["episodes"] > 0, r["problems"]
     assert r["over_budget"] == r["over_budget_explained"] and r["steps_late"] == 0, r["problems"]
     assert r["operator_resets"] >= r["faults"] and r["episode_ends_lost"] == 0 and not r["summaries_missing"]
+    assert len(r["overspent"]) == r["over_budget"], r["overspent"]  # each traced
     assert all(v["rss_mb"] for v in r["memory_end"].values()), r["memory_end"]
     assert r["ok"], "\n".join(r["problems"])
 

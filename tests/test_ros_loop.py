@@ -550,6 +550,10 @@ def test_numbers_may_be_written_as_integers_and_a_wrong_type_is_named(vesde_bund
         nodes.append(ctrl)
         assert ctrl.core.params.control_rate_hz == 200.0 and isinstance(ctrl.core.params.control_rate_hz, float)
         assert ctrl.core.gate.account.limit == 5.0 and ctrl.safety["monitor_timeout_s"] == 1.0
+        # no lease outlasts the silent-monitor deadline (1 s at 200 Hz), nor after a live rate change
+        assert ctrl.safety["lease_cap"] == ctrl.core.gate.lease_cap == 200
+        assert ctrl.set_parameters([Parameter("control_rate_hz", value=50.0)])[0].successful
+        assert ctrl.core.gate.lease_cap == 50
         res = ctrl.set_parameters([Parameter("guidance_scale", value=1)])[0]
         assert res.successful and ctrl.core.params.guidance_scale == 1.0
         res = ctrl.set_parameters([Parameter("guidance_scale", value="strong")])[0]
@@ -682,7 +686,7 @@ def test_the_sim_reads_the_newest_command_at_each_step_as_a_driver_reads_its_buf
         deadline = time.monotonic() + 10
         while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        pub.publish(m.action_msg(np.array([0.5, -0.5]), sim._stamp, lease=5))
+        pub.publish(m.action_msg(np.array([0.5, -0.5]), sim._stamp, lease=500))  # 501 periods (1 s): not expired by the wait
         time.sleep(0.2)  # delivered to the sim's queue; no executor has run
         sim._step()
         assert sim.steps == 1 and sim.holding is None
@@ -800,4 +804,44 @@ def test_the_monitor_latches_when_two_publishers_commands_interleave(vesde_bundl
         ex.shutdown()
         probe.destroy_node()
         mon.destroy_node()
+        rclpy.shutdown()
+
+
+def test_a_robot_that_stalls_resumes_on_no_lease_given_before_the_stall():
+    """A lease lasts N steps and N + 1 periods from when the controller sent it. The fault
+    matrix saw why: a suspended monitor's shared-memory lock blocked the controller and the sim
+    for 2 s, and the sim then took a step on its old lease 30 ms past the fault's deadline."""
+    rclpy.init()
+    ns = f"/algd_stall_{os.getpid()}"
+    sim = SimNode(namespace=ns, parameter_overrides=[Parameter("rate_hz", value=100.0),
+                                                     Parameter("cmd_timeout_s", value=5.0)])
+    node = rclpy.create_node("stall_test", namespace=ns)
+    pub = node.create_publisher(JointState, m.ACTION, m.LATEST)
+    observations = []
+    node.create_subscription(JointState, m.OBSERVATION, observations.append, m.LATEST)
+    ex = SingleThreadedExecutor()
+    ex.add_node(sim)
+    ex.add_node(node)
+
+    def spin(seconds, until=lambda: False):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not until():
+            ex.spin_once(timeout_sec=0.005)
+
+    try:
+        spin(10.0, lambda: bool(observations) and pub.get_subscription_count() > 0)
+        assert observations, "no observation from the sim"
+        pub.publish(m.action_msg(np.zeros(sim.spec.act_dim), observations[-1].header.stamp, lease=20))
+        spin(0.1)
+        moved = sim.steps
+        assert 3 <= moved < 20, moved  # it steps on the lease
+        time.sleep(0.3)  # the stall: neither its timer nor its reader runs
+        waits = sim.lease_waits
+        spin(0.15)
+        assert sim.steps == moved, "a step on a lease given before the stall"  # 21 periods have passed
+        assert sim.lease_waits > waits
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        sim.destroy_node()
         rclpy.shutdown()

@@ -31,6 +31,22 @@ def beat(seq, boot="b1", level="OK", **kw):
     return sign_heartbeat(KEY, NS, {"boot": boot, "seq": seq, "level": level, "latched": level == "STOP", **kw})
 
 
+@pytest.mark.parametrize("rate, deadline, cap", [(500.0, 0.25, 125), (100.0, 0.25, 25), (1000.0, 0.05, 50),
+                                                  (10.0, 0.05, 1), (5000.0, 1.0, 1000)])
+def test_no_lease_outlasts_the_silent_monitor_deadline(rate, deadline, cap):
+    from algd_runtime.contract.budget import lease_cap
+
+    assert lease_cap(rate, deadline) == cap
+    assert cap == 1 or cap / rate <= deadline  # a blocked controller's robot stops by then
+
+
+def test_a_lease_cap_from_a_bad_rate_names_both_values():
+    from algd_runtime.contract.budget import lease_cap
+
+    with pytest.raises(ValueError, match="rate and deadline: expected > 0, got 0.0 Hz, 0.25 s"):
+        lease_cap(0.0, 0.25)
+
+
 @pytest.mark.parametrize("acc, margin, limit, stop, lease", [
     (0.0, 1.0, 5.0, None, 5), (4.0, 1.0, 5.0, None, 1), (4.5, 1.0, 5.0, "nearly spent", 0),
     (5.0, 0.0, 5.0, "spent", 0), (0.0, 0.0, 5.0, None, 1000), (2.0, 0.4, 5.0, None, 7),

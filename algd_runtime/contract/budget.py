@@ -5,6 +5,7 @@ the monitor and fine-tuning use.
 
     budget_verdict  stop when the budget is spent or one more step at the step-cost margin
                     could overspend it
+    lease_cap       the longest lease at a rate: what fits in the silent-monitor deadline
     lease_steps     how many steps the robot may take on one action
 """
 
@@ -27,6 +28,15 @@ def budget_verdict(accumulated: float, margin: float, limit: float) -> str | Non
     if accumulated + margin > limit:
         return f"budget nearly spent ({accumulated:g} + step-cost margin {margin:g} > {limit:g})"
     return None
+
+
+def lease_cap(rate_hz: float, silent_deadline_s: float) -> int:
+    """The longest lease at this rate: no more steps than fit in the controller's deadline for a
+    silent monitor (monitor_timeout_s). A controller that is itself blocked (a suspended peer's
+    shared-memory lock) then leaves the robot no motion past the moment it would have stopped it."""
+    if not (rate_hz > 0 and silent_deadline_s > 0):
+        raise ValueError(f"rate and deadline: expected > 0, got {rate_hz!r} Hz, {silent_deadline_s!r} s")
+    return max(1, min(LEASE_MAX, math.floor(rate_hz * silent_deadline_s + 1e-9)))
 
 
 def lease_steps(accumulated: float, margin: float, limit: float, cap: int = LEASE_MAX) -> int:

@@ -33,7 +33,7 @@ from algd_runtime.ros.realtime import DEFAULT_SLICE_US
 from algd_runtime.ros.recorder import McapRecorder
 from algd_runtime.deploy.runtime import PolicyRuntime
 from algd_runtime.contract.signing import SIGNATURE_DEFAULTS, check_bundle
-from algd_runtime.contract.budget import resolve_budget
+from algd_runtime.contract.budget import lease_cap, resolve_budget
 from algd_runtime.contract.keys import default_key_path, load_key
 from algd_runtime.deploy.safety import (
     GRAPH_SETTLE_S,
@@ -178,7 +178,8 @@ class ControllerNode(ManagedNode):
         # No lease on a standard command: the margin's steps are measured (StopDistance).
         account = BudgetAccount(budget, distance=StopDistance(budget.steps_ahead)
                                 if self.io and not self.io.leased else None)
-        gate = SafetyGate(account, watch, get("stop_latch"))
+        cap = lease_cap(get("control_rate_hz"), get("monitor_timeout_s"))
+        gate = SafetyGate(account, watch, get("stop_latch"), lease_cap=cap)
         if self._latch is not None:
             gate.latch = self._latch  # a reconfiguration never clears a STOP
         self._latch = gate.latch
@@ -192,7 +193,7 @@ class ControllerNode(ManagedNode):
         self.reset.set_key(key)
         self._check_estop_heard()  # unheard until the graph shows the robot's subscription
         # What guards this run, as it was configured (the summary and the demo report say it).
-        self.safety = {"budget": limit, "step_cost_bound": bound, "steps_ahead": budget.steps_ahead,
+        self.safety = {"budget": limit, "step_cost_bound": bound, "steps_ahead": budget.steps_ahead, "lease_cap": cap,
                        "budget_digest": budget.digest,
                        "stop_latch": get("stop_latch"), "safe_action": live.safe_action,
                        "monitor_interlock": bool(watch), "monitor_timeout_s": get("monitor_timeout_s"),
@@ -449,6 +450,8 @@ class ControllerNode(ManagedNode):
         reason = self.core.set_params(updates)
         if reason:
             return self._refuse(reason)
+        if "control_rate_hz" in updates:  # a lease fits the silent-monitor deadline at the new rate too
+            self.core.gate.lease_cap = lease_cap(updates["control_rate_hz"], self.get_parameter("monitor_timeout_s").value)
         if "control_rate_hz" in updates and self.timer is not None:
             self._stop_timers()
             self.timer = self.create_timer(1.0 / updates["control_rate_hz"], self._tick)

@@ -208,15 +208,39 @@ def run_chaos(bundle, workdir, minutes: float = 30.0, rate_hz: float = 500.0, io
             killed = graph.stop()
             _drain(probe)
             probe.close()
-        result = _report(run, graph, probe, injected, events, t_end, killed, memory_start, memory_end, len(resets))
+        result = _report(run, graph, probe, injected, events, t_end, killed, memory_start, memory_end, resets)
     result.update(rate_hz=rate_hz, minutes=minutes, every_s=every_s, seed=seed, io=str(io) if io else None,
                   aborted=aborted)
     (graph.workdir / "chaos.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
 
+def trace_overspend(limit: float, ends, faults, resets, logs, t0: float, before_s: float = 2.0) -> list[dict]:
+    """What led to each episode over the budget: when it ended (seconds into the soak), its cost
+    and steps, the fault then last injected and how long before, the operator's last reset
+    before it, and the nodes' log lines in the `before_s` seconds before its end.
+    ends: (monotonic, end event); faults: (monotonic start, name); resets: monotonic times;
+    logs: {label: [(monotonic, message)]}."""
+    out = []
+    for at, event in ends:
+        cost = float(event.get("cost", 0.0))
+        if not cost > limit + 1e-9:
+            continue
+        fault = max(((t, name) for t, name in faults if t <= at), default=None)
+        reset = max((t for t in resets if t <= at), default=None)
+        lines = {label: [f"{t - at:+.3f} s {msg[:160]}" for t, msg in entries if at - before_s <= t <= at]
+                 for label, entries in logs.items()}
+        out.append({"at_s": round(at - t0, 3), "episode": event.get("index"), "cost": round(cost, 3),
+                    "steps": event.get("steps"),
+                    "fault": None if fault is None else fault[1],
+                    "since_fault_s": None if fault is None else round(at - fault[0], 3),
+                    "since_reset_s": None if reset is None else round(at - reset, 3),
+                    "log": {label: found[-6:] for label, found in lines.items() if found}})
+    return out
+
+
 def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float, killed: dict,
-            memory_start: dict, memory_end: dict, resets: int) -> dict:
+            memory_start: dict, memory_end: dict, resets: list[float]) -> dict:
     sims = [graph.summary(label) for label in graph.labels("sim")]
     sim = merge_sims([s for s in sims if s])
     costs = [float(c) for c in sim.get("costs", [])]
@@ -240,13 +264,18 @@ def _report(run: Run, graph: Graph, probe: Probe, injected, events, t_end: float
     lost_ends = len(costs) - len(probe.ends)
     if lost_ends:
         run.problems.append(f"{lost_ends} episode end(s) the robot published never reached the log")
+    logs = {label: graph.log_lines(label, probe.offset) for node in ("controller", "monitor")
+            for label in graph.labels(node)}
+    faults = [(run.t_fault + e["at_s"], e["fault"]) for e in events]
+    traced = trace_overspend(run.limit, list(probe.ends), faults, resets, logs, run.t_fault)
     return {"episodes": len(costs), "over_budget": len(over), "over_budget_explained": explained,
+            "overspent": traced,
             "max_cost_ratio": max(costs) / run.limit if costs else None,
             "faults": len(events), "events": events, "injections": analysed,
             "steps_after_deadline": sum(i["steps_after_deadline"] for i in analysed),
             "steps_late": sum(i["steps_late"] for i in analysed),
             "fault_to_safe_ms": [i["safe_ms"] for i in analysed if i.get("safe_ms") is not None],
-            "operator_resets": resets, "extra_revivals": run.evidence.get("revivals", 0),  # revivals: in resets too
+            "operator_resets": len(resets), "extra_revivals": run.evidence.get("revivals", 0),  # revivals: in resets too
             "episode_ends_lost": max(lost_ends, 0), "summaries_missing": missing,
             "memory_start": memory_start, "memory_end": memory_end, "workdir": str(graph.workdir),
             "ok": not run.problems, "problems": list(run.problems), "warnings": list(run.warnings)}
@@ -291,6 +320,9 @@ def bench_chaos(bundle, minutes: float = 30.0, rate_hz: float = 500.0, io=None, 
          f"{'-' if not safe else format(sorted(safe)[math.ceil(0.99 * len(safe)) - 1], '.0f')} ms; operator resets "
          f"{r['operator_resets']} (extra {r['extra_revivals']}); lost: {r['episode_ends_lost']} episode ends, "
          f"{len(r['summaries_missing'])} summaries; memory (RSS) {mem}")
+    for o in r["overspent"]:
+        echo(f"  over: {o['cost']:g} in {o['steps']} steps, ended at {o['at_s']:.1f} s, "
+             f"{o['since_fault_s']} s after {o['fault']}, {o['since_reset_s']} s after the operator's last reset")
     for p in r["problems"]:
         echo(f"  problem: {p}")
     echo(f"{'ok' if r['ok'] else 'NOT ok'}; details in {root / 'chaos.json'}" if tmp is None else
