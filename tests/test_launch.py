@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -227,3 +228,29 @@ def test_the_monitors_default_latch_file_is_one_per_namespace_and_domain(monkeyp
     seven = default_state_file("/robot")
     monkeypatch.setenv("ROS_DOMAIN_ID", "8")
     assert seven != default_state_file("/robot") and seven.endswith("monitor_robot_domain7.json")
+
+
+def test_a_node_that_hangs_on_stop_is_aborted_with_every_threads_stack_in_its_log(tmp_path):
+    """Two CI runs saw a node not exit 10 s after SIGINT and leave no trace of where it was:
+    its main thread was in native code, where a SIGINT never reaches Python. SIGABRT reaches
+    the faulthandler the nodes enable (ros/entry.py) wherever they are."""
+    from algd_runtime.ros.launcher import stop_nodes
+
+    hung = ("import faulthandler, signal, time\n"
+            "faulthandler.enable()\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)  # as if SIGINT were never handled\n"
+            "print('ready', flush=True)\n"
+            "def stuck_in_teardown():\n"
+            "    time.sleep(60)\n"
+            "stuck_in_teardown()\n")
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", hung], stdout=out, stderr=subprocess.STDOUT)
+    end = time.monotonic() + 30
+    while "ready" not in log.read_text() and time.monotonic() < end:
+        time.sleep(0.05)
+    killed = stop_nodes({"controller": proc}, timeout=0.5)
+    assert killed == {"controller": "aborted after 0.5 s (every thread's stack is in its log)"}
+    assert proc.returncode == -6  # SIGABRT, not a kill
+    text = log.read_text()
+    assert "Fatal Python error: Aborted" in text and "stuck_in_teardown" in text, text

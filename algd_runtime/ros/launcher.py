@@ -73,9 +73,15 @@ def node_command(name: str, namespace: str, params: Path, bundle: str | None, us
     return cmd
 
 
+ABORT_WAIT_S = 5.0  # for a hung node's stack dump before the kill
+
+
 def stop_nodes(procs: dict[str, subprocess.Popen], timeout: float) -> dict[str, str]:
     """SIGINT to every running node (each saves, summarises and exits), then wait; a node
-    still running after `timeout` s is killed. Returns {name: why} for the killed ones."""
+    still running after `timeout` s is aborted: SIGABRT, whose faulthandler (ros/entry.py)
+    writes every thread's stack to the node's log, even when its main thread is stuck in
+    native code where a SIGINT never reaches Python. Killed if even that does not end it.
+    Returns {name: why} for the nodes that did not stop by themselves."""
     for pr in procs.values():
         if pr.poll() is None:
             pr.send_signal(signal.SIGINT)
@@ -84,8 +90,13 @@ def stop_nodes(procs: dict[str, subprocess.Popen], timeout: float) -> dict[str, 
         try:
             pr.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pr.kill()
-            killed[name] = f"killed after {timeout:g} s"
+            pr.send_signal(signal.SIGABRT)
+            killed[name] = f"aborted after {timeout:g} s (every thread's stack is in its log)"
+            try:
+                pr.wait(timeout=ABORT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                killed[name] = f"killed after {timeout + ABORT_WAIT_S:g} s"
     return killed
 
 
