@@ -808,7 +808,7 @@ def test_the_monitor_latches_when_two_publishers_commands_interleave(vesde_bundl
 
 
 def test_a_robot_that_stalls_resumes_on_no_lease_given_before_the_stall():
-    """A lease lasts N steps and N + 1 periods from when the controller sent it. The fault
+    """A lease lasts N steps and N + 1 periods from when it arrived. The fault
     matrix saw why: a suspended monitor's shared-memory lock blocked the controller and the sim
     for 2 s, and the sim then took a step on its old lease 30 ms past the fault's deadline."""
     rclpy.init()
