@@ -450,11 +450,13 @@ class ControllerNode(ManagedNode):
         reason = self.core.set_params(updates)
         if reason:
             return self._refuse(reason)
-        if "control_rate_hz" in updates:  # a lease fits the silent-monitor deadline at the new rate too
-            self.core.gate.lease_cap = lease_cap(updates["control_rate_hz"], self.get_parameter("monitor_timeout_s").value)
-        if "control_rate_hz" in updates and self.timer is not None:
-            self._stop_timers()
-            self.timer = self.create_timer(1.0 / updates["control_rate_hz"], self._tick)
+        rate = updates.get("control_rate_hz")
+        if rate is not None:
+            # a lease fits the silent-monitor deadline at the new rate too
+            self.core.gate.lease_cap = lease_cap(rate, self.get_parameter("monitor_timeout_s").value)
+            if self.timer is not None:
+                self._stop_timers()
+                self.timer = self.create_timer(1.0 / rate, self._tick)
         if updates:
             self.get_logger().info(f"parameters: {updates}")
         return SetParametersResult(successful=True)

@@ -325,7 +325,7 @@ class SimNode(Node):
         # In time too, from when it arrived (DDS's reception time, on this robot's own clock: no
         # skew with the controller's): a robot that stalled with its driver must not resume on a
         # lease given before the stall (lockstep: no wall time).
-        arrived_ns = (info or {}).get("received_timestamp") or time.time_ns()
+        arrived_ns = info.get("received_timestamp") or time.time_ns()
         self._lease_ends_ns = None if self.lockstep else arrived_ns + int((lease + 1) * self.period * 1e9)
         if stop is None:
             self.action = np.asarray(msg.effort, np.float32)
