@@ -807,8 +807,20 @@ def test_the_monitor_latches_when_two_publishers_commands_interleave(vesde_bundl
         rclpy.shutdown()
 
 
+def test_a_lease_ends_in_time_from_the_earlier_of_sent_and_arrived():
+    """Sent: an action a blocked controller delivered 2 s late (a chaos soak: one step 282 ms
+    past a kill_monitor's deadline while the lease counted from arrival). Arrived: a robot whose
+    clock runs behind the controller's gets no longer lease."""
+    period, now = 0.002, 10**18
+    late = {"source_timestamp": now - 2 * 10**9, "received_timestamp": now}
+    assert m.lease_end_ns(late, 20, period, now) == now - 2 * 10**9 + 42_000_000  # ended long ago
+    behind = {"source_timestamp": now + 5_000_000, "received_timestamp": now}
+    assert m.lease_end_ns(behind, 1, period, now) == now + 4_000_000
+    assert m.lease_end_ns({}, 1, period, now) == m.lease_end_ns(None, 1, period, now) == now + 4_000_000
+
+
 def test_a_robot_that_stalls_resumes_on_no_lease_given_before_the_stall():
-    """A lease lasts N steps and N + 1 periods from when it arrived. The fault
+    """A lease lasts N steps and N + 1 periods from when it was sent or arrived. The fault
     matrix saw why: a suspended monitor's shared-memory lock blocked the controller and the sim
     for 2 s, and the sim then took a step on its old lease 30 ms past the fault's deadline."""
     rclpy.init()

@@ -149,6 +149,16 @@ def source_ns(info: dict | None) -> int | None:
     return info.get("source_timestamp") if info else None
 
 
+def lease_end_ns(info: dict | None, lease: int, period_s: float, now_ns: int) -> int:
+    """When an action's lease ends in time (wall clock, ns): lease + 1 periods after the
+    earlier of when the controller sent it (DDS's source timestamp) and when it arrived. Sent:
+    a controller blocked inside `publish` (a killed peer's shared-memory lock) delivers its
+    action seconds late, and the robot must not step on it then. Arrived: a robot whose clock
+    runs behind the controller's must not get a longer lease. `now_ns` where DDS did not say."""
+    known = [t for t in (source_ns(info), (info or {}).get("received_timestamp")) if t]
+    return (min(known) if known else now_ns) + int((lease + 1) * period_s * 1e9)
+
+
 def take_in_sent_order(subscriptions: list, first: tuple | None = None) -> list:
     """Every message waiting on `subscriptions`, with `first` ((subscription, (msg, info)),
     one already taken), as (subscription, taken) in the order their publishers sent them (DDS

@@ -11,9 +11,10 @@ action_delay, hazard_scale).
 It keeps the robot's side of the budget contract (SAFETY.md):
 - each observation carries (episode, t, cost of step t);
 - an action is applied for at most its lease (steps past the observation it answers), and no
-  later than lease + 1 periods after it arrived (DDS's reception time: a robot that stalled
-  with its driver resumes on no old lease; not in lockstep); with the lease used up the
-  robot waits for a newer action;
+  later than lease + 1 periods after it was sent or arrived, whichever is earlier (DDS's
+  timestamps: a robot that stalled with its driver resumes on no old lease, and an action a
+  blocked controller delivers late is not applied; not in lockstep); with the lease used up
+  the robot waits for a newer action;
 - on a stop action, on the monitor's e-stop, or when no command has arrived for
   cmd_timeout_s (as ros2_control's command timeout) it holds still: the episode in progress
   ends there ("reason": the hold's) and the next one starts, but no step is taken until a
@@ -125,7 +126,7 @@ class SimNode(Node):
         self._published_at = 0.0
         self._published: OrderedDict = OrderedDict()  # stamp ns -> (episode, t) of recent observations
         self._cmd = None  # (episode, t answered, lease, stop reason) of the newest action
-        self._lease_ends_ns: int | None = None  # its lease in time: (lease + 1) periods after it arrived
+        self._lease_ends_ns: int | None = None  # its lease in time (m.lease_end_ns)
         self._cmd_expires_ns: int | None = None  # an expiring standard command: when it is dropped
         self._cmd_at: float | None = None
         self.estop = False
@@ -322,11 +323,10 @@ class SimNode(Node):
         lease, stop = m.action_verdict(msg)
         answers = self._published.get(m.stamp_ns(msg.header.stamp))  # None: not one of ours, or too old
         self._cmd, self._cmd_at = (answers, lease, stop), time.monotonic()
-        # In time too, from when it arrived (DDS's reception time, on this robot's own clock: no
-        # skew with the controller's): a robot that stalled with its driver must not resume on a
-        # lease given before the stall (lockstep: no wall time).
-        arrived_ns = info.get("received_timestamp") or time.time_ns()
-        self._lease_ends_ns = None if self.lockstep else arrived_ns + int((lease + 1) * self.period * 1e9)
+        # In time too (m.lease_end_ns): a robot that stalled with its driver must not resume on
+        # a lease given before the stall, nor step on an action delivered late (lockstep: no
+        # wall time).
+        self._lease_ends_ns = None if self.lockstep else m.lease_end_ns(info, lease, self.period, time.time_ns())
         if stop is None:
             self.action = np.asarray(msg.effort, np.float32)
         sent = self._waiting.pop(m.stamp_ns(msg.header.stamp), None)
