@@ -43,6 +43,13 @@ def monitor(bundle, ns, key_file, state_file, **params):
     return MonitorNode(namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
 
+def spin_for(ex, seconds, until=lambda: False):
+    """Spin `ex` for `seconds`, or until `until()` holds."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not until():
+        ex.spin_once(timeout_sec=0.005)
+
+
 @pytest.fixture
 def loop(request, vesde_bundle, key_file, tmp_path):
     """sim + controller (its interlock off: no monitor here) in one executor; a test's
@@ -62,9 +69,7 @@ def loop(request, vesde_bundle, key_file, tmp_path):
     ex.add_node(sim)
 
     def spin(seconds, until=lambda: False):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not until():
-            ex.spin_once(timeout_sec=0.005)
+        spin_for(ex, seconds, until)
 
     yield ctrl, sim, ex, spin, ns
     ex.shutdown()
@@ -215,9 +220,7 @@ def test_injected_cost_escalates_stops_the_robot_and_only_the_operator_clears_it
         ex.add_node(n)
 
     def spin(seconds, until=lambda: False):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not until():
-            ex.spin_once(timeout_sec=0.005)
+        spin_for(ex, seconds, until)
 
     try:
         spin(5.0, until=lambda: sim.steps > 20)
@@ -600,9 +603,7 @@ def test_controller_and_monitor_follow_the_standard_lifecycle_services(vesde_bun
         ex.add_node(n)
 
     def spin(seconds, until=lambda: False):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not until():
-            ex.spin_once(timeout_sec=0.005)
+        spin_for(ex, seconds, until)
 
     def call(srv_type, name, request):
         cli = client.create_client(srv_type, name)
@@ -834,22 +835,16 @@ def test_a_robot_that_stalls_resumes_on_no_lease_given_before_the_stall():
     ex = SingleThreadedExecutor()
     ex.add_node(sim)
     ex.add_node(node)
-
-    def spin(seconds, until=lambda: False):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not until():
-            ex.spin_once(timeout_sec=0.005)
-
     try:
-        spin(10.0, lambda: bool(observations) and pub.get_subscription_count() > 0)
+        spin_for(ex, 10.0, lambda: bool(observations) and pub.get_subscription_count() > 0)
         assert observations, "no observation from the sim"
         pub.publish(m.action_msg(np.zeros(sim.spec.act_dim), observations[-1].header.stamp, lease=20))
-        spin(0.1)
+        spin_for(ex, 0.1)
         moved = sim.steps
         assert 3 <= moved < 20, moved  # it steps on the lease
         time.sleep(0.3)  # the stall: neither its timer nor its reader runs
         waits = sim.lease_waits
-        spin(0.15)
+        spin_for(ex, 0.15)
         assert sim.steps == moved, "a step on a lease given before the stall"  # 21 periods have passed
         assert sim.lease_waits > waits
     finally:
